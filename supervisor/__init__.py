@@ -1,0 +1,236 @@
+"""mydocker: Linux containers as async processes, for asyncio and trio (via anyio).
+
+The API mirrors anyio's ``run_process`` / ``open_process``::
+
+    result = await run_container(["sh", "-c", "echo hi"])
+    async with await open_container(["cat"]) as c:
+        await c.stdin.send(b"data")
+
+Containers get new PID, mount, UTS, IPC and network namespaces; the module needs
+Linux and root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    CommandNotExecutableError,
+    CommandNotFoundError,
+    ContainerFailedError,
+    MydockerError,
+    NotPermittedError,
+    SpecError,
+    StartError,
+)
+from .spec import ContainerSpec, Limits
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEVNULL",
+    "PIPE",
+    "STDOUT",
+    "CommandNotExecutableError",
+    "CommandNotFoundError",
+    "CompletedContainer",
+    "Container",
+    "ContainerFailedError",
+    "ContainerSpec",
+    "Limits",
+    "MydockerError",
+    "NotPermittedError",
+    "SpecError",
+    "StartError",
+    "open_container",
+    "run_container",
+]
+
+PIPE = -1
+DEVNULL = -3
+STDOUT = -2
+
+
+@dataclass(frozen=True)
+class CompletedContainer:
+    """The result of ``run_container``, like ``subprocess.CompletedProcess``."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: bytes | None
+    stderr: bytes | None
+    #: the container's id
+    id: str = ""
+    #: the signal that killed PID 1, if one did
+    signal: int | None = None
+    #: True if the memory limit's OOM killer struck
+    oom_killed: bool = False
+
+    def check_returncode(self) -> None:
+        """Raise ``ContainerFailedError`` if the exit status is non-zero."""
+        if self.returncode:
+            raise ContainerFailedError(self.args, self.returncode, self.stdout, self.stderr, self.oom_killed)
+
+
+def _make_spec(command: Sequence[str] | ContainerSpec, options: dict[str, Any]) -> ContainerSpec:
+    if isinstance(command, ContainerSpec):
+        return command.evolve(**options) if options else command
+    if isinstance(command, (str, bytes)):
+        raise SpecError("command must be a sequence of arguments, e.g. ['sh', '-c', 'echo hi']")
+    env = options.pop("env", None)
+    if isinstance(env, Mapping):
+        options["env"] = tuple(env.items())
+    elif env is not None:
+        options["env"] = tuple(env)
+    return ContainerSpec(command=tuple(command), **options)
+
+
+async def open_container(
+    command: Sequence[str] | ContainerSpec,
+    *,
+    stdin: Any = PIPE,
+    stdout: Any = PIPE,
+    stderr: Any = PIPE,
+    winsize: tuple[int, int] | None = None,
+    grace: float | None = None,
+    **options: Any,
+) -> Container:
+    """Start a container and return it as soon as its command runs.
+
+    Args:
+        command: the program and its arguments, or a whole ``ContainerSpec``.
+        stdin, stdout, stderr: ``PIPE`` (an anyio byte stream on the container
+            object), ``DEVNULL``, ``None`` (share this process's), an fd or a file
+            object; ``stderr=STDOUT`` merges it into stdout.
+        winsize: ``(rows, cols)`` of the pty when ``tty=True``.
+        grace: seconds between SIGTERM and SIGKILL on stop/cancel (default 5).
+        options: any ``ContainerSpec`` field: ``hostname``, ``env`` (mapping or
+            pairs), ``cwd``, ``tty``, ``namespaces``, ``init``, ``limits``, ...
+
+    Returns:
+        a ``Container``; use it as ``async with``: leaving the block stops the
+        container (SIGTERM, grace period, SIGKILL), reaps it and frees everything.
+
+    Raises:
+        SpecError: invalid options (nothing was started).
+        CommandNotFoundError / CommandNotExecutableError / StartError /
+        NotPermittedError: the container could not start; nothing is left behind.
+
+    Cancellation: if cancelled while starting, a child that was already created is
+    killed and reaped before the cancellation propagates.
+    """
+    from .container import DEFAULT_GRACE, start_container
+
+    spec = _make_spec(command, options)
+    return await start_container(
+        spec,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        winsize=winsize,
+        grace=DEFAULT_GRACE if grace is None else grace,
+        cgroup_factory=_cgroup_factory(spec),
+    )
+
+
+def _cgroup_factory(spec: ContainerSpec) -> Any:
+    return None
+
+
+async def run_container(
+    command: Sequence[str] | ContainerSpec,
+    *,
+    input: bytes | None = None,
+    stdin: Any = None,
+    stdout: Any = PIPE,
+    stderr: Any = PIPE,
+    check: bool = True,
+    grace: float | None = None,
+    **options: Any,
+) -> CompletedContainer:
+    """Run a container to completion and collect its output.
+
+    Args:
+        command: the program and its arguments, or a whole ``ContainerSpec``.
+        input: bytes fed to the container's stdin (then EOF); excludes ``stdin``.
+        stdin: as in ``open_container``; default: the container reads EOF
+            (``DEVNULL``), like ``docker run`` without ``-i``.
+        stdout, stderr: ``PIPE`` (collected into the result), ``DEVNULL``, ``None``
+            (this process's), an fd or a file; ``stderr=STDOUT`` merges.
+        check: raise ``ContainerFailedError`` on a non-zero exit status.
+        grace: seconds between SIGTERM and SIGKILL on cancellation (default 5).
+        options: ``ContainerSpec`` fields (``hostname``, ``env``, ``cwd``, ...).
+
+    Returns:
+        a ``CompletedContainer`` (status 128+N when killed by signal N).
+
+    Raises:
+        ContainerFailedError: ``check`` and a non-zero status.
+        SpecError, StartError and subclasses: as ``open_container``.
+
+    Cancellation: the container is terminated (SIGTERM), killed after ``grace``
+    seconds (at once if its PID 1 has no SIGTERM handler) and reaped, inside a
+    shielded scope, before the cancellation propagates.
+    """
+    import anyio
+
+    if input is not None:
+        if stdin is not None:
+            raise ValueError("pass either input or stdin, not both")
+        stdin = PIPE
+    elif stdin is None:
+        stdin = DEVNULL
+    output: dict[str, bytes] = {}
+
+    async def drain(name: str, stream: Any) -> None:
+        chunks = []
+        async for chunk in stream:
+            chunks.append(chunk)
+        output[name] = b"".join(chunks)
+
+    async def feed(stream: Any) -> None:
+        try:
+            await stream.send(input)
+        except anyio.BrokenResourceError:
+            pass  # the container stopped reading: like subprocess, not an error
+        await stream.aclose()
+
+    async with await open_container(
+        command, stdin=stdin, stdout=stdout, stderr=stderr, grace=grace, **options
+    ) as container:
+        async with anyio.create_task_group() as tg:
+            if container.stdout is not None:
+                tg.start_soon(drain, "stdout", container.stdout)
+            if container.stderr is not None:
+                tg.start_soon(drain, "stderr", container.stderr)
+            if container.stdin is not None and input is not None:
+                tg.start_soon(feed, container.stdin)
+            await container.wait()
+    assert container.returncode is not None
+    result = CompletedContainer(
+        args=container.args,
+        returncode=container.returncode,
+        stdout=output.get("stdout") if stdout == PIPE else None,
+        stderr=output.get("stderr") if stderr == PIPE else None,
+        id=container.spec.id,
+        signal=container.signal,
+        oom_killed=container.oom_killed,
+    )
+    if check:
+        result.check_returncode()
+    return result
+
+
+def __getattr__(name: str) -> Any:
+    # Container pulls in anyio: import it only when asked for.
+    if name == "Container":
+        from .container import Container
+
+        return Container
+    raise AttributeError(name)
+
+
+if TYPE_CHECKING:
+    from .container import Container

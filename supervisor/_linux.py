@@ -1,0 +1,253 @@
+"""Every ctypes call of the project, in one place.
+
+Each wrapper declares its argument types and turns a failure into an ``OSError``
+whose message names the call and its arguments (``mount('proc', '/proc', ...)``),
+so an error read on a terminal says what failed on what. Constants cite the kernel
+header they come from. Where the standard library has the call (``os.pidfd_open``,
+``os.waitid``, ``signal.pidfd_send_signal``, ``socket.sethostname``) we use that.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno as _errno
+import fcntl
+import os
+import socket
+import struct
+
+# <linux/sched.h>
+CLONE_NEWTIME = 0x00000080
+CLONE_VM = 0x00000100
+CLONE_FS = 0x00000200
+CLONE_FILES = 0x00000400
+CLONE_PIDFD = 0x00001000
+CLONE_PARENT = 0x00008000
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_INTO_CGROUP = 0x200000000
+
+# <sys/mount.h> / <linux/mount.h>
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+# <linux/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+# <asm-generic/ioctls.h>, <linux/sockios.h>, <net/if.h>
+TIOCSCTTY = 0x540E
+TIOCGWINSZ = 0x5413
+TIOCSWINSZ = 0x5414
+TIOCSPTLCK = 0x40045431
+TIOCGPTN = 0x80045430
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+# <linux/close_range.h>
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+# <bits/waitflags.h>: a child whose exit signal is not SIGCHLD (ours: 0, needed by
+# CLONE_PARENT) is a "clone" child, and waitid only sees it with __WALL or __WCLONE.
+WALL = 0x40000000
+
+# <asm/unistd_64.h> (x86_64; aarch64 shares the generic numbers below)
+_SYSCALLS = {
+    "x86_64": {"clone3": 435, "close_range": 436, "pivot_root": 155, "setns": 308, "unshare": 272},
+    "aarch64": {"clone3": 435, "close_range": 436, "pivot_root": 41, "setns": 268, "unshare": 97},
+}
+NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
+
+# PyDLL keeps the GIL held across the call: clone3 must not run while another thread
+# of this process could take the GIL (the spawn helper is single-threaded anyway).
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+_syscall = _pylibc.syscall
+_syscall.restype = ctypes.c_long
+
+_mount = _libc.mount
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_mount.restype = ctypes.c_int
+_umount2 = _libc.umount2
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_umount2.restype = ctypes.c_int
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+
+
+def _raise(call: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{call} failed: {os.strerror(err)}")
+
+
+def _b(s: str | bytes | None) -> bytes | None:
+    return os.fsencode(s) if s is not None else None
+
+
+def mount(
+    source: str | None,
+    target: str,
+    fstype: str | None = None,
+    flags: int = 0,
+    data: str | None = None,
+) -> None:
+    """mount(2); raises OSError naming the call and its arguments."""
+    if _mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
+        _raise(f"mount({source!r}, {target!r}, {fstype!r}, {flags:#x}, {data!r})")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    if _umount2(_b(target), flags) != 0:
+        _raise(f"umount2({target!r}, {flags})")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2) (glibc has no wrapper)."""
+    if _syscall(ctypes.c_long(NR["pivot_root"]), _b(new_root), _b(put_old)) != 0:
+        _raise(f"pivot_root({new_root!r}, {put_old!r})")
+
+
+def unshare(flags: int) -> None:
+    """unshare(2): ``os.unshare`` only exists from Python 3.12."""
+    if _syscall(ctypes.c_long(NR["unshare"]), ctypes.c_long(flags)) != 0:
+        _raise(f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2)."""
+    if _syscall(ctypes.c_long(NR["setns"]), ctypes.c_long(fd), ctypes.c_long(nstype)) != 0:
+        _raise(f"setns({fd}, {nstype:#x})")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    """prctl(2) with one argument."""
+    if _prctl(option, arg2, 0, 0, 0) != 0:
+        _raise(f"prctl({option}, {arg2})")
+
+
+def set_pdeathsig(sig: int) -> None:
+    """Ask the kernel to send ``sig`` to us when our parent thread exits."""
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def close_range_cloexec(first: int) -> None:
+    """Mark every fd >= first close-on-exec (close_range(2), Linux 5.11)."""
+    r = _syscall(
+        ctypes.c_long(NR["close_range"]),
+        ctypes.c_uint(first),
+        ctypes.c_uint(0xFFFFFFFF),
+        ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
+    )
+    if r != 0:
+        _raise(f"close_range({first}, ~0, CLOSE_RANGE_CLOEXEC)")
+
+
+class CloneArgs(ctypes.Structure):
+    """struct clone_args, <linux/sched.h> (CLONE_ARGS_SIZE_VER2: 88 bytes)."""
+
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("pidfd", ctypes.c_uint64),
+        ("child_tid", ctypes.c_uint64),
+        ("parent_tid", ctypes.c_uint64),
+        ("exit_signal", ctypes.c_uint64),
+        ("stack", ctypes.c_uint64),
+        ("stack_size", ctypes.c_uint64),
+        ("tls", ctypes.c_uint64),
+        ("set_tid", ctypes.c_uint64),
+        ("set_tid_size", ctypes.c_uint64),
+        ("cgroup", ctypes.c_uint64),
+    ]
+
+
+_before_fork = _pylibc.PyOS_BeforeFork
+_after_fork_parent = _pylibc.PyOS_AfterFork_Parent
+_after_fork_child = _pylibc.PyOS_AfterFork_Child
+
+
+def clone3(flags: int, exit_signal: int = 0, cgroup_fd: int = -1) -> tuple[int, int]:
+    """Raw clone3(2) with CLONE_PIDFD added, fork-style (no new stack).
+
+    Returns ``(pid, pidfd)`` in the parent and ``(0, -1)`` in the child. Only safe
+    in a single-threaded process: the child is a copy of this interpreter, and a lock
+    held by another thread at the instant of the clone would stay held forever.
+
+    The interpreter's after-fork bookkeeping is skipped in the child: this process
+    has one thread, so there are no other threads' states to drop or locks to reset,
+    and the child only sets up namespaces and execs.
+    """
+    pidfd = ctypes.c_int(-1)
+    args = CloneArgs()
+    args.flags = flags | CLONE_PIDFD
+    args.pidfd = ctypes.addressof(pidfd)
+    args.exit_signal = exit_signal
+    if cgroup_fd >= 0:
+        args.flags |= CLONE_INTO_CGROUP
+        args.cgroup = cgroup_fd
+    _before_fork()
+    pid = _syscall(ctypes.c_long(NR["clone3"]), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        return 0, -1
+    err = ctypes.get_errno()
+    _after_fork_parent()
+    if pid < 0:
+        raise OSError(err, f"clone3(flags={args.flags:#x}) failed: {os.strerror(err)}")
+    return pid, pidfd.value
+
+
+def interface_up(name: str = "lo") -> None:
+    """Bring a network interface up (SIOCSIFFLAGS), like ``ip link set lo up``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", name.encode(), 0)
+        try:
+            res = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifreq)
+            flags = struct.unpack("16sH14x", res)[1]
+            fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
+        except OSError as e:
+            raise OSError(e.errno, f"ioctl(SIOCSIFFLAGS, {name!r}) failed: {os.strerror(e.errno or 0)}") from None
+
+
+def get_winsize(fd: int) -> tuple[int, int] | None:
+    """(rows, cols) of the terminal on fd, or None when fd is not a terminal."""
+    try:
+        res = fcntl.ioctl(fd, TIOCGWINSZ, b"\0" * 8)
+    except OSError:
+        return None
+    rows, cols = struct.unpack("HHHH", res)[:2]
+    return rows, cols
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    """Set the window size of the terminal on fd (TIOCSWINSZ)."""
+    fcntl.ioctl(fd, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def set_controlling_tty(fd: int) -> None:
+    """Make the terminal on fd our controlling terminal (TIOCSCTTY)."""
+    try:
+        fcntl.ioctl(fd, TIOCSCTTY, 0)
+    except OSError as e:
+        raise OSError(e.errno, f"ioctl(TIOCSCTTY) failed: {os.strerror(e.errno or 0)}") from None
+
+
+ERRNO_NAMES = _errno.errorcode

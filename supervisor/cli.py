@@ -1,0 +1,148 @@
+"""The ``mydocker`` command line: builds a ContainerSpec, runs it, exits with its status.
+
+Errors are printed once, as one line (``mydocker: ...``), with exit status 125 for
+mydocker's own failures, 126/127 for a command that cannot run (docker's codes);
+``--debug`` adds the traceback. Start-up time matters (it is most of
+``mydocker run /bin/true``): anyio and the container machinery are imported only
+when a container is really run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+from .errors import MydockerError, SpecError
+
+EXIT_MYDOCKER = 125
+
+#: signals mydocker passes on to the container's PID 1 (docker's sig-proxy)
+FORWARDED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+#: a second SIGINT within this many seconds kills a container that ignores the first
+SECOND_INTERRUPT_WINDOW = 3.0
+
+
+def _fail(message: str, code: int = EXIT_MYDOCKER) -> NoReturn:
+    click.echo(f"mydocker: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """A group whose usage errors are one line and exit 125, as docker's are."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        debug = "--debug" in sys.argv[1:2]
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted")
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            _fail(f"{e.format_message()}{hint}")
+        except click.ClickException as e:
+            _fail(e.format_message())
+        except MydockerError as e:
+            if debug:
+                raise
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except OSError as e:
+            if debug:
+                raise
+            _fail(str(e))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-v", "--version", prog_name="mydocker")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+def main(debug: bool) -> None:
+    """mydocker: run commands in Linux containers (namespaces, cgroups, a pty)."""
+
+
+def _parse_namespaces(network: str, pid: str, uts: str, ipc: str) -> frozenset[str]:
+    ns = {"mount"}
+    for name, flag, value in (("net", "network", network), ("pid", "pid", pid), ("uts", "uts", uts), ("ipc", "ipc", ipc)):
+        if value in ("", "none", "private"):
+            ns.add(name)
+        elif value != "host":
+            raise SpecError(f"invalid --{flag} value {value!r} (use 'host', or leave it out for a private one)")
+    return frozenset(ns)
+
+
+@main.command(
+    context_settings={"allow_interspersed_args": False},
+    short_help="Run a command in a new container.",
+)
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin attached.")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
+@click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the container.")
+@click.option("--hostname", metavar="NAME", help="Container hostname (default: its short id).")
+@click.option("--name", metavar="NAME", help="Container name (default: its id).")
+@click.option("--init", "use_init", is_flag=True, help="Run a minimal init as PID 1 that forwards signals and reaps.")
+@click.option("--network", default="none", metavar="MODE", help="'none' (own namespace with lo) or 'host'.")
+@click.option("--pid", "pid_mode", default="", metavar="MODE", help="'host' to share the host's PID namespace.")
+@click.option("--uts", default="", metavar="MODE", help="'host' to share the host's UTS namespace.")
+@click.option("--ipc", default="", metavar="MODE", help="'host' to share the host's IPC namespace.")
+@click.option("--stop-timeout", default=10.0, type=float, metavar="SECONDS", help="Grace period between SIGTERM and SIGKILL.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    tty: bool,
+    interactive: bool,
+    env: tuple[str, ...],
+    workdir: str | None,
+    hostname: str | None,
+    name: str | None,
+    use_init: bool,
+    network: str,
+    pid_mode: str,
+    uts: str,
+    ipc: str,
+    stop_timeout: float,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND [ARG...] as PID 1 of a new container.
+
+    Options after COMMAND belong to COMMAND: `mydocker run sh -c 'echo hi'`.
+    Exit status: the command's; 128+N if killed by signal N; 125 if mydocker
+    failed; 126 if COMMAND cannot be executed; 127 if it was not found.
+    """
+    from .spec import ContainerSpec, parse_env
+
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise SpecError("no command given (usage: mydocker run [OPTIONS] COMMAND [ARG...])")
+    spec = ContainerSpec(
+        command=command,
+        env=parse_env(env),
+        hostname=hostname,
+        name=name,
+        cwd=workdir,
+        tty=tty,
+        namespaces=_parse_namespaces(network, pid_mode, uts, ipc),
+        init=use_init,
+    )
+    from .runner import run_cli
+
+    sys.exit(run_cli(spec, interactive=interactive, grace=stop_timeout))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,347 @@
+"""The async Container: owns the pidfd, the stdio streams, the cgroup and the teardown.
+
+``start_container`` prepares the host side (pipes, pty, error pipe, cgroup), asks the
+spawn helper for a clone, waits on the error pipe until the command has really been
+exec'd (or reports which init step failed), and returns a ``Container``. Every
+resource is registered in one ``ExitStack`` the moment it is made, so a failure at
+any point releases exactly what was made so far, and a child that exists is always
+killed and reaped before the error propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from types import TracebackType
+from typing import IO, Any
+
+import anyio
+
+from . import _linux
+from ._streams import FdStream
+from .errors import CommandNotExecutableError, CommandNotFoundError, NotPermittedError, StartError
+from .spawn import get_helper
+from .spec import ContainerSpec
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+
+#: what a stdio argument may be: PIPE, DEVNULL, STDOUT (stderr only), None
+#: (inherit this process's fd), an fd number, or an object with ``fileno()``
+StdioArg = int | IO[Any] | None
+
+#: seconds between SIGTERM and SIGKILL when a container is stopped or cancelled
+DEFAULT_GRACE = 5.0
+
+
+def _exit_status(info: os.waitid_result) -> tuple[int, int | None]:
+    """(docker-style status, terminating signal or None) from a waitid result."""
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status, None
+    return 128 + info.si_status, info.si_status
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (from /proc/PID/status).
+
+    A namespace's PID 1 never receives a signal it has no handler for (except
+    SIGKILL/SIGSTOP from an ancestor namespace): sending it is a no-op.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    except OSError:
+        pass
+    return True
+
+
+class Container:
+    """A running (or finished) container; made by ``open_container``.
+
+    Attributes:
+        spec: the container's description.
+        pid: the PID 1 of the container, as seen from the host.
+        returncode: ``None`` while running; then the exit status (128+N if killed by
+            signal N).
+        signal: the signal that killed PID 1, or ``None``.
+        stdin / stdout / stderr: anyio byte streams for ``PIPE`` (with a tty,
+            ``stdin`` and ``stdout`` are the same stream over the pty master).
+    """
+
+    def __init__(
+        self,
+        spec: ContainerSpec,
+        pid: int,
+        pidfd: int,
+        stack: contextlib.ExitStack,
+        *,
+        stdin: FdStream | None,
+        stdout: FdStream | None,
+        stderr: FdStream | None,
+        grace: float,
+        cgroup: Any = None,
+    ) -> None:
+        self.spec = spec
+        self.pid = pid
+        self.returncode: int | None = None
+        self.signal: int | None = None
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.grace = grace
+        self.cgroup = cgroup
+        self._pidfd = pidfd
+        self._stack = stack
+        self._wait_lock = anyio.Lock()
+        self._closed = False
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The command the container runs."""
+        return self.spec.command
+
+    @property
+    def oom_killed(self) -> bool:
+        """True if the memory limit's OOM killer struck inside the container."""
+        return bool(self.cgroup is not None and self.cgroup.oom_killed())
+
+    async def wait(self) -> int:
+        """Wait until PID 1 exits, reap it, and return its exit status.
+
+        Cancelling ``wait()`` only stops waiting: the container keeps running.
+        """
+        async with self._wait_lock:
+            if self.returncode is None:
+                await anyio.wait_readable(self._pidfd)
+                self._reap()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _reap(self) -> None:
+        info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | _linux.WALL)
+        assert info is not None
+        self.returncode, self.signal = _exit_status(info)
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the container's PID 1 through its pidfd.
+
+        A no-op once the container has exited (the pidfd makes a PID-reuse race
+        impossible). Note that PID 1 ignores signals it has no handler for.
+        """
+        if self.returncode is not None or self._closed:
+            return
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        """Send SIGTERM to PID 1."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill the container: SIGKILL to PID 1 (the kernel then kills all of its
+        PID namespace) and, with a cgroup, to every process in the cgroup."""
+        self.send_signal(signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill()
+
+    def handles(self, sig: int) -> bool:
+        """Whether PID 1 has a handler for ``sig`` (else the kernel drops it)."""
+        return self.returncode is None and _catches(self.pid, sig)
+
+    async def stop(self, grace: float | None = None) -> int:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; return the status.
+
+        Runs shielded from cancellation: when it returns, the container is reaped.
+        If PID 1 has no SIGTERM handler the signal would be dropped by the kernel,
+        so it is killed at once instead of after a pointless wait.
+        """
+        grace = self.grace if grace is None else grace
+        with anyio.CancelScope(shield=True):
+            if self.returncode is None:
+                if grace > 0 and self.handles(signal.SIGTERM):
+                    self.terminate()
+                    with anyio.move_on_after(grace):
+                        return await self.wait()
+                self.kill()
+            return await self.wait()
+
+    async def aclose(self) -> None:
+        """Stop the container if it still runs (see ``stop``), reap it, and release
+        its streams, pidfd and cgroup. Safe to call more than once; shielded."""
+        with anyio.CancelScope(shield=True):
+            if self._closed:
+                return
+            try:
+                await self.stop()
+                if self.cgroup is not None:
+                    await self.cgroup.destroy()
+            finally:
+                self._closed = True
+                self._stack.close()
+
+    async def __aenter__(self) -> Container:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the window size of the container's pty (no-op without a tty)."""
+        if self.spec.tty and self.stdout is not None and not self._closed:
+            _linux.set_winsize(self.stdout.fileno(), rows, cols)
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"exited {self.returncode}"
+        return f"<Container {self.spec.short_id} pid={self.pid} {state} {list(self.args)!r}>"
+
+
+def _child_fd(
+    stack: contextlib.ExitStack, arg: StdioArg, index: int, *, readable: bool
+) -> tuple[int, FdStream | None]:
+    """(fd the child gets, our stream or None) for one stdio argument."""
+    if arg is None:
+        return index, None
+    if arg == PIPE:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        stack.callback(os.close, r if readable else w)  # the child's end: ours to close after spawn
+        ours = w if readable else r
+        return (r if readable else w), FdStream(ours)
+    if arg == DEVNULL:
+        fd = os.open(os.devnull, (os.O_RDONLY if readable else os.O_WRONLY) | os.O_CLOEXEC)
+        stack.callback(os.close, fd)
+        return fd, None
+    if isinstance(arg, int):
+        if arg < 0:
+            raise ValueError(f"invalid stdio argument: {arg}")
+        return arg, None
+    return arg.fileno(), None
+
+
+def _start_error(step: str, err: int, detail: str) -> StartError:
+    if step == "exec":
+        if err in (errno.ENOENT, errno.ENOTDIR):
+            return CommandNotFoundError(detail, err, "command not found")
+        if err in (errno.EACCES, errno.ENOEXEC, errno.EISDIR, errno.EPERM):
+            why = "is a directory" if err == errno.EISDIR else os.strerror(err).lower()
+            return CommandNotExecutableError(detail, err, f"not executable ({why})")
+    if err == errno.EPERM and step == "clone3":
+        return NotPermittedError(f"clone3: {os.strerror(err)} (mydocker must run as root)")  # type: ignore[return-value]
+    return StartError(step, err, detail)
+
+
+async def _read_errpipe(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            await anyio.wait_readable(fd)
+            continue
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+async def start_container(
+    spec: ContainerSpec,
+    *,
+    stdin: StdioArg = PIPE,
+    stdout: StdioArg = PIPE,
+    stderr: StdioArg = PIPE,
+    winsize: tuple[int, int] | None = None,
+    grace: float = DEFAULT_GRACE,
+    cgroup_factory: Callable[[ContainerSpec], Any] | None = None,
+) -> Container:
+    """Start a container and return it once its command is running.
+
+    Raises:
+        CommandNotFoundError, CommandNotExecutableError: exec failed (127 / 126).
+        StartError: another init step or the clone failed (``.step`` says which).
+        NotPermittedError: not root.
+
+    If cancelled while starting, the child (if any) is killed and reaped first.
+    """
+    if os.geteuid() != 0:
+        raise NotPermittedError("mydocker must run as root (namespaces need CAP_SYS_ADMIN)")
+    stack = contextlib.ExitStack()
+    child_side = contextlib.ExitStack()  # fds only the child keeps: closed after the clone
+    try:
+        fds: dict[str, int] = {}
+        streams: dict[str, FdStream | None] = {"stdin": None, "stdout": None, "stderr": None}
+        if spec.tty:
+            master, slave = os.openpty()
+            os.set_inheritable(master, False)
+            child_side.callback(os.close, slave)
+            pty = FdStream(master, eof_on_eio=True)
+            stack.callback(pty.close)
+            if winsize:
+                _linux.set_winsize(slave, *winsize)
+            fds.update(stdin=slave, stdout=slave, stderr=slave)
+            streams.update(stdin=pty if stdin == PIPE else None, stdout=pty)
+        else:
+            fds["stdin"], streams["stdin"] = _child_fd(child_side, stdin, 0, readable=True)
+            fds["stdout"], streams["stdout"] = _child_fd(child_side, stdout, 1, readable=False)
+            if stderr == STDOUT:
+                fds["stderr"] = fds["stdout"]
+            else:
+                fds["stderr"], streams["stderr"] = _child_fd(child_side, stderr, 2, readable=False)
+            # The streams we keep belong to the container; the child's ends do not.
+            for s in streams.values():
+                if s is not None:
+                    stack.callback(s.close)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        stack.callback(os.close, err_r)
+        child_side.callback(os.close, err_w)
+        fds["errpipe"] = err_w
+        cgroup = cgroup_factory(spec) if cgroup_factory is not None else None
+        if cgroup is not None:
+            fds.update(cgroup.child_fds())
+        pid, pidfd = await get_helper().spawn(spec, fds)
+    except BaseException:
+        child_side.close()
+        stack.close()
+        raise
+    child_side.close()
+    stack.callback(os.close, pidfd)
+    container = Container(
+        spec,
+        pid,
+        pidfd,
+        stack,
+        stdin=streams["stdin"],
+        stdout=streams["stdout"],
+        stderr=streams["stderr"],
+        grace=grace,
+        cgroup=cgroup,
+    )
+    try:
+        if cgroup is not None:
+            cgroup.attach(pid)
+        report = await _read_errpipe(err_r)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            container.kill()
+            await container.aclose()
+        raise
+    if report:
+        with anyio.CancelScope(shield=True):
+            container.kill()
+            await container.aclose()
+        step, _, rest = report.decode(errors="replace").partition("\0")
+        err_s, _, detail = rest.partition("\0")
+        raise _start_error(step, int(err_s or 0), detail)
+    return container

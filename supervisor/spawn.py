@@ -1,0 +1,334 @@
+"""The raw clone path: a small single-threaded spawn helper that calls clone3.
+
+Why a helper: cloning a Python process fork-style from a multi-threaded host (every
+asyncio or trio service has worker threads) can deadlock the child on a lock that
+another thread held at the instant of the clone, and copies the host's page tables,
+which gets slower the bigger the host is. The helper is started once per event loop
+with a clean exec, never runs a second thread, and stays small; it does the clone.
+
+Protocol (a SOCK_SEQPACKET unix socket, one message per request/reply):
+
+    request:  pickle((rid, spec, roles, clone_flags)) + fds by SCM_RIGHTS, fds[i] has roles[i]
+    reply:    pickle((rid, pid, errno, detail))       + the pidfd (when pid > 0)
+
+The helper answers requests strictly in order, so the supervisor can keep many in
+flight (pipelining) and match answers by ``rid``. It clones with
+``CLONE_PIDFD | CLONE_PARENT``: the container is the *supervisor's* child (so the
+supervisor reaps it through the pidfd with ``waitid(P_PIDFD)``), and ``exit_signal``
+is 0, as the kernel requires for CLONE_PARENT: no SIGCHLD ever reaches the host.
+
+The helper exits when the supervisor closes its end of the socket (or dies).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from . import _linux
+from .errors import StartError
+from .spec import ContainerSpec
+
+if TYPE_CHECKING:
+    import anyio
+
+NAMESPACE_FLAGS = {
+    "pid": _linux.CLONE_NEWPID,
+    "mount": _linux.CLONE_NEWNS,
+    "uts": _linux.CLONE_NEWUTS,
+    "ipc": _linux.CLONE_NEWIPC,
+    "net": _linux.CLONE_NEWNET,
+    "cgroup": _linux.CLONE_NEWCGROUP,
+}
+
+#: fd roles a request may carry; "cgroup" is a cgroup2 directory for CLONE_INTO_CGROUP
+ROLES = ("stdin", "stdout", "stderr", "errpipe", "sync", "cgroup")
+_MAX_MSG = 1 << 20
+
+
+def clone_flags(spec: ContainerSpec) -> int:
+    """The clone3 flags for a spec's namespaces (plus CLONE_PARENT)."""
+    flags = _linux.CLONE_PARENT
+    for ns in spec.namespaces:
+        flags |= NAMESPACE_FLAGS[ns]
+    return flags
+
+
+# ---------------------------------------------------------------- helper side
+
+
+def _serve_one(sock: socket.socket, msg: bytes, fds: list[int]) -> None:
+    from .init import ChildPlan, run
+
+    rid, spec, roles, flags = pickle.loads(msg)
+    byrole = dict(zip(roles, fds))
+    try:
+        pid, pidfd = _linux.clone3(flags, 0, byrole.get("cgroup", -1))
+    except OSError as e:
+        reply = pickle.dumps((rid, 0, e.errno or 0, str(e)))
+        socket.send_fds(sock, [reply], [])
+        return
+    if pid == 0:
+        # The child: drop the helper's socket at once (a long-lived --init must not
+        # hold it), then run the synchronous init stage; it never returns.
+        os.close(sock.fileno())
+        plan = ChildPlan(
+            spec=spec,
+            stdin=byrole["stdin"],
+            stdout=byrole["stdout"],
+            stderr=byrole["stderr"],
+            errpipe=byrole["errpipe"],
+            sync=byrole.get("sync", -1),
+        )
+        run(plan)
+        os._exit(125)  # not reached
+    try:
+        socket.send_fds(sock, [pickle.dumps((rid, pid, 0, ""))], [pidfd])
+    finally:
+        os.close(pidfd)
+
+
+def helper_main(fd: int) -> None:
+    """Entry point of the spawn helper process; serves until EOF on ``fd``."""
+    # Terminal signals are for the supervisor to handle; the child resets them.
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    import supervisor.init  # noqa: F401 - load before freezing: children must not import
+
+    # Fewer copy-on-write faults in every child: no collector walking the heap.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    served = 0
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MSG, len(ROLES))
+        except (ConnectionResetError, OSError):
+            break
+        if not msg:
+            break
+        try:
+            _serve_one(sock, msg, fds)
+        finally:
+            for f in fds:
+                os.close(f)
+        served += 1
+        if served % 4096 == 0:
+            gc.collect()
+
+
+# ---------------------------------------------------------------- supervisor side
+
+
+def _close_helper(sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+    sock.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class _Waiter:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event: anyio.Event | None = None
+        self.reply: tuple[tuple[Any, ...], list[int]] | None = None
+
+
+class SpawnHelper:
+    """The supervisor's handle on one spawn helper process (one per event loop).
+
+    ``spawn()`` may be called from many tasks at once: requests are pipelined over
+    the socket, and whichever waiting task finds nobody reading takes the reader role
+    and hands every reply to its owner.
+    """
+
+    def __init__(self) -> None:
+        import anyio
+
+        self._anyio = anyio
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = f"import sys; sys.path.insert(0, {pkg_parent!r}); from supervisor.spawn import helper_main; helper_main({theirs.fileno()})"
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", code],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._ids = itertools.count()
+        self._waiters: dict[int, _Waiter] = {}
+        self._send_lock = anyio.Lock()
+        self._reading = False
+        self._broken: str | None = None
+        self._closer_task: object = None
+        self._finalizer = weakref.finalize(self, _close_helper, ours, self._proc)
+
+    @property
+    def pid(self) -> int:
+        """The helper's process id."""
+        return self._proc.pid
+
+    @property
+    def broken(self) -> bool:
+        """True once the helper died or the socket failed; make a new one."""
+        return self._broken is not None
+
+    def close(self) -> None:
+        """Close the socket and reap the helper (it exits on EOF)."""
+        self._finalizer()
+
+    async def spawn(self, spec: ContainerSpec, fds: dict[str, int]) -> tuple[int, int]:
+        """Clone a container child running ``spec``; returns ``(pid, pidfd)``.
+
+        The round trip is shielded from cancellation: once the request is sent, a
+        child may exist, and only the reply tells us its pidfd, without which it
+        could not be reaped. It takes well under a millisecond.
+
+        Raises:
+            StartError: clone3 failed (errno says why) or the helper is gone.
+        """
+        anyio = self._anyio
+        roles = tuple(r for r in ROLES if r in fds)
+        with anyio.CancelScope(shield=True):
+            rid = next(self._ids)
+            data = pickle.dumps((rid, spec, roles, clone_flags(spec)), protocol=pickle.HIGHEST_PROTOCOL)
+            waiter = _Waiter()
+            self._waiters[rid] = waiter
+            try:
+                async with self._send_lock:
+                    await self._send(data, [fds[r] for r in roles])
+                reply, rfds = await self._await_reply(waiter)
+            finally:
+                self._waiters.pop(rid, None)
+        _rid, pid, err, detail = reply
+        if pid <= 0:
+            for f in rfds:
+                os.close(f)
+            raise StartError("clone3", err, detail)
+        return pid, rfds[0]
+
+    async def _send(self, data: bytes, fdlist: list[int]) -> None:
+        while True:
+            if self._broken:
+                raise StartError("spawn helper", 0, self._broken)
+            try:
+                socket.send_fds(self._sock, [data], fdlist)
+                return
+            except BlockingIOError:
+                await self._anyio.wait_writable(self._sock)
+            except OSError as e:
+                self._fail(f"spawn helper socket: {e}")
+
+    def _fail(self, why: str) -> None:
+        self._broken = why
+        for w in self._waiters.values():
+            if w.event is not None:
+                w.event.set()
+
+    async def _await_reply(self, waiter: _Waiter) -> tuple[tuple[Any, ...], list[int]]:
+        anyio = self._anyio
+        while waiter.reply is None:
+            if self._broken:
+                raise StartError("spawn helper", 0, self._broken)
+            if self._reading:
+                waiter.event = anyio.Event()
+                await waiter.event.wait()
+                continue
+            self._reading = True
+            try:
+                await self._read_until(waiter)
+            finally:
+                self._reading = False
+                # Hand the reader role on to somebody still waiting.
+                for other in self._waiters.values():
+                    if other.reply is None and other.event is not None:
+                        other.event.set()
+                        break
+        return waiter.reply
+
+    async def _read_until(self, waiter: _Waiter) -> None:
+        while waiter.reply is None:
+            try:
+                msg, rfds, _f, _a = socket.recv_fds(self._sock, 65536, 1)
+            except BlockingIOError:
+                await self._anyio.wait_readable(self._sock)
+                continue
+            except OSError as e:
+                self._fail(f"spawn helper socket: {e}")
+                return
+            if not msg:
+                self._fail(f"the spawn helper (pid {self._proc.pid}) exited")
+                return
+            reply = pickle.loads(msg)
+            owner = self._waiters.get(reply[0])
+            if owner is None:  # cannot happen: every request waits, shielded
+                for f in rfds:
+                    os.close(f)
+                continue
+            owner.reply = (reply, rfds)
+            if owner.event is not None:
+                owner.event.set()
+
+
+_helper_var: Any = None
+
+
+def get_helper() -> SpawnHelper:
+    """The spawn helper of the running event loop, started on first use."""
+    global _helper_var
+    from anyio.lowlevel import RunVar
+
+    if _helper_var is None:
+        _helper_var = RunVar("mydocker_spawn_helper", default=None)
+    helper: SpawnHelper | None = _helper_var.get()
+    if helper is None or helper.broken:
+        if helper is not None:
+            helper.close()
+        helper = SpawnHelper()
+        _helper_var.set(helper)
+        _close_with_event_loop(helper)
+    return helper
+
+
+def _close_with_event_loop(helper: SpawnHelper) -> None:
+    """Close the helper when the event loop ends (both backends cancel their
+    remaining background tasks then), so no helper outlives its loop."""
+    import asyncio
+
+    async def closer() -> None:
+        try:
+            await anyio_sleep_forever()
+        finally:
+            helper.close()
+
+    from anyio import sleep_forever as anyio_sleep_forever
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        trio.lowlevel.spawn_system_task(closer, name="mydocker spawn helper closer")
+    else:
+        helper._closer_task = loop.create_task(closer())
+
+
+if __name__ == "__main__":  # pragma: no cover - started by SpawnHelper
+    helper_main(int(sys.argv[1]))

@@ -1,0 +1,97 @@
+"""Shared fixtures: both anyio backends, root gating, and a host-leak check that
+runs around every test (mounts, fds, child processes, zombies)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = os.geteuid() == 0
+
+
+def mydocker_cmd() -> list[str]:
+    """How tests start the CLI: the installed console script next to this Python."""
+    exe = Path(sys.executable).with_name("mydocker")
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-m", "supervisor.cli"]
+
+
+def run_cli(*args: str, input: bytes | None = None, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    """Run ``mydocker ARGS`` to completion, capturing output."""
+    return subprocess.run(
+        [*mydocker_cmd(), *args],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if ROOT and shutil.which("unshare"):
+        return
+    skip = pytest.mark.skip(reason="needs root and namespaces (run as root: sudo make test)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def _mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        # mount ids change on remount; compare what is mounted where
+        return sorted(" ".join(line.split()[3:5]) + " " + line.split(" - ")[1].split()[0] for line in f)
+
+
+def _fds() -> set[int]:
+    return {int(x) for x in os.listdir("/proc/self/fd")}
+
+
+def _children() -> set[int]:
+    out: set[int] = set()
+    me = str(os.getpid())
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            out.add(int(pid))
+    return out
+
+
+def _settle(check: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def host_unchanged() -> Iterator[None]:
+    """Fail a test that leaves a mount, an fd or a child process (zombie or not)."""
+    mounts, fds = _mounts(), _fds()
+    yield
+    _settle(lambda: not _children() and _fds() <= fds)
+    assert _mounts() == mounts, "the host's mount table changed"
+    leaked = _fds() - fds
+    assert not leaked, f"fds leaked: {[os.readlink(f'/proc/self/fd/{fd}') for fd in leaked if os.path.exists(f'/proc/self/fd/{fd}')]}"
+    assert not _children(), f"child processes left behind: {_children()}"
+    assert os.path.exists("/proc/1/status"), "the host's /proc is broken"
