@@ -224,7 +224,9 @@ def interface_up(name: str = "lo") -> None:
             flags = struct.unpack("16sH14x", res)[1]
             fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
         except OSError as e:
-            raise OSError(e.errno, f"ioctl(SIOCSIFFLAGS, {name!r}) failed: {os.strerror(e.errno or 0)}") from None
+            raise OSError(
+                e.errno, f"ioctl(SIOCSIFFLAGS, {name!r}) failed: {os.strerror(e.errno or 0)}"
+            ) from None
 
 
 def get_winsize(fd: int) -> tuple[int, int] | None:

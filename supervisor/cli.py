@@ -9,7 +9,6 @@ when a container is really run.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from typing import Any, NoReturn
@@ -43,10 +42,11 @@ def _fail(message: str, code: int = EXIT_MYDOCKER) -> NoReturn:
 class _Group(click.Group):
     """A group whose usage errors are one line and exit 125, as docker's are."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, args: Any = None, prog_name: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         debug = "--debug" in sys.argv[1:2]
+        kwargs["standalone_mode"] = False
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, **kwargs)
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
         except click.exceptions.Abort:
@@ -77,11 +77,18 @@ def main(debug: bool) -> None:
 
 def _parse_namespaces(network: str, pid: str, uts: str, ipc: str) -> frozenset[str]:
     ns = {"mount"}
-    for name, flag, value in (("net", "network", network), ("pid", "pid", pid), ("uts", "uts", uts), ("ipc", "ipc", ipc)):
+    for name, flag, value in (
+        ("net", "network", network),
+        ("pid", "pid", pid),
+        ("uts", "uts", uts),
+        ("ipc", "ipc", ipc),
+    ):
         if value in ("", "none", "private"):
             ns.add(name)
         elif value != "host":
-            raise SpecError(f"invalid --{flag} value {value!r} (use 'host', or leave it out for a private one)")
+            raise SpecError(
+                f"invalid --{flag} value {value!r} (use 'host', or leave it out for a private one)"
+            )
     return frozenset(ns)
 
 
@@ -95,12 +102,22 @@ def _parse_namespaces(network: str, pid: str, uts: str, ipc: str) -> frozenset[s
 @click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the container.")
 @click.option("--hostname", metavar="NAME", help="Container hostname (default: its short id).")
 @click.option("--name", metavar="NAME", help="Container name (default: its id).")
-@click.option("--init", "use_init", is_flag=True, help="Run a minimal init as PID 1 that forwards signals and reaps.")
+@click.option(
+    "--init", "use_init", is_flag=True, help="Run a minimal init as PID 1 that forwards signals and reaps."
+)
 @click.option("--network", default="none", metavar="MODE", help="'none' (own namespace with lo) or 'host'.")
-@click.option("--pid", "pid_mode", default="", metavar="MODE", help="'host' to share the host's PID namespace.")
+@click.option(
+    "--pid", "pid_mode", default="", metavar="MODE", help="'host' to share the host's PID namespace."
+)
 @click.option("--uts", default="", metavar="MODE", help="'host' to share the host's UTS namespace.")
 @click.option("--ipc", default="", metavar="MODE", help="'host' to share the host's IPC namespace.")
-@click.option("--stop-timeout", default=10.0, type=float, metavar="SECONDS", help="Grace period between SIGTERM and SIGKILL.")
+@click.option(
+    "--stop-timeout",
+    default=10.0,
+    type=float,
+    metavar="SECONDS",
+    help="Grace period between SIGTERM and SIGKILL.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     tty: bool,

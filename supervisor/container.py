@@ -170,9 +170,11 @@ class Container:
                 if grace > 0 and self.handles(signal.SIGTERM):
                     self.terminate()
                     with anyio.move_on_after(grace):
-                        return await self.wait()
-                self.kill()
-            return await self.wait()
+                        await self.wait()
+                if self.returncode is None:
+                    self.kill()
+            status = await self.wait()
+        return status
 
     async def aclose(self) -> None:
         """Stop the container if it still runs (see ``stop``), reap it, and release
@@ -238,13 +240,11 @@ def _start_error(step: str, err: int, detail: str) -> StartError:
         if err in (errno.EACCES, errno.ENOEXEC, errno.EISDIR, errno.EPERM):
             why = "is a directory" if err == errno.EISDIR else os.strerror(err).lower()
             return CommandNotExecutableError(detail, err, f"not executable ({why})")
-    if err == errno.EPERM and step == "clone3":
-        return NotPermittedError(f"clone3: {os.strerror(err)} (mydocker must run as root)")  # type: ignore[return-value]
     return StartError(step, err, detail)
 
 
 async def _read_errpipe(fd: int) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             data = os.read(fd, 4096)

@@ -22,6 +22,7 @@ The helper exits when the supervisor closes its end of the socket (or dies).
 
 from __future__ import annotations
 
+import errno
 import gc
 import itertools
 import os
@@ -34,7 +35,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _linux
-from .errors import StartError
+from .errors import NotPermittedError, StartError
 from .spec import ContainerSpec
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def _serve_one(sock: socket.socket, msg: bytes, fds: list[int]) -> None:
     try:
         pid, pidfd = _linux.clone3(flags, 0, byrole.get("cgroup", -1))
     except OSError as e:
-        reply = pickle.dumps((rid, 0, e.errno or 0, str(e)))
+        reply = pickle.dumps((rid, 0, e.errno or 0, e.strerror or str(e)))
         socket.send_fds(sock, [reply], [])
         return
     if pid == 0:
@@ -160,7 +161,10 @@ class SpawnHelper:
         self._anyio = anyio
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = f"import sys; sys.path.insert(0, {pkg_parent!r}); from supervisor.spawn import helper_main; helper_main({theirs.fileno()})"
+        code = (
+            f"import sys; sys.path.insert(0, {pkg_parent!r}); "
+            f"from supervisor.spawn import helper_main; helper_main({theirs.fileno()})"
+        )
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", code],
@@ -221,6 +225,11 @@ class SpawnHelper:
         if pid <= 0:
             for f in rfds:
                 os.close(f)
+            if err == errno.EPERM:
+                raise NotPermittedError(
+                    "cannot create the container's namespaces: operation not permitted "
+                    "(mydocker must run as root, with CAP_SYS_ADMIN)"
+                )
             raise StartError("clone3", err, detail)
         return pid, rfds[0]
 

@@ -24,7 +24,9 @@ def mydocker_cmd() -> list[str]:
     return [sys.executable, "-m", "supervisor.cli"]
 
 
-def run_cli(*args: str, input: bytes | None = None, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[bytes]:
+def run_cli(
+    *args: str, input: bytes | None = None, timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[bytes]:
     """Run ``mydocker ARGS`` to completion, capturing output."""
     return subprocess.run(
         [*mydocker_cmd(), *args],
@@ -60,6 +62,13 @@ def _fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
 
 
+def _describe_fd(fd: int) -> str:
+    try:
+        return f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}"
+    except OSError:
+        return str(fd)
+
+
 def _children() -> set[int]:
     out: set[int] = set()
     me = str(os.getpid())
@@ -92,6 +101,6 @@ def host_unchanged() -> Iterator[None]:
     _settle(lambda: not _children() and _fds() <= fds)
     assert _mounts() == mounts, "the host's mount table changed"
     leaked = _fds() - fds
-    assert not leaked, f"fds leaked: {[os.readlink(f'/proc/self/fd/{fd}') for fd in leaked if os.path.exists(f'/proc/self/fd/{fd}')]}"
+    assert not leaked, f"fds leaked: {[_describe_fd(fd) for fd in leaked]}"
     assert not _children(), f"child processes left behind: {_children()}"
     assert os.path.exists("/proc/1/status"), "the host's /proc is broken"

@@ -1,0 +1,36 @@
+# mydocker — set up a virtual environment and run things from it.
+# Everything here needs Linux; `run` and `test` need root (namespaces, mounts, cgroups).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test lint unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## run: set up, then start an interactive shell in a new container
+run: $(STAMP)
+	$(BIN)/mydocker run -ti /bin/sh
+
+## lint: ruff (lint + format) and mypy
+lint: $(STAMP)
+	$(BIN)/ruff check supervisor tests bench
+	$(BIN)/ruff format --check supervisor tests bench
+	$(BIN)/mypy supervisor
+
+## test: set up, lint, and run the whole test suite (as root)
+test: lint
+	$(BIN)/pytest
+
+## bench: compare mydocker with unshare(1) (and crun/runc where installed)
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV)
