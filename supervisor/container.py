@@ -24,7 +24,7 @@ import anyio
 from . import _linux
 from ._streams import FdStream
 from .errors import CommandNotExecutableError, CommandNotFoundError, NotPermittedError, StartError
-from .spawn import get_helper
+from .spawn import get_spawner
 from .spec import ContainerSpec
 
 PIPE = subprocess.PIPE
@@ -310,7 +310,7 @@ async def start_container(
         cgroup = cgroup_factory(spec) if cgroup_factory is not None else None
         if cgroup is not None:
             fds.update(cgroup.child_fds())
-        pid, pidfd = await get_helper().spawn(spec, fds)
+        pid, pidfd = await get_spawner().spawn(spec, fds)
     except BaseException:
         child_side.close()
         stack.close()

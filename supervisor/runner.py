@@ -71,4 +71,7 @@ async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
 
 def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
     """Run the container in the foreground; return the status mydocker exits with."""
+    from .spawn import prefer_direct_clone
+
+    prefer_direct_clone()
     return anyio.run(_run, spec, interactive, grace)
