@@ -3,51 +3,108 @@ foreground, forward signals to it, and return its exit status."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from .cli import FORWARDED_SIGNALS, SECOND_INTERRUPT_WINDOW
 from .container import DEVNULL, Container, start_container
+from .errors import SpecError
 from .spec import ContainerSpec
 
+#: the hidden ``MYDOCKER_BACKEND`` environment variable may name one of these (tests
+#: run the CLI on both); the default is asyncio
+BACKENDS = ("asyncio", "trio")
 
-def _say(message: str) -> None:
+
+def say(message: str) -> None:
+    """One ``mydocker: ...`` line on stderr (``\\r\\n`` in case the terminal is raw)."""
     sys.stderr.write(f"mydocker: {message}\r\n" if sys.stderr.isatty() else f"mydocker: {message}\n")
     sys.stderr.flush()
 
 
-async def forward_signals(container: Container, signals: Any) -> None:
-    """Pass each received signal to the container's PID 1.
+_say = say
 
-    PID 1 of a namespace never sees a signal it has no handler for. So that the
-    user still has a way out: a terminating signal (TERM, HUP, QUIT) that PID 1
-    does not handle kills the container, and a second SIGINT within a few seconds
-    does too (the first one says so on stderr).
+
+class SignalForwarder:
+    """docker's sig-proxy, plus a way out of a PID 1 that ignores signals.
+
+    PID 1 of a namespace never sees a signal it has no handler for. So that the user
+    still has a way out:
+
+    - a terminating signal (TERM, HUP, QUIT) that PID 1 does not handle kills the
+      container (so mydocker ends and the terminal is restored);
+    - a SIGINT that PID 1 does not handle is dropped, but a second one within
+      ``SECOND_INTERRUPT_WINDOW`` seconds kills the container (the first says so);
+    - a SIGTERM that PID 1 handles but does not act on kills the container after the
+      grace period, as ``docker stop`` does.
+
+    With ``--init``, mydocker's init handles everything and passes it on to the
+    command, so the rules apply to nothing but the grace period.
     """
-    last_interrupt: float | None = None
-    async for sig in signals:
-        if sig == signal.SIGWINCH:
-            continue
-        handled = container.handles(sig)
+
+    def __init__(self, container: Container, task_group: anyio.abc.TaskGroup) -> None:
+        self.container = container
+        self._tg = task_group
+        self._last_interrupt: float | None = None
+        self._stopping = False
+
+    def forward(self, sig: int) -> None:
+        """Send ``sig``, received by mydocker, to PID 1; apply the rules above."""
+        container = self.container
+        handled = container.spec.init or container.handles(sig)
         container.send_signal(sig)
-        if handled or container.spec.init:
-            continue
+        if handled:
+            if sig == signal.SIGTERM and not self._stopping:
+                self._stopping = True
+                self._tg.start_soon(self._kill_after_grace)
+        else:
+            self.dropped(sig)
+
+    def dropped(self, sig: int) -> None:
+        """React to ``sig`` having been dropped by the kernel (PID 1 has no handler).
+
+        Also called by the tty proxy for a Ctrl-C / Ctrl-\\ typed into the container.
+        """
         if sig == signal.SIGINT:
             now = anyio.current_time()
-            if last_interrupt is not None and now - last_interrupt <= SECOND_INTERRUPT_WINDOW:
-                _say("second interrupt: killing the container")
-                container.kill()
+            if self._last_interrupt is not None and now - self._last_interrupt <= SECOND_INTERRUPT_WINDOW:
+                say("second interrupt: killing the container")
+                self.container.kill()
             else:
-                _say(
+                say(
                     "the container's PID 1 ignores SIGINT; press Ctrl-C again within "
                     f"{SECOND_INTERRUPT_WINDOW:g}s to kill it (or use --init)"
                 )
-            last_interrupt = now
+            self._last_interrupt = now
         elif sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            container.kill()
+            self.container.kill()
+
+    async def _kill_after_grace(self) -> None:
+        with anyio.move_on_after(self.container.grace):
+            await self.container.wait()
+            return
+        if self.container.returncode is None:
+            say(f"the container did not stop within {self.container.grace:g}s of SIGTERM: killing it")
+            self.container.kill()
+
+    async def serve(self, signals: Any) -> None:
+        """Forward every signal from an ``anyio.open_signal_receiver`` iterator."""
+        async for sig in signals:
+            self.forward(sig)
+
+
+async def forward_signals(container: Container, signals: Any) -> None:
+    """Pass each received signal to the container's PID 1 (see ``SignalForwarder``).
+
+    Cancellation: stops forwarding (and any pending grace-period kill).
+    """
+    async with anyio.create_task_group() as tg:
+        await SignalForwarder(container, tg).serve(signals)
 
 
 async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
@@ -55,7 +112,7 @@ async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
         from .tty import run_tty
 
         return await run_tty(spec, interactive=interactive, grace=grace)
-    with anyio.open_signal_receiver(*FORWARDED_SIGNALS) as signals:
+    with anyio.open_signal_receiver(*FORWARDED_SIGNALS, signal.SIGWINCH) as signals:
         container = await start_container(
             spec, stdin=0 if interactive else DEVNULL, stdout=None, stderr=None, grace=grace
         )
@@ -65,13 +122,20 @@ async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
                 status = await container.wait()
                 tg.cancel_scope.cancel()
     if container.oom_killed:
-        _say("the container was killed: out of memory (memory limit reached)")
+        say("the container was killed: out of memory (memory limit reached)")
     return status
 
 
 def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
-    """Run the container in the foreground; return the status mydocker exits with."""
+    """Run the container in the foreground; return the status mydocker exits with.
+
+    Raises:
+        SpecError: ``MYDOCKER_BACKEND`` names no known event loop.
+    """
     from .spawn import prefer_direct_clone
 
+    backend = os.environ.get("MYDOCKER_BACKEND") or "asyncio"
+    if backend not in BACKENDS:
+        raise SpecError(f"MYDOCKER_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
     prefer_direct_clone()
-    return anyio.run(_run, spec, interactive, grace)
+    return anyio.run(_run, spec, interactive, grace, backend=backend)
