@@ -46,6 +46,10 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
+# <linux/mount.h>, <linux/fcntl.h>: mount_setattr(2)
+MOUNT_ATTR_RDONLY = 0x00000001
+AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
@@ -70,8 +74,22 @@ WALL = 0x40000000
 
 # <asm/unistd_64.h> (x86_64; aarch64 shares the generic numbers below)
 _SYSCALLS = {
-    "x86_64": {"clone3": 435, "close_range": 436, "pivot_root": 155, "setns": 308, "unshare": 272},
-    "aarch64": {"clone3": 435, "close_range": 436, "pivot_root": 41, "setns": 268, "unshare": 97},
+    "x86_64": {
+        "clone3": 435,
+        "close_range": 436,
+        "pivot_root": 155,
+        "setns": 308,
+        "unshare": 272,
+        "mount_setattr": 442,
+    },
+    "aarch64": {
+        "clone3": 435,
+        "close_range": 436,
+        "pivot_root": 41,
+        "setns": 268,
+        "unshare": 97,
+        "mount_setattr": 442,
+    },
 }
 NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
 
@@ -131,6 +149,34 @@ def unshare(flags: int) -> None:
     """unshare(2): ``os.unshare`` only exists from Python 3.12."""
     if _syscall(ctypes.c_long(NR["unshare"]), ctypes.c_long(flags)) != 0:
         _raise(f"unshare({flags:#x})")
+
+
+class MountAttr(ctypes.Structure):
+    """struct mount_attr, <linux/mount.h> (MOUNT_ATTR_SIZE_VER0: 32 bytes)."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr_rdonly(path: str, recursive: bool = True) -> None:
+    """Make the mount at ``path`` (and, with ``recursive``, every mount below it)
+    read-only: mount_setattr(2), Linux 5.12; ENOSYS on older kernels."""
+    attr = MountAttr(attr_set=MOUNT_ATTR_RDONLY)
+    flags = AT_RECURSIVE if recursive else 0
+    r = _syscall(
+        ctypes.c_long(NR["mount_setattr"]),
+        ctypes.c_int(AT_FDCWD),
+        _b(path),
+        ctypes.c_uint(flags),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    if r != 0:
+        _raise(f"mount_setattr({path!r}, MOUNT_ATTR_RDONLY, {'AT_RECURSIVE' if recursive else 0})")
 
 
 def setns(fd: int, nstype: int = 0) -> None:

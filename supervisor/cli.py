@@ -92,6 +92,40 @@ def _parse_namespaces(network: str, pid: str, uts: str, ipc: str) -> frozenset[s
     return frozenset(ns)
 
 
+def _filesystem_options(
+    rootfs: str | None,
+    image: str | None,
+    read_only: bool,
+    volumes: tuple[str, ...],
+    tmpfs: tuple[str, ...],
+    state_dir: str | None,
+    mount_cls: Any,
+) -> dict[str, Any]:
+    """ContainerSpec fields for --rootfs/--image/--read-only/-v/--tmpfs/--state-dir.
+
+    Host paths are made absolute against the current directory (docker refuses a
+    relative -v host path; resolving it is friendlier and just as unambiguous).
+    """
+    import os
+
+    if rootfs is not None and image is not None:
+        raise SpecError("give either --rootfs or --image, not both")
+    mounts = []
+    for text in volumes:
+        m = mount_cls.parse_volume(text)
+        if not os.path.isabs(m.source):
+            m = mount_cls(m.target, os.path.abspath(m.source), read_only=m.read_only)
+        mounts.append(m)
+    mounts += [mount_cls.parse_tmpfs(text) for text in tmpfs]
+    return {
+        "rootfs": os.path.abspath(rootfs) if rootfs else None,
+        "image": image,
+        "read_only": read_only,
+        "mounts": tuple(mounts),
+        "state_dir": os.path.abspath(state_dir) if state_dir else None,
+    }
+
+
 @main.command(
     context_settings={"allow_interspersed_args": False},
     short_help="Run a command in a new container.",
@@ -118,6 +152,24 @@ def _parse_namespaces(network: str, pid: str, uts: str, ipc: str) -> frozenset[s
     metavar="SECONDS",
     help="Grace period between SIGTERM and SIGKILL.",
 )
+@click.option(
+    "--rootfs", metavar="DIR", help="Use DIR as the root filesystem (copy-on-write, DIR is unchanged)."
+)
+@click.option(
+    "--image", metavar="NAME", help="Use an imported image as the root filesystem ('mydocker image')."
+)
+@click.option("--read-only", is_flag=True, help="Mount the container's root filesystem read-only.")
+@click.option(
+    "-v", "--volume", "volumes", multiple=True, metavar="HOST:CONTAINER[:ro]", help="Bind mount a host path."
+)
+@click.option(
+    "--tmpfs", "tmpfs", multiple=True, metavar="PATH[:OPTS]", help="Mount a tmpfs (ro, size=, mode=)."
+)
+@click.option(
+    "--state-dir",
+    metavar="DIR",
+    help="Images and layers (default: $MYDOCKER_STATE_DIR or /var/lib/mydocker).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     tty: bool,
@@ -132,6 +184,12 @@ def run(
     uts: str,
     ipc: str,
     stop_timeout: float,
+    rootfs: str | None,
+    image: str | None,
+    read_only: bool,
+    volumes: tuple[str, ...],
+    tmpfs: tuple[str, ...],
+    state_dir: str | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND [ARG...] as PID 1 of a new container.
@@ -140,7 +198,7 @@ def run(
     Exit status: the command's; 128+N if killed by signal N; 125 if mydocker
     failed; 126 if COMMAND cannot be executed; 127 if it was not found.
     """
-    from .spec import ContainerSpec, parse_env
+    from .spec import ContainerSpec, Mount, parse_env
 
     if command and command[0] == "--":
         command = command[1:]
@@ -155,10 +213,78 @@ def run(
         tty=tty,
         namespaces=_parse_namespaces(network, pid_mode, uts, ipc),
         init=use_init,
+        **_filesystem_options(rootfs, image, read_only, volumes, tmpfs, state_dir, Mount),
     )
     from .runner import run_cli
 
     sys.exit(run_cli(spec, interactive=interactive, grace=stop_timeout))
+
+
+@main.group(short_help="Import, list and remove images.")
+@click.option(
+    "--state-dir",
+    metavar="DIR",
+    help="Images and layers (default: $MYDOCKER_STATE_DIR or /var/lib/mydocker).",
+)
+@click.pass_context
+def image(ctx: click.Context, state_dir: str | None) -> None:
+    """Root filesystem images: `mydocker run --image NAME COMMAND` runs one.
+
+    A busybox image to start with: scripts/busybox-image.sh DIR busybox.tar, then
+    `mydocker image import busybox busybox.tar`.
+    """
+    from .rootfs import state_dir as resolve_state_dir
+
+    ctx.obj = resolve_state_dir(state_dir)
+
+
+@image.command("import")
+@click.option(
+    "--allow-devices", is_flag=True, help="Create device nodes found in the tarball (default: skip them)."
+)
+@click.argument("name")
+@click.argument("tarball")
+@click.pass_obj
+def image_import(state_dir: str, allow_devices: bool, name: str, tarball: str) -> None:
+    """Unpack TARBALL (a root filesystem; '-' reads stdin) as image NAME."""
+    from .images import import_image
+
+    source: Any = sys.stdin.buffer if tarball == "-" else tarball
+    img = import_image(name, source, state_dir, allow_devices=allow_devices)
+    note = f" ({img.skipped} device nodes or special files skipped)" if img.skipped else ""
+    click.echo(f"{img.name}{note}")
+
+
+@image.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only names.")
+@click.pass_obj
+def image_ls(state_dir: str, quiet: bool) -> None:
+    """List the imported images."""
+    import time
+
+    from .images import list_images
+
+    images = list_images(state_dir)
+    if quiet:
+        for img in images:
+            click.echo(img.name)
+        return
+    click.echo(f"{'NAME':<24} {'CREATED':<20} {'SIZE':>10}")
+    for img in images:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(img.created))
+        click.echo(f"{img.name:<24} {created:<20} {img.size / 1e6:>8.1f}MB")
+
+
+@image.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def image_rm(state_dir: str, names: tuple[str, ...]) -> None:
+    """Remove images."""
+    from .images import remove_image
+
+    for name in names:
+        remove_image(name, state_dir)
+        click.echo(name)
 
 
 if __name__ == "__main__":  # pragma: no cover

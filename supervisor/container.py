@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import anyio
 
-from . import _linux
+from . import _linux, rootfs
 from ._streams import FdStream
 from .errors import CommandNotExecutableError, CommandNotFoundError, NotPermittedError, StartError
 from .spawn import get_spawner
@@ -272,14 +272,19 @@ async def start_container(
         CommandNotFoundError, CommandNotExecutableError: exec failed (127 / 126).
         StartError: another init step or the clone failed (``.step`` says which).
         NotPermittedError: not root.
+        SpecError: a missing image, rootfs or volume host path (nothing was created).
 
     If cancelled while starting, the child (if any) is killed and reaped first.
     """
     if os.geteuid() != 0:
         raise NotPermittedError("mydocker must run as root (namespaces need CAP_SYS_ADMIN)")
+    # Image, rootfs and volume paths are checked before anything exists on the host.
+    spec = rootfs.resolve(spec)
     stack = contextlib.ExitStack()
     child_side = contextlib.ExitStack()  # fds only the child keeps: closed after the clone
     try:
+        # The container's directory (overlay layers): removed when the stack closes.
+        rootfs.prepare(spec, stack)
         fds: dict[str, int] = {}
         streams: dict[str, FdStream | None] = {"stdin": None, "stdout": None, "stderr": None}
         if spec.tty:

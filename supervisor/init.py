@@ -16,7 +16,7 @@ import os
 import signal
 from dataclasses import dataclass
 
-from . import _linux
+from . import _linux, rootfs
 from .spec import ContainerSpec
 
 #: exit status of a child that failed before exec (the supervisor reports the
@@ -35,6 +35,9 @@ class ChildPlan:
     errpipe: int
     #: v1 cgroups: the child blocks reading this until the supervisor placed it
     sync: int = -1
+    #: signals to reset to SIG_DFL (``signals_to_reset()`` taken before the clone);
+    #: None: work it out in the child (slower: ~0.3 ms of copy-on-write faults)
+    reset_signals: tuple[int, ...] | None = None
 
 
 class _StepFailed(Exception):
@@ -60,26 +63,41 @@ def _step(name: str, fn: object, *args: object) -> None:
         raise _StepFailed(name, e.errno or 0, str(e)) from None
 
 
-def _reset_signals() -> None:
-    # execve keeps ignored signals ignored and the mask as it is: the helper ignores
-    # terminal signals and Python ignores SIGPIPE/SIGXFSZ, so give the command a clean
-    # slate, as a shell would.
-    for sig in signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
+#: every signal a handler can be set for, worked out once before any clone
+_CATCHABLE = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
+
+
+def signals_to_reset() -> tuple[int, ...]:
+    """The signals whose disposition is not the default: ignored (the helper ignores
+    terminal signals, Python ignores SIGPIPE and SIGXFSZ) or with a Python handler
+    (which would run in the child until exec). Call it in the parent, before the clone."""
+    getsignal, default = signal.getsignal, signal.SIG_DFL
+    return tuple(sig for sig in _CATCHABLE if getsignal(sig) != default)
+
+
+def _reset_signals(sigs: tuple[int, ...] | None) -> None:
+    # execve keeps ignored signals ignored and the mask as it is: give the command a
+    # clean slate, as a shell would. Only the few signals that are not at the default
+    # are touched: resetting all 62 cost ~0.4 ms per container, a tenth of a spawn.
+    for sig in signals_to_reset() if sigs is None else sigs:
         try:
             signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    if signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def _setup_namespaces(spec: ContainerSpec) -> None:
+def _setup_namespaces(spec: ContainerSpec, tty_fd: int = -1) -> None:
     ns = spec.namespaces
     if "mount" in ns:
         # First of all: nothing we mount may propagate back to the host.
         _step("make / private", _linux.mount, None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-        if "pid" in ns:
+        if spec.rootfs is not None:
+            # overlay root, /proc, /dev, /sys, volumes, masks, pivot_root (rootfs.py)
+            for op in rootfs.child_ops(spec, tty_fd):
+                _step(op.step, op.run)
+        elif "pid" in ns:
             flags = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
             _step("mount /proc", _linux.mount, "proc", "/proc", "proc", flags)
     if "uts" in ns:
@@ -142,6 +160,13 @@ def _run_as_init(plan: ChildPlan, env: dict[str, str]) -> None:
     pid = os.fork()
     if pid == 0:
         try:
+            if plan.spec.tty:
+                # The command gets a process group of its own and the terminal's
+                # foreground: a typed Ctrl-C then reaches only the command, not also
+                # init (which would pass it on a second time). tcsetpgrp from what is
+                # now a background group is allowed because SIGTTOU is still blocked.
+                _step("setpgid", os.setpgid, 0, 0)
+                _step("tcsetpgrp", os.tcsetpgrp, 0, os.getpgrp())
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
             _exec(plan.spec.command, env)
         except _StepFailed as e:
@@ -171,7 +196,7 @@ def _run_as_init(plan: ChildPlan, env: dict[str, str]) -> None:
 def run(plan: ChildPlan) -> None:
     """Execute the plan in the freshly cloned child. Never returns."""
     try:
-        _reset_signals()
+        _reset_signals(plan.reset_signals)
         # If the supervisor dies, so do we (the parent is the supervisor, thanks to
         # CLONE_PARENT); cgroups clean up whatever escapes.
         _step("prctl(PR_SET_PDEATHSIG)", _linux.set_pdeathsig, signal.SIGKILL)
@@ -181,7 +206,7 @@ def run(plan: ChildPlan) -> None:
             if os.read(plan.sync, 1) != b"1":
                 os._exit(EXIT_SETUP_FAILED)
             os.close(plan.sync)
-        _setup_namespaces(plan.spec)
+        _setup_namespaces(plan.spec, plan.stdin if plan.spec.tty else -1)
         _setup_stdio(plan)
         env = plan.spec.full_env()
         if plan.spec.cwd:

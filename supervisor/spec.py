@@ -52,9 +52,77 @@ def parse_env(items: Iterable[str], host_env: Mapping[str, str] | None = None) -
     return tuple(out)
 
 
+#: docker's smallest memory limit: below it a container cannot even start its init
+MIN_MEMORY = 6 * 1024 * 1024
+
+_SIZE_UNITS = {"": 1, "b": 1}
+for _i, _u in enumerate("kmgtp", 1):
+    _SIZE_UNITS.update({_u: 1024**_i, _u + "b": 1024**_i, _u + "ib": 1024**_i})
+
+
+def parse_size(value: str | int, what: str = "size") -> int:
+    """A byte count in docker's spelling: ``"64m"`` → 67108864.
+
+    A number (decimals allowed) with an optional binary unit ``b``, ``k``, ``m``,
+    ``g``, ``t`` or ``p`` (also ``kb``/``kib``, any case). ``-1`` is passed through
+    (it means "unlimited" where a flag allows it).
+
+    Raises:
+        SpecError: anything else, e.g. ``"12q"``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text == "-1":
+        return -1
+    num = text.rstrip("bikmgtp")
+    unit = text[len(num) :]
+    if not num or unit not in _SIZE_UNITS or num.count(".") > 1 or not num.replace(".", "").isdigit():
+        raise SpecError(f"invalid {what} {value!r} (expected a size such as 64m: a number and b, k, m or g)")
+    return int(float(num) * _SIZE_UNITS[unit])
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """The CPUs of a cpuset list such as ``"0-2,5"``.
+
+    Raises:
+        SpecError: a malformed list.
+    """
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()) or (sep and int(hi) < int(lo)):
+            raise SpecError(f"invalid CPU list {text!r} (expected e.g. 0-1,3)")
+        cpus.update(range(int(lo), int(hi if sep else lo) + 1))
+    return frozenset(cpus)
+
+
+def _whole(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise SpecError(f"invalid {what} {value!r} (expected a whole number)")
+    try:
+        return int(value)
+    except ValueError:
+        raise SpecError(f"invalid {what} {value!r} (expected a whole number)") from None
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one container (cgroups). ``None`` means unlimited."""
+    """Resource limits of one container (cgroups). ``None`` means unlimited.
+
+    Attributes:
+        memory: bytes (``"64m"`` is accepted and converted); at least 6 MiB.
+        memory_swap: memory plus swap in bytes, at least ``memory``; -1 for
+            unlimited swap; unset: as much swap as memory (docker's rules).
+        cpus: how many CPUs' worth of time, e.g. 0.5 (at least 0.01).
+        cpu_shares: relative CPU weight, 2 to 262144 (the default is 1024).
+        cpuset_cpus: the CPUs the container may run on, e.g. ``"0-1,3"``.
+        pids: the most processes (and threads) the container may have at once.
+
+    Raises:
+        SpecError: a malformed or out-of-range value (checked when made; whether
+            the host can honour it is checked when the container starts).
+    """
 
     memory: int | None = None
     memory_swap: int | None = None
@@ -63,9 +131,149 @@ class Limits:
     cpuset_cpus: str | None = None
     pids: int | None = None
 
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        if self.memory is not None:
+            put("memory", parse_size(self.memory, "memory limit"))
+            if self.memory < MIN_MEMORY:  # type: ignore[operator]
+                raise SpecError(f"invalid memory limit {self.memory}: the minimum is 6m")
+        if self.memory_swap is not None:
+            put("memory_swap", parse_size(self.memory_swap, "memory+swap limit"))
+            if self.memory is None:
+                raise SpecError("--memory-swap needs --memory as well")
+            if self.memory_swap != -1 and self.memory_swap < self.memory:  # type: ignore[operator]
+                raise SpecError(
+                    f"invalid memory+swap limit {self.memory_swap}: it must be at least the memory limit "
+                    f"({self.memory}), or -1 for unlimited swap"
+                )
+        if self.cpus is not None:
+            try:
+                cpus = float(self.cpus)
+            except (TypeError, ValueError):
+                raise SpecError(f"invalid --cpus {self.cpus!r} (expected a number such as 0.5)") from None
+            if not 0.01 <= cpus < float("inf"):
+                raise SpecError(f"invalid --cpus {self.cpus!r}: it must be at least 0.01")
+            put("cpus", cpus)
+        if self.cpu_shares is not None:
+            put("cpu_shares", _whole(self.cpu_shares, "--cpu-shares"))
+            if not 2 <= self.cpu_shares <= 262144:  # type: ignore[operator]
+                raise SpecError(f"invalid --cpu-shares {self.cpu_shares}: it must be from 2 to 262144")
+        if self.cpuset_cpus is not None:
+            cpus_set = cpu_list(str(self.cpuset_cpus))
+            put("cpuset_cpus", ",".join(str(c) for c in sorted(cpus_set)))
+        if self.pids is not None:
+            put("pids", _whole(self.pids, "--pids-limit"))
+            if self.pids < 1:  # type: ignore[operator]
+                raise SpecError(f"invalid --pids-limit {self.pids}: it must be at least 1 (or -1: unlimited)")
+
     def any(self) -> bool:
         """True when at least one limit is set."""
         return any(v is not None for v in vars(self).values())
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        memory: str | None = None,
+        memory_swap: str | None = None,
+        cpus: str | None = None,
+        cpu_shares: str | None = None,
+        cpuset_cpus: str | None = None,
+        pids: str | None = None,
+    ) -> Limits:
+        """Limits from docker-style flag strings; ``pids="-1"`` means unlimited.
+
+        Raises:
+            SpecError: a bad value, in one sentence.
+        """
+        if pids is not None and pids.strip() == "-1":
+            pids = None
+        return cls(
+            memory=parse_size(memory, "memory limit") if memory is not None else None,
+            memory_swap=parse_size(memory_swap, "memory+swap limit") if memory_swap is not None else None,
+            cpus=cpus,  # type: ignore[arg-type]
+            cpu_shares=cpu_shares,  # type: ignore[arg-type]
+            cpuset_cpus=cpuset_cpus,
+            pids=pids,  # type: ignore[arg-type]
+        )
+
+
+#: the kinds of ``Mount``
+MOUNT_TYPES = ("bind", "tmpfs")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount on top of the container's root filesystem (needs ``rootfs``).
+
+    Attributes:
+        target: absolute path inside the container; created there when missing
+            (in the container's writable layer, never in the image).
+        source: the host path of a bind mount (a file or a directory, which is
+            bound recursively); ``None`` for a tmpfs.
+        type: ``"bind"`` (docker's ``-v HOST:CONTAINER``) or ``"tmpfs"``
+            (``--tmpfs PATH``).
+        read_only: mount it read-only (a directory with all its submounts).
+        options: tmpfs only: ``size=...`` / ``mode=...`` mount data.
+    """
+
+    target: str
+    source: str | None = None
+    type: str = "bind"
+    read_only: bool = False
+    options: str = ""
+
+    @classmethod
+    def parse_volume(cls, text: str) -> Mount:
+        """Parse docker's ``-v HOST:CONTAINER[:ro|rw]``.
+
+        Raises:
+            SpecError: when the text does not have that shape.
+        """
+        parts = text.split(":")
+        mode = "rw"
+        if len(parts) == 3:
+            mode = parts.pop()
+        if len(parts) != 2 or mode not in ("ro", "rw") or not parts[0] or not parts[1]:
+            raise SpecError(f"invalid volume {text!r} (use HOST:CONTAINER[:ro])")
+        return cls(target=parts[1], source=parts[0], read_only=mode == "ro")
+
+    @classmethod
+    def parse_tmpfs(cls, text: str) -> Mount:
+        """Parse docker's ``--tmpfs PATH[:OPTIONS]`` (``ro``, ``rw``, ``size=``, ``mode=``).
+
+        Raises:
+            SpecError: on an unknown option.
+        """
+        target, _, opts = text.partition(":")
+        read_only = False
+        data = []
+        for opt in filter(None, opts.split(",")):
+            if opt in ("ro", "rw"):
+                read_only = opt == "ro"
+            elif opt.split("=", 1)[0] in ("size", "mode") and "=" in opt:
+                data.append(opt)
+            else:
+                raise SpecError(f"invalid --tmpfs option {opt!r} in {text!r} (ro, rw, size=, mode=)")
+        return cls(target=target, type="tmpfs", read_only=read_only, options=",".join(data))
+
+    def validate(self) -> None:
+        """Raise ``SpecError`` if the mount is malformed (host paths are checked at start)."""
+        if self.type not in MOUNT_TYPES:
+            raise SpecError(f"unknown mount type {self.type!r} (bind or tmpfs)")
+        if not self.target or "\0" in self.target or not os.path.isabs(self.target):
+            raise SpecError(f"the container path of a mount must be absolute: {self.target!r}")
+        if os.path.normpath(self.target) == "/":
+            raise SpecError("cannot mount over the container's root '/'")
+        if self.type == "bind":
+            if not self.source or "\0" in self.source or not os.path.isabs(self.source):
+                raise SpecError(f"the host path of a volume must be absolute: {self.source!r}")
+        elif self.source is not None:
+            raise SpecError("a tmpfs mount has no source")
+        if "\0" in self.options:
+            raise SpecError(f"invalid mount options: {self.options!r}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +295,15 @@ class ContainerSpec:
         limits: cgroup resource limits.
         cgroup_parent: cgroup below which the container's cgroup is made (default:
             the supervisor's own cgroup).
+        rootfs: a directory to use as the container's root filesystem (the read-only
+            lower layer of an overlay; the container writes to a layer of its own).
+            ``None``: the host's root, with private mounts.
+        image: the name of an imported image (``mydocker image import``): its root
+            filesystem becomes ``rootfs`` when the container starts.
+        read_only: make the container's root filesystem read-only.
+        mounts: volumes and tmpfs mounts on top of the root filesystem.
+        state_dir: where mydocker keeps images and per-container layers (default:
+            ``$MYDOCKER_STATE_DIR`` or ``/var/lib/mydocker``).
         id: the container id (generated).
     """
 
@@ -100,6 +317,11 @@ class ContainerSpec:
     init: bool = False
     limits: Limits = field(default_factory=Limits)
     cgroup_parent: str | None = None
+    rootfs: str | None = None
+    image: str | None = None
+    read_only: bool = False
+    mounts: tuple[Mount, ...] = ()
+    state_dir: str | None = None
     id: str = field(default_factory=new_id)
 
     def __post_init__(self) -> None:
@@ -107,6 +329,9 @@ class ContainerSpec:
             raise SpecError("command must be a sequence of strings, not a single string")
         object.__setattr__(self, "command", tuple(self.command))
         object.__setattr__(self, "namespaces", frozenset(self.namespaces))
+        object.__setattr__(self, "mounts", tuple(self.mounts))
+        if isinstance(self.limits, Mapping):  # run_container(..., limits={"memory": "64m"})
+            object.__setattr__(self, "limits", Limits(**self.limits))
         if isinstance(self.env, Mapping):
             object.__setattr__(self, "env", tuple(self.env.items()))
         else:
@@ -133,6 +358,34 @@ class ContainerSpec:
         for key, value in self.env:
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise SpecError(f"invalid environment variable: {key!r}")
+        self._validate_filesystem()
+        self._validate_cgroups()
+
+    def _validate_cgroups(self) -> None:
+        if not isinstance(self.limits, Limits):
+            raise SpecError(f"limits must be a Limits object, not {type(self.limits).__name__}")
+        parent = self.cgroup_parent
+        if parent is not None and (
+            not parent.strip("/") or "\0" in parent or ".." in parent.split("/") or "\n" in parent
+        ):
+            raise SpecError(f"invalid cgroup parent {parent!r} (a cgroup path such as /mydocker or jobs)")
+
+    def _validate_filesystem(self) -> None:
+        for name in ("rootfs", "state_dir"):
+            path = getattr(self, name)
+            if path is not None and (not path or "\0" in path or not os.path.isabs(path)):
+                raise SpecError(f"{name} must be an absolute path: {path!r}")
+        if self.image is not None and (not self.image or "/" in self.image or "\0" in self.image):
+            raise SpecError(f"invalid image name: {self.image!r}")
+        if self.rootfs is None and self.image is None:
+            if self.read_only or self.mounts:
+                raise SpecError("--read-only, volumes and tmpfs mounts need --rootfs or --image")
+        elif "mount" not in self.namespaces:
+            raise SpecError("a root filesystem needs a mount namespace of its own")
+        for m in self.mounts:
+            if not isinstance(m, Mount):
+                raise SpecError(f"mounts must be Mount objects, not {type(m).__name__}")
+            m.validate()
 
     @property
     def short_id(self) -> str:
