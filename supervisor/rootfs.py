@@ -348,6 +348,16 @@ def _read_only_path(root: str, path: str) -> None:
     _make_read_only(target)
 
 
+def _bind_tty(root: str, fd: int, path: str) -> None:
+    # A bind source must be a path of this mount namespace (an fd opened in the
+    # host's namespace gives EINVAL), so look the pty up by name; our namespace is a
+    # copy of the host's, where the name came from.
+    source = os.ttyname(fd)
+    if os.stat(source).st_rdev != os.fstat(fd).st_rdev:
+        raise OSError(errno.ENODEV, f"the tty on fd {fd} is not {source} in the container's namespace")
+    _bind_in(root, source, path)
+
+
 def _symlink_in(root: str, link_target: str, path: str) -> None:
     os.symlink(link_target, resolve_in(root, path))
 
@@ -419,9 +429,7 @@ def child_ops(spec: ContainerSpec, tty_fd: int = -1) -> list[Op]:
     if tty_fd >= 0:
         # The pty comes from the host's devpts; binding it here gives the container a
         # terminal path it can see (ttyname finds it by device number).
-        ops.append(
-            Op("bind the tty to /dev/console", _bind_in, (root, f"/proc/self/fd/{tty_fd}", "/dev/console"))
-        )
+        ops.append(Op("bind the tty to /dev/console", _bind_tty, (root, tty_fd, "/dev/console")))
     ops.append(
         Op("mount /sys", _mount_in, (root, "/sys", "sysfs", _linux.MS_RDONLY | _NOSUID_NODEV_NOEXEC, None))
     )
