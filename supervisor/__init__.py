@@ -123,6 +123,8 @@ async def open_container(
     """
     from .container import DEFAULT_GRACE, start_container
 
+    if grace is not None and not grace >= 0:
+        raise SpecError(f"grace must be a number of seconds >= 0, not {grace!r}")
     spec = _make_spec(command, options)
     return await start_container(
         spec,
@@ -136,7 +138,11 @@ async def open_container(
 
 
 def _cgroup_factory(spec: ContainerSpec) -> Any:
-    return None
+    # One cgroup per container (see cgroups.py: always in cgroup v2 when there is
+    # one, in v1 hierarchies only for the limits that need them).
+    from .cgroups import create_cgroup
+
+    return create_cgroup
 
 
 async def run_container(
@@ -178,7 +184,7 @@ async def run_container(
 
     if input is not None:
         if stdin is not None:
-            raise ValueError("pass either input or stdin, not both")
+            raise SpecError("pass either input or stdin, not both")
         stdin = PIPE
     elif stdin is None:
         stdin = DEVNULL

@@ -170,6 +170,17 @@ def _filesystem_options(
     metavar="DIR",
     help="Images and layers (default: $MYDOCKER_STATE_DIR or /var/lib/mydocker).",
 )
+@click.option("-m", "--memory", metavar="BYTES", help="Memory limit, e.g. 64m (b, k, m, g suffixes).")
+@click.option(
+    "--memory-swap", metavar="BYTES", help="Memory plus swap limit; -1: unlimited swap (default: 2x memory)."
+)
+@click.option("--cpus", metavar="N", help="CPU limit in CPUs, e.g. 0.5.")
+@click.option("--cpu-shares", metavar="N", help="Relative CPU weight, 2-262144 (default 1024).")
+@click.option("--cpuset-cpus", metavar="LIST", help="CPUs the container may use, e.g. 0-1,3.")
+@click.option("--pids-limit", metavar="N", help="Most processes at once (-1: unlimited).")
+@click.option(
+    "--cgroup-parent", metavar="PATH", help="Parent cgroup of the container's (default: mydocker's)."
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     tty: bool,
@@ -190,6 +201,13 @@ def run(
     volumes: tuple[str, ...],
     tmpfs: tuple[str, ...],
     state_dir: str | None,
+    memory: str | None,
+    memory_swap: str | None,
+    cpus: str | None,
+    cpu_shares: str | None,
+    cpuset_cpus: str | None,
+    pids_limit: str | None,
+    cgroup_parent: str | None,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND [ARG...] as PID 1 of a new container.
@@ -198,7 +216,7 @@ def run(
     Exit status: the command's; 128+N if killed by signal N; 125 if mydocker
     failed; 126 if COMMAND cannot be executed; 127 if it was not found.
     """
-    from .spec import ContainerSpec, Mount, parse_env
+    from .spec import ContainerSpec, Limits, Mount, parse_env
 
     if command and command[0] == "--":
         command = command[1:]
@@ -214,6 +232,15 @@ def run(
         namespaces=_parse_namespaces(network, pid_mode, uts, ipc),
         init=use_init,
         **_filesystem_options(rootfs, image, read_only, volumes, tmpfs, state_dir, Mount),
+        limits=Limits.parse(
+            memory=memory,
+            memory_swap=memory_swap,
+            cpus=cpus,
+            cpu_shares=cpu_shares,
+            cpuset_cpus=cpuset_cpus,
+            pids=pids_limit,
+        ),
+        cgroup_parent=cgroup_parent,
     )
     from .runner import run_cli
 

@@ -268,6 +268,11 @@ async def start_container(
 ) -> Container:
     """Start a container and return it once its command is running.
 
+    ``cgroup_factory(spec)`` makes the container's cgroup (default:
+    ``cgroups.create_cgroup``; a factory returning None gives no cgroup). The object
+    it returns provides ``child_fds()``, ``attach(pid)``, ``kill()``,
+    ``oom_killed()``, ``discard()`` and ``async destroy()``.
+
     Raises:
         CommandNotFoundError, CommandNotExecutableError: exec failed (127 / 126).
         StartError: another init step or the clone failed (``.step`` says which).
@@ -312,8 +317,14 @@ async def start_container(
         stack.callback(os.close, err_r)
         child_side.callback(os.close, err_w)
         fds["errpipe"] = err_w
-        cgroup = cgroup_factory(spec) if cgroup_factory is not None else None
+        if cgroup_factory is None:
+            from .cgroups import create_cgroup
+
+            cgroup_factory = create_cgroup
+        cgroup = cgroup_factory(spec)
         if cgroup is not None:
+            # Removes the directories if the clone fails; a no-op after destroy().
+            stack.callback(cgroup.discard)
             fds.update(cgroup.child_fds())
         pid, pidfd = await get_spawner().spawn(spec, fds)
     except BaseException:

@@ -137,13 +137,13 @@ class Limits:
 
         if self.memory is not None:
             put("memory", parse_size(self.memory, "memory limit"))
-            if self.memory < MIN_MEMORY:  # type: ignore[operator]
+            if self.memory < MIN_MEMORY:
                 raise SpecError(f"invalid memory limit {self.memory}: the minimum is 6m")
         if self.memory_swap is not None:
             put("memory_swap", parse_size(self.memory_swap, "memory+swap limit"))
             if self.memory is None:
                 raise SpecError("--memory-swap needs --memory as well")
-            if self.memory_swap != -1 and self.memory_swap < self.memory:  # type: ignore[operator]
+            if self.memory_swap != -1 and self.memory_swap < self.memory:
                 raise SpecError(
                     f"invalid memory+swap limit {self.memory_swap}: it must be at least the memory limit "
                     f"({self.memory}), or -1 for unlimited swap"
@@ -158,14 +158,14 @@ class Limits:
             put("cpus", cpus)
         if self.cpu_shares is not None:
             put("cpu_shares", _whole(self.cpu_shares, "--cpu-shares"))
-            if not 2 <= self.cpu_shares <= 262144:  # type: ignore[operator]
+            if not 2 <= self.cpu_shares <= 262144:
                 raise SpecError(f"invalid --cpu-shares {self.cpu_shares}: it must be from 2 to 262144")
         if self.cpuset_cpus is not None:
             cpus_set = cpu_list(str(self.cpuset_cpus))
             put("cpuset_cpus", ",".join(str(c) for c in sorted(cpus_set)))
         if self.pids is not None:
             put("pids", _whole(self.pids, "--pids-limit"))
-            if self.pids < 1:  # type: ignore[operator]
+            if self.pids < 1:
                 raise SpecError(f"invalid --pids-limit {self.pids}: it must be at least 1 (or -1: unlimited)")
 
     def any(self) -> bool:
