@@ -371,16 +371,20 @@ class _Extractor:
         target = _parts(m.linkname, "hard link target")
         if not target:
             raise UnsafeArchiveError(f"refusing the archive: hard link {m.name!r} to the image root")
-        sfd = self._open_dir(root_fd, target[:-1], create=False, name=m.linkname)
+        missing = UnsafeArchiveError(
+            f"refusing the archive: hard link {m.name!r} to {m.linkname!r}, which is not in the image"
+        )
+        try:
+            sfd = self._open_dir(root_fd, target[:-1], create=False, name=m.linkname)
+        except FileNotFoundError:
+            raise missing from None
         try:
             self._clear(dfd, leaf)
             # follow_symlinks=False: linking to a symlink links the symlink itself,
             # never what it points to (which could be a host file)
             os.link(target[-1], leaf, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
-            raise UnsafeArchiveError(
-                f"refusing the archive: hard link {m.name!r} to {m.linkname!r}, which is not in the image"
-            ) from None
+            raise missing from None
         finally:
             if sfd != root_fd:
                 os.close(sfd)
