@@ -66,7 +66,7 @@ def clone_flags(spec: ContainerSpec) -> int:
 # ---------------------------------------------------------------- helper side
 
 
-def _child_plan(spec: ContainerSpec, byrole: dict[str, int]) -> Any:
+def _child_plan(spec: ContainerSpec, byrole: dict[str, int], reset: tuple[int, ...] | None) -> Any:
     from .init import ChildPlan
 
     return ChildPlan(
@@ -76,30 +76,40 @@ def _child_plan(spec: ContainerSpec, byrole: dict[str, int]) -> Any:
         stderr=byrole["stderr"],
         errpipe=byrole["errpipe"],
         sync=byrole.get("sync", -1),
+        reset_signals=reset,
     )
 
 
-def _clone(spec: ContainerSpec, byrole: dict[str, int], flags: int, drop_fd: int = -1) -> tuple[int, int]:
+def _clone(
+    spec: ContainerSpec,
+    byrole: dict[str, int],
+    flags: int,
+    drop_fd: int = -1,
+    reset: tuple[int, ...] | None = None,
+) -> tuple[int, int]:
     """clone3 and, in the child, run the init stage (never returns there).
 
     ``drop_fd`` is closed first thing in the child (the helper's socket: a
-    long-lived ``--init`` must not hold it).
+    long-lived ``--init`` must not hold it). ``reset``: the signals the child must
+    reset (``init.signals_to_reset()``), worked out here unless the caller knows.
     """
-    from .init import run
+    from .init import run, signals_to_reset
 
+    if reset is None:
+        reset = signals_to_reset()
     pid, pidfd = _linux.clone3(flags, 0, byrole.get("cgroup", -1))
     if pid == 0:
         if drop_fd >= 0:
             os.close(drop_fd)
-        run(_child_plan(spec, byrole))
+        run(_child_plan(spec, byrole, reset))
         os._exit(125)  # not reached: run() never returns
     return pid, pidfd
 
 
-def _serve_one(sock: socket.socket, msg: bytes, fds: list[int]) -> None:
+def _serve_one(sock: socket.socket, msg: bytes, fds: list[int], reset: tuple[int, ...]) -> None:
     rid, spec, roles, flags = pickle.loads(msg)
     try:
-        pid, pidfd = _clone(spec, dict(zip(roles, fds, strict=True)), flags, sock.fileno())
+        pid, pidfd = _clone(spec, dict(zip(roles, fds, strict=True)), flags, sock.fileno(), reset)
     except OSError as e:
         reply = pickle.dumps((rid, 0, e.errno or 0, e.strerror or str(e)))
         socket.send_fds(sock, [reply], [])
@@ -116,7 +126,11 @@ def helper_main(fd: int) -> None:
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
-    import supervisor.init  # noqa: F401 - load before freezing: children must not import
+    import supervisor.init  # load before freezing: children must not import
+
+    # The helper's signal dispositions are fixed from here on: work out once which
+    # ones every child must reset.
+    reset = supervisor.init.signals_to_reset()
 
     # Fewer copy-on-write faults in every child: no collector walking the heap.
     gc.collect()
@@ -131,7 +145,7 @@ def helper_main(fd: int) -> None:
         if not msg:
             break
         try:
-            _serve_one(sock, msg, fds)
+            _serve_one(sock, msg, fds, reset)
         finally:
             for f in fds:
                 os.close(f)
