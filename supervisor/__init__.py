@@ -25,7 +25,7 @@ from .errors import (
     SpecError,
     StartError,
 )
-from .spec import ContainerSpec, Limits
+from .spec import ContainerSpec, Limits, Mount
 
 __version__ = "0.1.0"
 
@@ -40,6 +40,7 @@ __all__ = [
     "ContainerFailedError",
     "ContainerSpec",
     "Limits",
+    "Mount",
     "MydockerError",
     "NotPermittedError",
     "SpecError",
@@ -107,7 +108,9 @@ async def open_container(
         winsize: ``(rows, cols)`` of the pty when ``tty=True``.
         grace: seconds between SIGTERM and SIGKILL on stop/cancel (default 5).
         options: any ``ContainerSpec`` field: ``hostname``, ``env`` (mapping or
-            pairs), ``cwd``, ``tty``, ``namespaces``, ``init``, ``limits``, ...
+            pairs), ``cwd``, ``tty``, ``namespaces``, ``init``, ``limits``,
+            ``rootfs`` / ``image``, ``read_only``, ``mounts`` (``Mount`` objects),
+            ``state_dir``, ...
 
     Returns:
         a ``Container``; use it as ``async with``: leaving the block stops the

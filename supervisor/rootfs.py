@@ -195,12 +195,21 @@ def prepare(spec: ContainerSpec, stack: contextlib.ExitStack) -> Layout | None:
     Its removal is registered in ``stack`` before anything is created, so closing
     the stack removes whatever exists on every path. Returns ``None`` (and creates
     nothing) for a container without a root filesystem. ``spec`` must be resolved.
+
+    Raises:
+        SpecError: a container with this id already has a directory.
+        OSError: the state directory cannot be written.
     """
     if spec.rootfs is None:
         return None
     layout = Layout.of(spec)
     os.makedirs(os.path.dirname(layout.dir), mode=0o711, exist_ok=True)
-    os.mkdir(layout.dir, 0o700)  # FileExistsError: the id is taken, refuse to share
+    try:
+        os.mkdir(layout.dir, 0o700)
+    except FileExistsError:
+        raise SpecError(
+            f"container {spec.short_id} already exists in {os.path.dirname(layout.dir)}"
+        ) from None
     stack.callback(remove_layout, layout)
     for d in (layout.upper, layout.work, layout.rootfs):
         os.mkdir(d, 0o755)

@@ -197,6 +197,15 @@ def test_prepare_lays_out_the_container_dir_and_the_stack_removes_it(tmp_path: P
     assert not os.path.exists(layout.dir)
 
 
+def test_prepare_refuses_a_taken_id(tmp_path: Path, state: Path) -> None:
+    spec = rfs.resolve(ContainerSpec(("sh",), rootfs=str(tmp_path), state_dir=str(state)))
+    with contextlib.ExitStack() as stack:
+        rfs.prepare(spec, stack)
+        with contextlib.ExitStack() as other, pytest.raises(SpecError, match="already exists"):
+            rfs.prepare(spec, other)
+        assert os.path.exists(rfs.Layout.of(spec).config)  # the first one's is untouched
+
+
 # ------------------------------------------------------------------ root: the CLI with busybox
 
 
