@@ -1,0 +1,206 @@
+"""``mydocker run`` without a tty: stdin attached or not, and signals reaching PID 1
+(sig-proxy, the second-Ctrl-C rule, ``--init``), with the CLI on both event loops."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .conftest import mydocker_cmd
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The event loop the CLI runs on (hidden ``MYDOCKER_BACKEND``)."""
+    return request.param
+
+
+def _env(backend: str) -> dict[str, str]:
+    return dict(os.environ, MYDOCKER_BACKEND=backend)
+
+
+@pytest.fixture
+def popen(backend: str) -> Iterator[object]:
+    """popen(args, **kw) -> a running ``mydocker ARGS``; killed and reaped at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _popen(*args: str, **kw: object) -> subprocess.Popen[bytes]:
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen([*mydocker_cmd(), *args], env=_env(backend), **kw)  # type: ignore[call-overload]
+        procs.append(proc)
+        return proc  # type: ignore[no-any-return]
+
+    yield _popen
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+
+
+def _read_until(f: object, marker: bytes, timeout: float = 30) -> bytes:
+    """Read from a pipe until ``marker`` shows up (the container is ready)."""
+    fd = f.fileno()  # type: ignore[attr-defined]
+    got = b""
+    deadline = time.monotonic() + timeout
+    while marker not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{marker!r} never came; got {got!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            assert chunk, f"EOF before {marker!r}; got {got!r}"
+            got += chunk
+    return got
+
+
+# -- stdin --------------------------------------------------------------------------
+
+
+def test_interactive_stdin_is_a_pipe(backend: str) -> None:
+    r = subprocess.run(
+        [*mydocker_cmd(), "run", "-i", "cat"], input=b"x", capture_output=True, timeout=60, env=_env(backend)
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"x", b"")
+
+
+def test_eof_on_our_stdin_closes_the_containers_stdin(popen) -> None:
+    proc = popen("run", "-i", "sh", "-c", "cat; echo after-eof", stdin=subprocess.PIPE)
+    proc.stdin.write(b"line\n")
+    proc.stdin.flush()
+    assert _read_until(proc.stdout, b"line\n") == b"line\n"
+    proc.stdin.close()
+    assert _read_until(proc.stdout, b"after-eof\n") == b"after-eof\n"
+    assert proc.wait(timeout=30) == 0
+
+
+def test_without_i_stdin_is_at_eof(popen) -> None:
+    # our stdin stays open and silent: the container must not wait on it
+    proc = popen("run", "sh", "-c", "cat; echo eof", stdin=subprocess.PIPE)
+    assert proc.wait(timeout=30) == 0
+    assert proc.stdout.read() == b"eof\n"
+
+
+# -- signals --------------------------------------------------------------------------
+
+TRAP = "trap 'echo got-{sig}; exit {code}' {sig}; echo ready; sleep 1000 & wait"
+
+
+def test_sigterm_reaches_a_trapping_pid_1(popen) -> None:
+    proc = popen("run", "sh", "-c", TRAP.format(sig="TERM", code=5))
+    _read_until(proc.stdout, b"ready\n")  # the trap is installed
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 5
+    assert proc.stdout.read() == b"got-TERM\n"
+
+
+@pytest.mark.parametrize("sig", ["USR1", "USR2", "HUP", "INT", "QUIT"])
+def test_other_signals_are_forwarded(popen, sig: str) -> None:
+    proc = popen("run", "sh", "-c", TRAP.format(sig=sig, code=7))
+    _read_until(proc.stdout, b"ready\n")
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    assert proc.wait(timeout=30) == 7
+    assert proc.stdout.read() == f"got-{sig}\n".encode()
+
+
+def test_sigterm_kills_a_pid_1_without_handler(popen) -> None:
+    proc = popen("run", "sleep", "1000")
+    _wait_for(lambda: any(_comm(p) == "sleep" for p in _children(proc.pid)), "sleep runs as PID 1")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+
+
+def test_handled_sigterm_that_does_not_stop_it_kills_after_the_grace_period(popen) -> None:
+    proc = popen(
+        "run", "--stop-timeout", "0.5", "sh", "-c",
+        "trap 'echo ignoring' TERM; echo ready; while :; do sleep 0.1; done",
+    )  # fmt: skip
+    _read_until(proc.stdout, b"ready\n")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+    assert b"did not stop within 0.5s" in proc.stderr.read()
+
+
+def test_second_interrupt_kills_a_pid_1_that_ignores_sigint(popen) -> None:
+    proc = popen("run", "sleep", "1000")
+    _wait_for(lambda: any(_comm(p) == "sleep" for p in _children(proc.pid)), "sleep runs as PID 1")
+    proc.send_signal(signal.SIGINT)
+    _read_until(proc.stderr, b"press Ctrl-C again")
+    assert proc.poll() is None  # the first one only warns
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+    assert b"second interrupt: killing the container" in proc.stderr.read()
+
+
+def test_init_stops_on_sigint(popen) -> None:
+    proc = popen("run", "--init", "sleep", "100")
+    # wait until the command runs under init (PID 2 in the container)
+    _wait_for(
+        lambda: any(_comm(g) == "sleep" for p in _children(proc.pid) for g in _children(p)),
+        "sleep runs under init",
+    )
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 128 + signal.SIGINT
+    assert proc.stderr.read() == b""  # no "press Ctrl-C again": init handles it
+
+
+def test_init_is_pid_1_and_reaps_orphans(popen) -> None:
+    # the orphaned grandchild is re-parented to init, which must reap it (no <defunct>)
+    proc = popen(
+        "run", "--init", "sh", "-c",
+        "sh -c 'sleep 0.1 &' ; sleep 0.5; echo $$; ps -e -o pid=,stat=,comm=",
+    )  # fmt: skip
+    assert proc.wait(timeout=30) == 0
+    lines = proc.stdout.read().decode().splitlines()
+    assert lines[0] == "2"  # the command is init's child
+    assert "Z" not in "".join(line.split()[1] for line in lines[1:]), lines
+
+
+def test_init_reports_a_missing_command(backend: str) -> None:
+    r = subprocess.run(
+        [*mydocker_cmd(), "run", "--init", "/no/such/cmd"],
+        capture_output=True, timeout=60, env=_env(backend), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 127
+    assert r.stderr.startswith(b"mydocker: ") and r.stderr.count(b"\n") == 1
+
+
+def _wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == pid]
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            head, tail = f.read().rsplit(")", 1)
+    except OSError:
+        return []
+    return [head.split("(", 1)[1], *tail.split()]
+
+
+def _comm(pid: int) -> str:
+    s = _stat(pid)
+    return s[0] if s else ""
+
+
+def _ppid(pid: int) -> int:
+    s = _stat(pid)
+    return int(s[2]) if s else 0
