@@ -67,6 +67,9 @@ LIMIT_CONTROLLERS = {
 class CgroupFS:
     """The few file operations made on cgroupfs; unit tests pass a fake tree."""
 
+    #: whether v2 cgroups have ``cgroup.kill`` (Linux 5.14); found out on first use
+    has_kill_file: bool | None = None
+
     def mkdir(self, path: str) -> None:
         """Make a cgroup."""
         os.mkdir(path, 0o755)
@@ -280,6 +283,8 @@ class Write:
     file: str
     value: str
     optional: bool = False
+    #: the flag to name when the file is missing (default: the controller's first)
+    flag: str = ""
 
 
 def limit_writes(limits: Limits, version: int) -> list[Write]:
@@ -297,13 +302,13 @@ def limit_writes(limits: Limits, version: int) -> list[Write]:
             if swap is None:
                 w.append(Write("memory", "memory.memsw.limit_in_bytes", str(2 * mem), optional=True))
             elif swap != -1:
-                w.append(Write("memory", "memory.memsw.limit_in_bytes", str(swap)))
+                w.append(Write("memory", "memory.memsw.limit_in_bytes", str(swap), flag="--memory-swap"))
         else:
             w.append(Write("memory", "memory.max", str(mem)))
             if swap is None:
                 w.append(Write("memory", "memory.swap.max", str(mem), optional=True))
             elif swap != -1:
-                w.append(Write("memory", "memory.swap.max", str(swap - mem)))
+                w.append(Write("memory", "memory.swap.max", str(swap - mem), flag="--memory-swap"))
     if limits.cpus is not None:
         quota = max(1000, round(limits.cpus * CPU_PERIOD))
         if version == 1:
@@ -452,12 +457,11 @@ class ContainerCgroup:
     def populated(self) -> bool:
         """Whether any process (zombies aside) is still in the container's cgroups."""
         if self.v2_dir is not None:
+            # One read; the v1 directories hold the very same processes.
             try:
                 for line in self._fs.read(posixpath.join(self.v2_dir, "cgroup.events")).splitlines():
                     if line.startswith("populated "):
-                        if line.split()[1] != "0":
-                            return True
-                        break
+                        return line.split()[1] != "0"
             except FileNotFoundError:
                 pass
         return bool(self._procs())
@@ -556,6 +560,13 @@ class ContainerCgroup:
         self._close_sync()
         self._remove()
         self._destroyed = True
+
+
+def _has_kill_file(fs: CgroupFS, d: str) -> bool:
+    # A kernel feature (5.14): ask once per cgroupfs, not once per container.
+    if fs.has_kill_file is None:
+        fs.has_kill_file = fs.exists(posixpath.join(d, "cgroup.kill"))
+    return fs.has_kill_file
 
 
 #: directories ``destroy`` had to give up; the next ``create_cgroup`` retries them
@@ -684,7 +695,7 @@ def _apply(fs: CgroupFS, d: str, writes: list[Write], flags: dict[str, str]) -> 
             raise StartError(
                 "cgroups",
                 errno.ENOENT,
-                f"{flags.get(w.controller, w.controller)}: this kernel has no {w.file} "
+                f"{w.flag or flags.get(w.controller, w.controller)}: this kernel has no {w.file} "
                 f"(the limit is not supported here)",
             )
         fs.write(path, w.value)
@@ -741,7 +752,11 @@ def create_cgroup(spec: ContainerSpec, layout: Layout | None = None) -> Containe
 
     if _given_up:
         _given_up[:] = [d for d in _given_up if not _kill_and_remove(fs, d, wait=0)]
-    fresh = [p for p in parents.values() if p not in _swept]
+    # Leftovers may sit in any hierarchy, not only those this container needs.
+    everywhere = [
+        h.parent_dir(spec.cgroup_parent) for h in ([layout.v2] if layout.v2 else []) + list(layout.v1)
+    ]
+    fresh = [p for p in everywhere if p is not None and p not in _swept]
     if fresh:
         _swept.update(fresh)
         sweep_leftovers(fs, fresh)
@@ -768,7 +783,7 @@ def create_cgroup(spec: ContainerSpec, layout: Layout | None = None) -> Containe
                 _apply(fs, d, [w for w in limit_writes(limits, 2) if w.controller in v2_needed], needed)
                 if "memory" in v2_needed:
                     cg._memory = (2, d)
-                cg._has_kill_file = fs.exists(posixpath.join(d, "cgroup.kill"))
+                cg._has_kill_file = _has_kill_file(fs, d)
                 cg._cgroup_fd = fs.open_dir(d)
         for h, ctrls in v1_needed.items():
             parent = parents[h]

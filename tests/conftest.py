@@ -93,12 +93,35 @@ def _settle(check: object, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def _cgroup_leftovers() -> set[str]:
+    """Container cgroups below ours (every hierarchy) that nobody will remove: made by
+    this process, or by a mydocker that is gone. Others' (live) ones are not ours."""
+    from supervisor import cgroups
+
+    layout = cgroups.current_layout()
+    found = set()
+    for h in ([layout.v2] if layout.v2 else []) + list(layout.v1):
+        parent = h.parent_dir(None)
+        try:
+            names = os.listdir(parent) if parent else []
+        except OSError:
+            continue
+        for name in names:
+            owner = cgroups._owner_of(name)
+            if owner is not None and (owner == os.getpid() or not cgroups._alive(owner)):
+                found.add(f"{parent}/{name}")
+    return found
+
+
 @pytest.fixture(autouse=True)
 def host_unchanged() -> Iterator[None]:
-    """Fail a test that leaves a mount, an fd or a child process (zombie or not)."""
-    mounts, fds = _mounts(), _fds()
+    """Fail a test that leaves a mount, an fd, a child process (zombie or not) or a
+    container cgroup."""
+    mounts, fds, cgroups = _mounts(), _fds(), _cgroup_leftovers()
     yield
-    _settle(lambda: not _children() and _fds() <= fds)
+    _settle(lambda: not _children() and _fds() <= fds and not _cgroup_leftovers() - cgroups)
+    leftover = _cgroup_leftovers() - cgroups
+    assert not leftover, f"cgroups left behind: {sorted(leftover)}"
     assert _mounts() == mounts, "the host's mount table changed"
     leaked = _fds() - fds
     assert not leaked, f"fds leaked: {[_describe_fd(fd) for fd in leaked]}"

@@ -1,0 +1,359 @@
+"""Cgroup logic without root: limit parsing, layout detection from /proc texts, the
+control-file writes, and the pure cgroup v2 driver against a fake cgroupfs tree.
+
+The fake tree (a tmpdir) keeps the cgroupfs rules the driver depends on: mkdir
+fills a cgroup with the interface files of the controllers its parent passes down,
+control files cannot be created by writing, ``cgroup.subtree_control`` refuses a
+controller the cgroup is not offered and refuses anything while the cgroup holds
+processes (the no-internal-process rule), rmdir is EBUSY while populated, and
+``cgroup.kill`` empties the cgroup.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from supervisor import cgroups
+from supervisor.errors import SpecError, StartError
+from supervisor.spec import ContainerSpec, Limits, cpu_list, parse_size
+
+# ---------------------------------------------------------------- limits
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("64m", 64 << 20),
+        ("64M", 64 << 20),
+        ("1.5g", 3 << 29),
+        ("512k", 512 << 10),
+        ("100", 100),
+        ("2gb", 2 << 30),
+    ],
+)
+def test_parse_size_speaks_dockers_units(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["12q", "", "m", "1..2m", "-5m", "1e3", "nan", "64 mm"])
+def test_parse_size_rejects_garbage(text: str) -> None:
+    with pytest.raises(SpecError, match="invalid size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"memory": "0"}, "minimum is 6m"),
+        ({"memory": "12q"}, "invalid memory limit '12q'"),
+        ({"memory_swap": "64m"}, "needs --memory"),
+        ({"memory": "64m", "memory_swap": "32m"}, "at least the memory limit"),
+        ({"cpus": "-1"}, "at least 0.01"),
+        ({"cpus": "inf"}, "at least 0.01"),
+        ({"cpus": "lots"}, "expected a number"),
+        ({"cpu_shares": "1"}, "from 2 to 262144"),
+        ({"cpuset_cpus": "1-0"}, "invalid CPU list"),
+        ({"cpuset_cpus": "a"}, "invalid CPU list"),
+        ({"pids": "0"}, "at least 1"),
+    ],
+)
+def test_bad_limits_are_one_sentence(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        Limits.parse(**kwargs)
+
+
+def test_limits_normalise_and_api_accepts_a_mapping() -> None:
+    lim = Limits.parse(memory="64m", memory_swap="-1", cpus="0.5", cpuset_cpus="1,0", pids="-1")
+    assert (lim.memory, lim.memory_swap, lim.cpus, lim.cpuset_cpus, lim.pids) == (
+        64 << 20,
+        -1,
+        0.5,
+        "0,1",
+        None,
+    )
+    spec = ContainerSpec(["true"], limits={"memory": "32m", "pids": 16})
+    assert spec.limits == Limits(memory=32 << 20, pids=16)
+    assert cpu_list("0-2,5") == {0, 1, 2, 5}
+
+
+@pytest.mark.parametrize("parent", ["", "/", "a/../b", "x\0y"])
+def test_bad_cgroup_parent(parent: str) -> None:
+    with pytest.raises(SpecError, match="invalid cgroup parent"):
+        ContainerSpec(["true"], cgroup_parent=parent)
+
+
+# ---------------------------------------------------------------- layout
+
+HYBRID_CGROUP = """9:name=systemd:/
+8:pids:/
+4:memory:/process_api/abc
+3:cpuset:/
+1:cpu,cpuacct:/
+0::/
+"""
+HYBRID_MOUNTINFO = """31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+
+
+def test_hybrid_layout_is_read_from_proc() -> None:
+    layout = cgroups.detect_layout(HYBRID_CGROUP, HYBRID_MOUNTINFO)
+    assert layout.kind == "hybrid"
+    assert layout.v2 is not None and layout.v2.parent_dir(None) == "/sys/fs/cgroup/unified"
+    mem = layout.v1_for("memory")
+    assert mem is not None and mem.parent_dir(None) == "/sys/fs/cgroup/memory/process_api/abc"
+    cpu = layout.v1_for("cpu")
+    assert cpu is not None and cpu.controllers == {"cpu", "cpuacct"}
+    assert layout.v1_for("blkio") is None  # not mounted here
+    assert cpu.parent_dir("jobs") == "/sys/fs/cgroup/cpu,cpuacct/jobs"
+    assert mem.parent_dir("/jobs") == "/sys/fs/cgroup/memory/jobs"
+
+
+def test_pure_v2_layout_with_escapes_and_a_namespaced_root() -> None:
+    # A cgroup namespace / bind mount shows /kubepods/pod1 at the mountpoint, whose
+    # path has a space (escaped as \\040 in mountinfo).
+    mi = "50 1 0:40 /kubepods/pod1 /run/my\\040cg rw - cgroup2 cgroup2 rw,nsdelegate\n"
+    layout = cgroups.detect_layout("0::/kubepods/pod1/app\n", mi)
+    assert layout.kind == "v2"
+    assert layout.v2 is not None and layout.v2.parent_dir(None) == "/run/my cg/app"
+    assert layout.v2.parent_dir("/elsewhere") is None  # not visible through this mount
+
+
+def test_no_cgroups_at_all() -> None:
+    layout = cgroups.detect_layout("", "")
+    assert layout.kind == "none"
+    assert cgroups.create_cgroup(ContainerSpec(["true"]), layout) is None
+    with pytest.raises(StartError, match="--memory needs the 'memory' cgroup controller"):
+        cgroups.create_cgroup(ContainerSpec(["true"], limits=Limits(memory=64 << 20)), layout)
+
+
+# ---------------------------------------------------------------- writes
+
+
+def writes(limits: Limits, version: int) -> list[tuple[str, str, bool]]:
+    return [(w.file, w.value, w.optional) for w in cgroups.limit_writes(limits, version)]
+
+
+def test_v1_writes_follow_dockers_swap_rules() -> None:
+    m = 64 << 20
+    assert writes(Limits(memory=m), 1) == [
+        ("memory.limit_in_bytes", str(m), False),
+        ("memory.memsw.limit_in_bytes", str(2 * m), True),
+    ]
+    assert writes(Limits(memory=m, memory_swap=-1), 1) == [("memory.limit_in_bytes", str(m), False)]
+    assert writes(Limits(memory=m, memory_swap=m), 1)[1] == ("memory.memsw.limit_in_bytes", str(m), False)
+    assert writes(Limits(cpus=0.25, cpu_shares=512, pids=16), 1) == [
+        ("cpu.cfs_period_us", "100000", False),
+        ("cpu.cfs_quota_us", "25000", False),
+        ("cpu.shares", "512", False),
+        ("pids.max", "16", False),
+    ]
+
+
+def test_v2_writes() -> None:
+    m = 64 << 20
+    assert writes(Limits(memory=m, memory_swap=3 * m, cpus=1.5, cpu_shares=1024, cpuset_cpus="0-1"), 2) == [
+        ("memory.max", str(m), False),
+        ("memory.swap.max", str(2 * m), False),
+        ("cpu.max", "150000 100000", False),
+        ("cpu.weight", "39", False),
+        ("cpuset.cpus", "0,1", False),
+    ]
+    assert writes(Limits(memory=m), 2)[1] == ("memory.swap.max", str(m), True)
+    assert cgroups.cpu_weight(2) == 1 and cgroups.cpu_weight(262144) == 10000
+
+
+# ---------------------------------------------------------------- fake cgroupfs (pure v2)
+
+V2_FILES = {
+    "memory": {"memory.max": "max\n", "memory.swap.max": "max\n", "memory.events": "oom 0\noom_kill 0\n"},
+    "cpu": {"cpu.max": "max 100000\n", "cpu.weight": "100\n"},
+    "cpuset": {"cpuset.cpus": "\n", "cpuset.cpus.effective": "0-3\n"},
+    "pids": {"pids.max": "max\n"},
+}
+
+
+class FakeCgroupFS(cgroups.CgroupFS):
+    """A cgroup v2 tree in a tmpdir, with the kernel's rules the driver relies on."""
+
+    def __init__(self, root: Path, controllers: str = "cpuset cpu memory pids", swap: bool = True) -> None:
+        self.root = root
+        self.swap = swap
+        self.kills: list[str] = []
+        self._fill(root, controllers)
+
+    def _fill(self, d: Path, controllers: str) -> None:
+        files = {
+            "cgroup.procs": "",
+            "cgroup.events": "populated 0\nfrozen 0\n",
+            "cgroup.kill": "",
+            "cgroup.controllers": controllers + "\n",
+            "cgroup.subtree_control": "\n",
+        }
+        for c in controllers.split():
+            files.update(V2_FILES.get(c, {}))
+        if not self.swap:
+            files.pop("memory.swap.max", None)
+        for name, text in files.items():
+            (d / name).write_text(text)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path)
+        self._fill(Path(path), Path(path).parent.joinpath("cgroup.subtree_control").read_text().strip())
+
+    def rmdir(self, path: str) -> None:
+        p = Path(path)
+        if p.joinpath("cgroup.procs").read_text().strip():
+            raise OSError(errno.EBUSY, "Device or resource busy", path)
+        for f in p.iterdir():
+            f.unlink()
+        p.rmdir()
+
+    def write(self, path: str, value: str) -> None:
+        p = Path(path)
+        if not p.exists():
+            raise OSError(errno.ENOENT, f"write {value!r} to {path}: No such file or directory")
+        d = p.parent
+        if p.name == "cgroup.subtree_control":
+            offered = d.joinpath("cgroup.controllers").read_text().split()
+            enabled = set(p.read_text().split())
+            for item in value.split():
+                if item[1:] not in offered:
+                    raise OSError(errno.EINVAL, f"write {value!r} to {path}: Invalid argument")
+                if d.joinpath("cgroup.procs").read_text().strip() and d != self.root:
+                    raise OSError(errno.EBUSY, f"write {value!r} to {path}: Device or resource busy")
+                enabled.add(item[1:])
+            p.write_text(" ".join(sorted(enabled)) + "\n")
+        elif p.name == "cgroup.kill":
+            self.kills.append(str(d))
+            self.set_procs(d, [])
+        elif p.name == "cgroup.procs":
+            self.set_procs(d, [*d.joinpath("cgroup.procs").read_text().split(), value])
+        else:
+            p.write_text(value + "\n")
+
+    def set_procs(self, d: Path, pids: list[str]) -> None:
+        d.joinpath("cgroup.procs").write_text("".join(f"{x}\n" for x in pids))
+        d.joinpath("cgroup.events").write_text(f"populated {int(bool(pids))}\nfrozen 0\n")
+
+
+def v2_layout(tmp_path: Path, own: str = "/", **kw: object) -> tuple[cgroups.Layout, FakeCgroupFS]:
+    root = tmp_path / "cg"
+    root.mkdir()
+    fs = FakeCgroupFS(root, **kw)  # type: ignore[arg-type]
+    for part in [p for p in own.split("/") if p]:
+        fs.write(
+            str(root / "cgroup.subtree_control"), " ".join(f"+{c}" for c in "cpuset cpu memory pids".split())
+        )
+        fs.mkdir(str(root / part))
+        root = root / part
+    mountinfo = f"60 1 0:50 / {tmp_path / 'cg'} rw - cgroup2 cgroup2 rw\n"
+    return cgroups.detect_layout(f"0::{own}\n", mountinfo, fs), fs
+
+
+@pytest.mark.anyio
+async def test_v2_limits_are_written_and_everything_removed(tmp_path: Path, anyio_backend: str) -> None:
+    layout, fs = v2_layout(tmp_path, own="/svc")
+    svc = tmp_path / "cg" / "svc"
+    fs.write(str(svc / "cgroup.subtree_control"), "+cpuset +cpu +memory +pids")
+    parent = svc / "ctrs"
+    fs.mkdir(str(parent))
+    limits = Limits(memory=64 << 20, cpus=0.5, cpu_shares=512, cpuset_cpus="1", pids=32)
+    spec = ContainerSpec(["true"], limits=limits, cgroup_parent="ctrs")
+    cg = cgroups.create_cgroup(spec, layout)
+    assert cg is not None
+    d = parent / cgroups.cgroup_name(spec)
+    assert cg.dirs == [str(d)] and not cg.v1_dirs
+    assert (parent / "cgroup.subtree_control").read_text().split() == ["cpu", "cpuset", "memory", "pids"]
+    assert (d / "memory.max").read_text() == f"{64 << 20}\n"
+    assert (d / "memory.swap.max").read_text() == f"{64 << 20}\n"
+    assert (d / "cpu.max").read_text() == "50000 100000\n"
+    assert (d / "cpu.weight").read_text() == f"{cgroups.cpu_weight(512)}\n"
+    assert (d / "cpuset.cpus").read_text() == "1\n"
+    assert (d / "pids.max").read_text() == "32\n"
+    fds = cg.child_fds()
+    assert set(fds) == {"cgroup"}  # born inside it: no sync pipe on v2
+    assert os.path.samefile(f"/proc/self/fd/{fds['cgroup']}", d)
+    cg.attach(4242)  # nothing to place on pure v2; closes the clone's fd
+    with pytest.raises(OSError):
+        os.fstat(fds["cgroup"])
+    fs.set_procs(d, ["4242", "4343"])  # a daemon escaped PID 1
+    (d / "memory.events").write_text("oom 1\noom_kill 1\n")
+    assert cg.populated() and cg.oom_killed()
+    await cg.destroy()
+    assert fs.kills == [str(d)]  # cgroup.kill, not one signal per pid
+    assert not d.exists()
+    assert cg.oom_killed()  # remembered after the directory is gone
+
+
+@pytest.mark.anyio
+async def test_v2_without_limits_groups_only(tmp_path: Path, anyio_backend: str) -> None:
+    layout, _ = v2_layout(tmp_path, own="/svc")
+    svc = tmp_path / "cg" / "svc"
+    cg = cgroups.create_cgroup(ContainerSpec(["true"]), layout)
+    assert cg is not None and cg.v2_dir is not None
+    assert (svc / "cgroup.subtree_control").read_text().strip() == ""  # untouched
+    assert not cg.oom_killed()
+    await cg.destroy()
+    assert not os.path.exists(cg.v2_dir)
+
+
+def test_v2_no_internal_process_rule_is_explained(tmp_path: Path) -> None:
+    layout, fs = v2_layout(tmp_path, own="/svc")
+    svc = tmp_path / "cg" / "svc"
+    fs.set_procs(svc, [str(os.getpid())])  # the supervisor itself lives there
+    with pytest.raises(StartError, match=r"holds processes.*--cgroup-parent"):
+        cgroups.create_cgroup(ContainerSpec(["true"], limits=Limits(pids=10)), layout)
+    assert sorted(p.name for p in svc.iterdir() if p.is_dir()) == []
+
+
+def test_v2_missing_controller_or_swap_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
+    layout, _ = v2_layout(tmp_path, own="/", controllers="cpu memory", swap=False)
+    root = tmp_path / "cg"
+    with pytest.raises(StartError, match="--pids-limit needs the cgroup v2 'pids' controller"):
+        cgroups.create_cgroup(ContainerSpec(["true"], limits=Limits(pids=10)), layout)
+    # swap accounting off: the implicit swap limit is skipped, an explicit one refused
+    ok = cgroups.create_cgroup(ContainerSpec(["true"], limits=Limits(memory=64 << 20)), layout)
+    assert ok is not None
+    ok.discard()
+    with pytest.raises(StartError, match=r"--memory-swap: this kernel has no memory\.swap\.max"):
+        cgroups.create_cgroup(
+            ContainerSpec(["true"], limits=Limits(memory=64 << 20, memory_swap=1 << 30)), layout
+        )
+    assert [p.name for p in root.iterdir() if p.is_dir()] == []
+
+
+def test_cpuset_outside_the_parents_cpus_is_a_spec_error(tmp_path: Path) -> None:
+    layout, _ = v2_layout(tmp_path, own="/svc")  # effective CPUs: 0-3
+    with pytest.raises(SpecError, match="CPU 7 is not available"):
+        cgroups.create_cgroup(ContainerSpec(["true"], limits=Limits(cpuset_cpus="2,7")), layout)
+    with pytest.raises(SpecError, match="does not exist"):
+        cgroups.create_cgroup(ContainerSpec(["true"], cgroup_parent="/nope"), layout)
+
+
+def test_leftovers_of_a_dead_supervisor_are_swept(tmp_path: Path) -> None:
+    _, fs = v2_layout(tmp_path, own="/")
+    root = tmp_path / "cg"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is free now: a supervisor that was SIGKILLed
+    for name in (f"mydocker-aaa-{dead.pid}", f"mydocker-bbb-{os.getpid()}", "mydocker-ccc-1", "other"):
+        fs.mkdir(str(root / name))
+    fs.set_procs(root / f"mydocker-aaa-{dead.pid}", ["99999999"])  # an escaped daemon
+    removed = cgroups.sweep_leftovers(fs, [str(root)])
+    assert removed == [str(root / f"mydocker-aaa-{dead.pid}")]
+    assert fs.kills == removed
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [
+        f"mydocker-bbb-{os.getpid()}",
+        "mydocker-ccc-1",
+        "other",
+    ]
