@@ -275,6 +275,34 @@ def interface_up(name: str = "lo") -> None:
             ) from None
 
 
+_socket = _libc.socket
+_socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+_socket.restype = ctypes.c_int
+_ioctl_ptr = _libc.ioctl
+_ioctl_ptr.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p]
+_ioctl_ptr.restype = ctypes.c_int
+IFF_LOOPBACK = 0x8
+_LO_UP = struct.pack("16sH14x", b"lo", IFF_UP | IFF_LOOPBACK)
+
+
+def loopback_up() -> None:
+    """Bring up ``lo`` of a network namespace that was just created, in one ioctl.
+
+    The child calls this between clone and exec, where every Python object touched
+    costs copy-on-write faults: a raw socket and a prebuilt ``ifreq`` instead of
+    ``interface_up``'s socket object and read-modify-write (~0.1 ms less). A fresh
+    ``lo`` has exactly IFF_LOOPBACK set, so writing IFF_UP | IFF_LOOPBACK loses nothing.
+    """
+    fd = _socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+    if fd < 0:
+        _raise("socket(AF_INET, SOCK_DGRAM)")
+    try:
+        if _ioctl_ptr(fd, SIOCSIFFLAGS, _LO_UP) != 0:
+            _raise("ioctl(SIOCSIFFLAGS, 'lo')")
+    finally:
+        os.close(fd)
+
+
 def get_winsize(fd: int) -> tuple[int, int] | None:
     """(rows, cols) of the terminal on fd, or None when fd is not a terminal."""
     try:

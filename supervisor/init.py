@@ -103,7 +103,7 @@ def _setup_namespaces(spec: ContainerSpec, tty_fd: int = -1) -> None:
     if "uts" in ns:
         _step("sethostname", _sethostname, spec.effective_hostname)
     if "net" in ns:
-        _step("bring up lo", _linux.interface_up, "lo")
+        _step("bring up lo", _linux.loopback_up)
 
 
 def _sethostname(name: str) -> None:
