@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from types import TracebackType
@@ -243,6 +244,33 @@ def _start_error(step: str, err: int, detail: str) -> StartError:
     return StartError(step, err, detail)
 
 
+async def _receive_console(
+    container: Container, sock: socket.socket, winsize: tuple[int, int] | None, *, attach_stdin: bool
+) -> None:
+    """Take the pty master the child sends, size it, and let the child go on.
+
+    If the child dies first (a setup step failed), there is no master: the error
+    pipe then says why.
+    """
+    while True:
+        try:
+            _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
+            break
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
+    if not fds:
+        return
+    os.set_inheritable(fds[0], False)  # SCM_RIGHTS fds arrive without close-on-exec
+    pty = FdStream(fds[0], eof_on_eio=True)
+    container._stack.callback(pty.close)
+    container.stdout = pty
+    container.stdin = pty if attach_stdin else None
+    if winsize:
+        _linux.set_winsize(fds[0], *winsize)
+    with contextlib.suppress(OSError):  # the child died meanwhile: the error pipe says why
+        sock.send(b"1")
+
+
 async def _read_errpipe(fd: int) -> bytes:
     chunks: list[bytes] = []
     while True:
@@ -292,7 +320,18 @@ async def start_container(
         rootfs.prepare(spec, stack)
         fds: dict[str, int] = {}
         streams: dict[str, FdStream | None] = {"stdin": None, "stdout": None, "stderr": None}
-        if spec.tty:
+        console: socket.socket | None = None
+        if spec.tty and spec.rootfs is not None:
+            # The docker/runc way: the child opens its pty in the container's own devpts
+            # (so `tty` names a path that exists inside) and sends the master back.
+            console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            stack.callback(console.close)
+            child_side.callback(theirs.close)
+            console.setblocking(False)
+            # stdio: placeholders until the child has its pty
+            fds.update(stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=theirs.fileno())
+            fds["console"] = theirs.fileno()
+        elif spec.tty:
             master, slave = os.openpty()
             os.set_inheritable(master, False)
             child_side.callback(os.close, slave)
@@ -314,10 +353,7 @@ async def start_container(
                 if s is not None:
                     stack.callback(s.close)
         err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        # Ours only until the child has exec'd (EOF): closed then, not with the
-        # container, so a running container holds one fd (its pidfd), not two.
-        errpipe = stack.enter_context(contextlib.ExitStack())
-        errpipe.callback(os.close, err_r)
+        stack.callback(os.close, err_r)
         child_side.callback(os.close, err_w)
         fds["errpipe"] = err_w
         if cgroup_factory is None:
@@ -350,8 +386,9 @@ async def start_container(
     try:
         if cgroup is not None:
             cgroup.attach(pid)
+        if console is not None:
+            await _receive_console(container, console, winsize, attach_stdin=stdin == PIPE)
         report = await _read_errpipe(err_r)
-        errpipe.close()
     except BaseException:
         with anyio.CancelScope(shield=True):
             container.kill()

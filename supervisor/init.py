@@ -14,7 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from . import _linux, rootfs
 from .spec import ContainerSpec
@@ -38,6 +39,9 @@ class ChildPlan:
     #: signals to reset to SIG_DFL (``signals_to_reset()`` taken before the clone);
     #: None: work it out in the child (slower: ~0.3 ms of copy-on-write faults)
     reset_signals: tuple[int, ...] | None = None
+    #: ``-t`` with a root filesystem: a socket to send the pty master back on; the
+    #: child opens the pty in its own devpts and ignores stdin/stdout/stderr
+    console: int = -1
 
 
 class _StepFailed(Exception):
@@ -54,6 +58,14 @@ def _report(fd: int, step: str, err: int, detail: str) -> None:
         os.write(fd, msg[:4000])
     except OSError:
         pass
+
+
+def _call(name: str, fn: Callable[..., int], *args: object) -> int:
+    """``_step`` for a step with a result."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        raise _StepFailed(name, e.errno or 0, str(e)) from None
 
 
 def _step(name: str, fn: object, *args: object) -> None:
@@ -88,14 +100,14 @@ def _reset_signals(sigs: tuple[int, ...] | None) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def _setup_namespaces(spec: ContainerSpec, tty_fd: int = -1) -> None:
+def _setup_namespaces(spec: ContainerSpec) -> None:
     ns = spec.namespaces
     if "mount" in ns:
         # First of all: nothing we mount may propagate back to the host.
         _step("make / private", _linux.mount, None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
         if spec.rootfs is not None:
             # overlay root, /proc, /dev, /sys, volumes, masks, pivot_root (rootfs.py)
-            for op in rootfs.child_ops(spec, tty_fd):
+            for op in rootfs.child_ops(spec):
                 _step(op.step, op.run)
         elif "pid" in ns:
             flags = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
@@ -103,7 +115,7 @@ def _setup_namespaces(spec: ContainerSpec, tty_fd: int = -1) -> None:
     if "uts" in ns:
         _step("sethostname", _sethostname, spec.effective_hostname)
     if "net" in ns:
-        _step("bring up lo", _linux.loopback_up)
+        _step("bring up lo", _linux.interface_up, "lo")
 
 
 def _sethostname(name: str) -> None:
@@ -206,7 +218,10 @@ def run(plan: ChildPlan) -> None:
             if os.read(plan.sync, 1) != b"1":
                 os._exit(EXIT_SETUP_FAILED)
             os.close(plan.sync)
-        _setup_namespaces(plan.spec, plan.stdin if plan.spec.tty else -1)
+        _setup_namespaces(plan.spec)
+        if plan.console >= 0:
+            slave = _call("open the container's terminal", rootfs.open_console, plan.console)
+            plan = replace(plan, stdin=slave, stdout=slave, stderr=slave)
         _setup_stdio(plan)
         env = plan.spec.full_env()
         if plan.spec.cwd:

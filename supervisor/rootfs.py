@@ -11,6 +11,7 @@ and init *runs* it, reporting the name of a failing step over the error pipe:
     masked and read-only /proc and /sys paths
     read-only root (--read-only)
     pivot_root into it, detach the old root
+    (with -t, then open_console: a pty in the container's devpts, master sent back)
 
 Every mount happens in the child's own mount namespace, so it disappears with the
 container: the host's mount table never changes. Paths inside the container are
@@ -38,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -357,16 +359,6 @@ def _read_only_path(root: str, path: str) -> None:
     _make_read_only(target)
 
 
-def _bind_tty(root: str, fd: int, path: str) -> None:
-    # A bind source must be a path of this mount namespace (an fd opened in the
-    # host's namespace gives EINVAL), so look the pty up by name; our namespace is a
-    # copy of the host's, where the name came from.
-    source = os.ttyname(fd)
-    if os.stat(source).st_rdev != os.fstat(fd).st_rdev:
-        raise OSError(errno.ENODEV, f"the tty on fd {fd} is not {source} in the container's namespace")
-    _bind_in(root, source, path)
-
-
 def _symlink_in(root: str, link_target: str, path: str) -> None:
     os.symlink(link_target, resolve_in(root, path))
 
@@ -381,17 +373,44 @@ def _pivot_root(new_root: str) -> None:
     os.chdir("/")
 
 
+def open_console(sock_fd: int) -> int:
+    """In the child, after ``pivot_root``: make the container's terminal, the docker way.
+
+    The pty is opened in the container's own devpts (so ``tty`` names a path that
+    exists inside, ``/dev/pts/0``), its slave is bound onto ``/dev/console``, and the
+    master is sent to the supervisor over ``sock_fd`` (SCM_RIGHTS). The child then
+    waits for one byte: the supervisor has set the window size, so the command never
+    starts with a 0x0 terminal. Returns the slave fd (to become stdin/out/err).
+
+    Raises:
+        OSError: the pty cannot be made, or the supervisor went away.
+    """
+    master, slave = os.openpty()  # /dev/ptmx -> pts/ptmx: the new devpts instance
+    try:
+        _bind_in("/", os.ttyname(slave), "/dev/console")
+        sock = socket.socket(fileno=sock_fd)
+        try:
+            socket.send_fds(sock, [b"pty"], [master])
+            if sock.recv(1) != b"1":
+                raise OSError(errno.ECONNRESET, "the supervisor went away before the terminal was ready")
+        finally:
+            sock.close()
+    except BaseException:
+        os.close(slave)
+        raise
+    finally:
+        os.close(master)
+    return slave
+
+
 def _depth(m: Mount) -> int:
     return len([p for p in os.path.normpath(m.target).split("/") if p])
 
 
-def child_ops(spec: ContainerSpec, tty_fd: int = -1) -> list[Op]:
-    """The ordered filesystem operations for a resolved spec with a root filesystem.
-
-    Args:
-        spec: the container (``rootfs`` and ``state_dir`` filled in by ``resolve``).
-        tty_fd: the pty slave in the child, bound onto ``/dev/console``; -1 for none.
-    """
+def child_ops(spec: ContainerSpec) -> list[Op]:
+    """The ordered filesystem operations for a resolved spec with a root filesystem
+    (``rootfs`` and ``state_dir`` filled in by ``resolve``). The terminal of ``-t``
+    comes after them: ``open_console``."""
     assert spec.rootfs is not None
     layout = Layout.of(spec)
     root = layout.rootfs
@@ -435,10 +454,6 @@ def child_ops(spec: ContainerSpec, tty_fd: int = -1) -> list[Op]:
         ("stderr", "/proc/self/fd/2"),
     ):
         ops.append(Op(f"symlink /dev/{name}", _symlink_in, (root, target, f"/dev/{name}")))
-    if tty_fd >= 0:
-        # The pty comes from the host's devpts; binding it here gives the container a
-        # terminal path it can see (ttyname finds it by device number).
-        ops.append(Op("bind the tty to /dev/console", _bind_tty, (root, tty_fd, "/dev/console")))
     ops.append(
         Op("mount /sys", _mount_in, (root, "/sys", "sysfs", _linux.MS_RDONLY | _NOSUID_NODEV_NOEXEC, None))
     )

@@ -50,8 +50,9 @@ NAMESPACE_FLAGS = {
     "cgroup": _linux.CLONE_NEWCGROUP,
 }
 
-#: fd roles a request may carry; "cgroup" is a cgroup2 directory for CLONE_INTO_CGROUP
-ROLES = ("stdin", "stdout", "stderr", "errpipe", "sync", "cgroup")
+#: fd roles a request may carry; "cgroup" is a cgroup2 directory for CLONE_INTO_CGROUP,
+#: "console" a socket on which a child with a rootfs sends back the master of its pty
+ROLES = ("stdin", "stdout", "stderr", "errpipe", "sync", "cgroup", "console")
 _MAX_MSG = 1 << 20
 
 
@@ -77,6 +78,7 @@ def _child_plan(spec: ContainerSpec, byrole: dict[str, int], reset: tuple[int, .
         errpipe=byrole["errpipe"],
         sync=byrole.get("sync", -1),
         reset_signals=reset,
+        console=byrole.get("console", -1),
     )
 
 

@@ -82,17 +82,17 @@ def test_op_list_order() -> None:
     assert order["mount /proc"] < order["mask /proc/kcore"] < order["make /proc/sys read-only"]
     # a parent mount comes before the mounts below it, whatever the order given
     assert order["mount tmpfs /data"] < order["mount volume /h1:/data/sub"]
-    assert "bind the tty to /dev/console" not in order
     overlay = rfs.child_ops(spec)[0]
     layout = rfs.Layout.of(spec)
     assert overlay.args == ("/images/bb", layout.upper, layout.work, layout.rootfs)
     assert layout.dir == f"/state/containers/{spec.id}"
 
 
-def test_op_list_with_tty_binds_the_console() -> None:
-    steps = [op.step for op in rfs.child_ops(spec_for(tty=True), tty_fd=5)]
-    assert "bind the tty to /dev/console" in steps
+def test_op_list_without_options() -> None:
+    steps = [op.step for op in rfs.child_ops(spec_for(namespaces={"mount", "pid"}))]
     assert "make the root filesystem read-only" not in steps
+    assert "mount /dev/mqueue" not in steps  # no IPC namespace of its own
+    assert not [s for s in steps if s.startswith(("mount volume", "mount tmpfs"))]
 
 
 def test_resolve_in_never_leaves_the_root(tmp_path: Path) -> None:
@@ -421,9 +421,11 @@ async def test_api_container_dir_exists_while_running_and_goes_after(
 
 @pytest.mark.root
 async def test_api_tty_inside_the_rootfs(anyio_backend: str, busybox: Path, state: Path) -> None:
+    # the pty is the container's own: /dev/pts/0 of its devpts, sized before the command runs
     async with await open_container(
-        ["sh", "-c", "tty; test -t 0 && echo interactive"],
+        ["sh", "-c", "tty; test -t 0 && echo interactive; stty size; ls /dev/pts; tty < /dev/console"],
         tty=True,
+        winsize=(31, 97),
         rootfs=str(busybox),
         state_dir=str(state),
     ) as c:
@@ -432,7 +434,20 @@ async def test_api_tty_inside_the_rootfs(anyio_backend: str, busybox: Path, stat
         async for chunk in c.stdout:
             data += chunk
         assert await c.wait() == 0
-    assert data.replace(b"\r", b"").split(b"\n")[:2] == [b"/dev/console", b"interactive"]
+    lines = data.replace(b"\r", b"").decode().split("\n")
+    assert lines[:5] == ["/dev/pts/0", "interactive", "31 97", "0     ptmx", "/dev/console"]
+
+
+@pytest.mark.root
+async def test_api_tty_setup_failure_is_reported(anyio_backend: str, busybox: Path, state: Path) -> None:
+    with pytest.raises(StartError, match="mount volume"):
+        await open_container(
+            ["true"],
+            tty=True,
+            rootfs=str(busybox),
+            state_dir=str(state),
+            mounts=(Mount("/bin", "/etc/passwd"),),
+        )
 
 
 @pytest.mark.root
@@ -480,11 +495,12 @@ def test_ti_works_inside_the_rootfs(busybox: Path, state: Path) -> None:
     )
     try:
         child.expect("ctr> ")
-        child.sendline("tty; echo $((6*7)); ls /dev/pts")
+        child.sendline("echo $((6*7)); stty size")
         child.expect("42")
+        child.expect("24 80")
         child.expect("ctr> ")
         child.sendline("tty")
-        child.expect("/dev/console")
+        child.expect("/dev/pts/0")
         child.expect("ctr> ")
         child.sendline("exit 3")
         child.expect(pexpect.EOF)
