@@ -353,7 +353,10 @@ async def start_container(
                 if s is not None:
                     stack.callback(s.close)
         err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        stack.callback(os.close, err_r)
+        # Ours only until the child has exec'd (EOF): closed then, not with the
+        # container, so a running container holds one fd (its pidfd), not two.
+        errpipe = stack.enter_context(contextlib.ExitStack())
+        errpipe.callback(os.close, err_r)
         child_side.callback(os.close, err_w)
         fds["errpipe"] = err_w
         if cgroup_factory is None:
@@ -389,6 +392,7 @@ async def start_container(
         if console is not None:
             await _receive_console(container, console, winsize, attach_stdin=stdin == PIPE)
         report = await _read_errpipe(err_r)
+        errpipe.close()
     except BaseException:
         with anyio.CancelScope(shield=True):
             container.kill()

@@ -115,7 +115,7 @@ def _setup_namespaces(spec: ContainerSpec) -> None:
     if "uts" in ns:
         _step("sethostname", _sethostname, spec.effective_hostname)
     if "net" in ns:
-        _step("bring up lo", _linux.interface_up, "lo")
+        _step("bring up lo", _linux.loopback_up)
 
 
 def _sethostname(name: str) -> None:
