@@ -621,6 +621,42 @@ def sweep_leftovers(fs: CgroupFS, parents: Iterable[str]) -> list[str]:
     return removed
 
 
+def cgroups_of(owner: int, layout: Layout | None = None) -> list[str]:
+    """The container cgroups of supervisor ``owner`` below our own cgroups (v2 first)."""
+    layout = current_layout() if layout is None else layout
+    found = []
+    for h in ([layout.v2] if layout.v2 else []) + list(layout.v1):
+        parent = h.parent_dir(None)
+        try:
+            names = layout.fs.listdir(parent) if parent else []
+        except OSError:
+            continue
+        found += [posixpath.join(parent, n) for n in names if _owner_of(n) == owner]  # type: ignore[arg-type]
+    return found
+
+
+def clean_up_after(owner: int, owner_pidfd: int, layout: Layout | None = None) -> None:
+    """Remove the container cgroups of a supervisor that died without tearing down.
+
+    The spawn helper calls this when its supervisor's socket closes: if that
+    supervisor was SIGKILLed, its containers died with it (``PR_SET_PDEATHSIG``),
+    but their directories would stay until the next mydocker sweeps them. Nothing
+    happens while the supervisor lives (a normal close leaves no directories, and
+    any that remain are still its own). Only the default parent is looked at.
+    """
+    import select
+
+    layout = current_layout() if layout is None else layout
+    left = cgroups_of(owner, layout)
+    if not left:
+        return
+    # A SIGKILLed supervisor closes its files a moment before it is marked dead.
+    if not select.select([owner_pidfd], [], [], 2.0)[0]:
+        return
+    for d in left:
+        _kill_and_remove(layout.fs, d, wait=2.0)
+
+
 def _available_cpus(fs: CgroupFS, parent: str, version: int) -> frozenset[int] | None:
     """The CPUs a child of ``parent`` may use: its effective cpuset, else the online CPUs."""
     name = "cpuset.effective_cpus" if version == 1 else "cpuset.cpus.effective"

@@ -128,6 +128,9 @@ def helper_main(fd: int) -> None:
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
+    # To tell, at EOF, a supervisor that closed us from one that was killed.
+    supervisor_pid = os.getppid()
+    supervisor_fd = os.pidfd_open(supervisor_pid)
     import supervisor.init  # load before freezing: children must not import
 
     # The helper's signal dispositions are fixed from here on: work out once which
@@ -154,6 +157,12 @@ def helper_main(fd: int) -> None:
         served += 1
         if served % 4096 == 0:
             gc.collect()
+    try:
+        from supervisor.cgroups import clean_up_after
+
+        clean_up_after(supervisor_pid, supervisor_fd)
+    except Exception:  # noqa: BLE001 - best effort on the way out; the next run sweeps
+        pass
 
 
 # ---------------------------------------------------------------- supervisor side
