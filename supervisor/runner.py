@@ -30,6 +30,16 @@ def say(message: str) -> None:
 _say = say
 
 
+def drops_default_signals(container: Container) -> bool:
+    """Whether the kernel drops signals that PID 1 leaves at their default action.
+
+    True for the init of a PID namespace of its own; not with ``--pid host`` (an
+    ordinary process), nor with ``--init`` (mydocker's init waits for every signal
+    and passes it on).
+    """
+    return "pid" in container.spec.namespaces and not container.spec.init
+
+
 class SignalForwarder:
     """docker's sig-proxy, plus a way out of a PID 1 that ignores signals.
 
@@ -56,7 +66,7 @@ class SignalForwarder:
     def forward(self, sig: int) -> None:
         """Send ``sig``, received by mydocker, to PID 1; apply the rules above."""
         container = self.container
-        handled = container.spec.init or container.handles(sig)
+        handled = not drops_default_signals(container) or container.handles(sig)
         container.send_signal(sig)
         if handled:
             if sig == signal.SIGTERM and not self._stopping:

@@ -27,7 +27,6 @@ import errno
 import os
 import signal
 import stat
-import sys
 import termios
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -36,12 +35,13 @@ import anyio
 
 from . import _linux
 from ._streams import FdStream
+from .cli import FORWARDED_SIGNALS
 from .container import DEVNULL, PIPE, start_container
+from .runner import SignalForwarder, drops_default_signals, say
 from .spec import ContainerSpec
 
 if TYPE_CHECKING:
     from .container import Container
-    from .runner import SignalForwarder
 
 #: the pty's size when mydocker has no terminal to copy it from (CI, pipes)
 DEFAULT_WINSIZE = (24, 80)
@@ -249,7 +249,10 @@ def interrupt_dropped(container: Container, data: bytes) -> int | None:
     is PID 1's and PID 1 has no handler (``mydocker run -ti sleep 100``), the kernel
     discards the signal, exactly as it would discard mydocker's forwarded one. Return
     that signal so the caller can apply the same way out as for a forwarded one.
+    A signal PID 1 catches or ignores on purpose is not "dropped".
     """
+    if not drops_default_signals(container):
+        return None
     master = container.stdout.fileno() if container.stdout is not None else -1
     try:
         attrs = termios.tcgetattr(master)  # on a pty master: the slave's settings
@@ -266,7 +269,24 @@ def interrupt_dropped(container: Container, data: bytes) -> int | None:
             return None
     except (termios.error, OSError):
         return None
-    return None if container.handles(found) else found
+    return found if _default_disposition(container.pid, found) else None
+
+
+def _default_disposition(pid: int, sig: int) -> bool:
+    """Whether ``sig`` is neither caught nor ignored by process ``pid``.
+
+    Only then did the kernel drop a signal that would have had its usual effect:
+    an interactive shell that ignores SIGQUIT must not die from a typed Ctrl-\\.
+    """
+    bit = 1 << (sig - 1)
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"SigCgt:", b"SigIgn:")) and int(line.split()[1], 16) & bit:
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 async def _pump_in(reader: StdinReader, container: Container, forwarder: SignalForwarder) -> None:
@@ -296,6 +316,8 @@ async def _pump_in(reader: StdinReader, container: Container, forwarder: SignalF
 class _Progress:
     def __init__(self) -> None:
         self.chunks = 0
+        #: True while the pump waits for the container's output (not for our reader)
+        self.reading = False
         self.done = anyio.Event()
 
 
@@ -305,10 +327,12 @@ async def _pump_out(container: Container, writer: StdoutWriter, progress: _Progr
     assert master is not None
     try:
         while True:
+            progress.reading = True
             try:
                 data = await master.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
+            progress.reading = False
             progress.chunks += 1
             try:
                 await writer.write(data)
@@ -322,12 +346,13 @@ async def _pump_out(container: Container, writer: StdoutWriter, progress: _Progr
 
 
 async def _drain(progress: _Progress) -> None:
-    """Wait for the output pump to reach EIO, unless output has stopped for good."""
+    """Wait for the output pump to reach EIO, unless the container's output has
+    stopped for good. A slow reader of ours (a pager) is waited for, however long."""
     while not progress.done.is_set():
         before = progress.chunks
         with anyio.move_on_after(DRAIN_IDLE):
             await progress.done.wait()
-        if progress.chunks == before:
+        if progress.chunks == before and progress.reading:
             return
 
 
@@ -361,9 +386,6 @@ async def run_tty(spec: ContainerSpec, *, interactive: bool, grace: float) -> in
 
     Cancellation: the container is stopped and reaped, the terminal restored.
     """
-    from .cli import FORWARDED_SIGNALS
-    from .runner import SignalForwarder, say
-
     reader = StdinReader(0) if interactive else None
     with contextlib.ExitStack() as stack:
         writer = StdoutWriter(1)
@@ -390,5 +412,4 @@ async def run_tty(spec: ContainerSpec, *, interactive: bool, grace: float) -> in
                 tg.cancel_scope.cancel()
         if container.oom_killed:
             say("the container was killed: out of memory (memory limit reached)")
-    sys.stdout.flush()
     return status

@@ -188,6 +188,11 @@ def test_ctrl_c_interrupts_the_command_inside_and_the_shell_survives(spawn) -> N
     child.sendline("echo status=$?")
     child.expect(r"status=(\d+)")
     assert child.match.group(1) == b"130"
+    child.expect_exact(PROMPT)
+    # the shell ignores SIGQUIT on purpose: a typed Ctrl-\ must not end the container
+    child.sendcontrol("\\")
+    child.sendline("echo still-here")
+    child.expect(r"\r\nstill-here\r\n")
     child.sendline("exit 0")
     assert _finish(child) == 0
 
@@ -241,16 +246,42 @@ def test_terminal_restored_after_normal_exit(spawn) -> None:
 
 
 @pytest.mark.root
-def test_terminal_restored_when_mydocker_gets_sigterm(spawn) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_terminal_restored_when_mydocker_gets_sigterm_or_sighup(spawn, sig: int) -> None:
     child = spawn([], shell=WRAPPED.format(args=f"-e 'PS1={PROMPT}' sh"))
     before = _stty_before(child)
     child.expect_exact(PROMPT)
     _wait_raw(child)
     mydocker = next(p for p, comm in _descendants(child.pid) if comm.startswith("mydocker"))
-    os.kill(mydocker, signal.SIGTERM)
+    os.kill(mydocker, sig)
     rc, after = _stty_after(child)
-    # an interactive sh ignores SIGTERM, so mydocker kills the container
+    # an interactive sh does not act on SIGTERM/SIGHUP, so mydocker kills the container
     assert (rc, after) == (128 + signal.SIGKILL, before)
+
+
+@pytest.mark.root
+def test_tty_without_i_leaves_ctrl_c_to_mydocker(spawn) -> None:
+    # no -i: the terminal stays cooked, Ctrl-C is a SIGINT to mydocker, forwarded
+    child = spawn(["run", "-t", "sleep", "100"])
+    _wait_for_descendant(child.pid, "sleep")
+    assert termios.tcgetattr(child.child_fd)[3] & termios.ICANON
+    child.sendcontrol("c")
+    child.expect("press Ctrl-C again")
+    child.sendcontrol("c")
+    child.expect("second interrupt")
+    assert _finish(child) == 128 + signal.SIGKILL
+
+
+@pytest.mark.root
+def test_ctrl_c_with_the_host_pid_namespace_is_an_ordinary_interrupt(spawn) -> None:
+    child = spawn(["run", "-ti", "--pid", "host", "sleep", "100"])
+    _wait_for_descendant(child.pid, "sleep")
+    _wait_raw(child)
+    child.sendcontrol("c")
+    child.expect(pexpect.EOF)
+    assert b"press Ctrl-C" not in child.before
+    child.close()
+    assert child.exitstatus == 128 + signal.SIGINT
 
 
 @pytest.mark.root
@@ -417,7 +448,7 @@ def test_output_to_a_closed_pipe_ends_the_container(backend: str) -> None:
         shell=True, capture_output=True, timeout=60, env=_env(backend), stdin=subprocess.DEVNULL,
     )  # fmt: skip
     # `yes` would run for ever: mydocker kills it once nobody reads its output
-    assert r.stdout == b"y\r\n"
+    assert r.stdout == b"y\r\n", r.stderr
 
 
 # -- the pieces, without a container ------------------------------------------------------
