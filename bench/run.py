@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,10 +142,24 @@ def _use_pidfd_watcher() -> None:
 class ExecRunner(Runner):
     """A command-line runtime started with asyncio subprocesses."""
 
-    def __init__(self, name: str, argv: Callable[[], list[str]], weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Callable[[], list[str]],
+        weight: float = 1.0,
+        namespace: HiddenCgroup2 | None = None,
+    ) -> None:
         self.name = name
         self.argv = argv
         self.weight = weight
+        self.namespace = namespace
+
+    def _entered(self) -> contextlib.AbstractContextManager[None]:
+        return self.namespace.entered() if self.namespace is not None else contextlib.nullcontext()
+
+    def batch(self, n: int, concurrency: int, cell: Cell) -> None:
+        with self._entered():
+            super().batch(n, concurrency, cell)
 
     async def one(self) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -164,7 +178,8 @@ class ExecRunner(Runner):
     def probe(self) -> None:
         """Run once; set ``available`` to the reason when that fails."""
         try:
-            asyncio.run(self.warm())
+            with self._entered():
+                asyncio.run(self.warm())
         except (OSError, RuntimeError) as e:
             self.available = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
@@ -209,25 +224,60 @@ def make_bundle(runtime: str, where: Path) -> Path:
     return bundle
 
 
-def hide_hybrid_cgroup2() -> str | None:
-    """On a cgroup-hybrid host crun refuses to run ("cgroups in hybrid mode not supported,
-    drop all controllers from cgroupv2"): move this process into a private mount
-    namespace and unmount the cgroup2 hierarchy there, so crun/runc see plain cgroup v1.
-    The host is untouched. Returns what was done, or None."""
-    unified = "/sys/fs/cgroup/unified"
-    with open("/proc/self/mountinfo") as f:
-        if not any(line.split()[4] == unified for line in f):
-            return None
-    _linux.unshare(_linux.CLONE_NEWNS)
-    _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-    _linux.umount(unified, _linux.MNT_DETACH)
-    return f"{unified} hidden in the benchmark's private mount namespace (cgroup-hybrid host)"
+class HiddenCgroup2:
+    """A mount namespace in which the cgroup2 hierarchy of a cgroup-hybrid host is
+    unmounted, entered only while crun/runc run.
+
+    crun refuses a hybrid host ("cgroups in hybrid mode not supported, drop all
+    controllers from cgroupv2"); without the v2 mount it uses plain cgroup v1. The
+    benchmark switches into this namespace (setns) for the OCI runtimes' batches and
+    back for everything else, so mydocker keeps seeing the host as it is. The host
+    is untouched.
+    """
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.note: str | None = None
+        unified = "/sys/fs/cgroup/unified"
+        with open("/proc/self/mountinfo") as f:
+            if not any(line.split()[4] == unified for line in f):
+                return
+        if len(os.listdir("/proc/self/task")) != 1:
+            self.note = "cannot hide cgroup2 from crun: setns needs a single-threaded process"
+            return
+        home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        cwd = os.getcwd()
+        try:
+            _linux.unshare(_linux.CLONE_NEWNS)
+            _linux.mount(None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
+            _linux.umount(unified, _linux.MNT_DETACH)
+            self.fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            self.note = f"crun/runc run in a mount namespace without {unified} (cgroup-hybrid host)"
+        finally:
+            _linux.setns(home, _linux.CLONE_NEWNS)
+            os.close(home)
+            os.chdir(cwd)
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        if self.fd < 0:
+            yield
+            return
+        home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        cwd = os.getcwd()
+        _linux.setns(self.fd, _linux.CLONE_NEWNS)
+        try:
+            yield
+        finally:
+            _linux.setns(home, _linux.CLONE_NEWNS)
+            os.close(home)
+            os.chdir(cwd)
 
 
-def oci_runner(runtime: str, tmp: Path, weight: float) -> ExecRunner:
+def oci_runner(runtime: str, tmp: Path, weight: float, hidden: HiddenCgroup2) -> ExecRunner:
     counter = iter(range(1 << 62))
     state = tmp / f"{runtime}-state"
-    runner = ExecRunner(runtime, lambda: [], weight)
+    runner = ExecRunner(runtime, lambda: [], weight, hidden)
     exe = shutil.which(runtime)
     if exe is None:
         runner.available = f"{runtime} is not installed (apt-get install {runtime})"
@@ -324,35 +374,60 @@ def _rss_threads() -> tuple[int, int]:
     return rss, threads
 
 
+class DirectCloneRunner(ApiRunner):
+    """``run_container`` with the clone done in this process (the CLI's path): a
+    fork-style clone whose cost grows with the supervisor's size. Compared with the
+    helper at the same size it also shows what the round trip to the helper costs."""
+
+    def __init__(self) -> None:
+        super().__init__("asyncio")
+        self.name = "in-process clone"
+
+    def batch(self, n: int, concurrency: int, cell: Cell) -> None:
+        from supervisor.spawn import prefer_direct_clone
+
+        prefer_direct_clone(True)
+        try:
+            super().batch(n, concurrency, cell)
+        finally:
+            prefer_direct_clone(False)
+
+
 def section_big_supervisor(rounds: int, n: int, big_mb: int) -> dict[str, object]:
-    """Sequential spawn latency with the supervisor at its own size vs holding big_mb."""
-    api = ApiRunner("asyncio")
-    small, big = Cell(), Cell()
-    rss_small = rss_big = 0
+    """Sequential spawn latency with the supervisor at its own size vs holding big_mb,
+    through the spawn helper and, for comparison, cloning in-process."""
+    runners: list[Runner] = [ApiRunner("asyncio"), DirectCloneRunner()]
+    cells = {(r.name, size): Cell() for r in runners for size in ("small", "big")}
+    rss = {"small": 0, "big": 0}
+    if len(os.listdir("/proc/self/task")) != 1:
+        runners = runners[:1]  # the in-process path needs a single-threaded process
     for _ in range(rounds):
         gc.collect()
-        rss_small = _rss_threads()[0]
-        api.batch(n, 1, small)
+        rss["small"] = _rss_threads()[0]
+        for r in runners:
+            r.batch(n, 1, cells[r.name, "small"])
         ballast = bytearray(big_mb << 20)
         ballast[::4096] = b"\1" * len(range(0, len(ballast), 4096))  # touch every page
-        rss_big = _rss_threads()[0]
-        api.batch(n, 1, big)
+        rss["big"] = _rss_threads()[0]
+        for r in runners:
+            r.batch(n, 1, cells[r.name, "big"])
         del ballast
-    ratio = big.quantile(0.5) / small.quantile(0.5)
-    print("\nsequential spawn latency (mydocker asyncio) by supervisor size:")
-    for label, rss, cell in (("own size", rss_small, small), (f"+{big_mb} MB", rss_big, big)):
+    print("\nsequential start-to-exit latency by supervisor size (asyncio):")
+    out: dict[str, object] = {"small_rss_mb": rss["small"] >> 20, "big_rss_mb": rss["big"] >> 20}
+    for r in runners:
+        small, big = cells[r.name, "small"], cells[r.name, "big"]
+        ratio = big.quantile(0.5) / small.quantile(0.5)
         print(
-            f"  {label:10s} RSS {rss >> 20:5d} MB: median {fmt_ms(cell.quantile(0.5))} ms"
-            f"  p90 {fmt_ms(cell.quantile(0.9))} ms"
+            f"  {r.name:18s} RSS {rss['small'] >> 20:4d} MB: {fmt_ms(small.quantile(0.5))} ms"
+            f" (p90 {fmt_ms(small.quantile(0.9))});  RSS {rss['big'] >> 20:4d} MB:"
+            f" {fmt_ms(big.quantile(0.5))} ms (p90 {fmt_ms(big.quantile(0.9))});  ratio {ratio:4.2f}x"
         )
-    print(f"  ratio big/small (median): {ratio:4.2f}x")
-    return {
-        "small_rss_mb": rss_small >> 20,
-        "big_rss_mb": rss_big >> 20,
-        "small_median_ms": small.quantile(0.5) * 1e3,
-        "big_median_ms": big.quantile(0.5) * 1e3,
-        "ratio": ratio,
-    }
+        out[r.name] = {
+            "small_median_ms": small.quantile(0.5) * 1e3,
+            "big_median_ms": big.quantile(0.5) * 1e3,
+            "ratio": ratio,
+        }
+    return out
 
 
 def section_rss(count: int, backend: str) -> dict[str, object]:
@@ -415,6 +490,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     ap.add_argument("--no-oci", action="store_true", help="skip crun and runc")
+    ap.add_argument(
+        "--sections",
+        default="latency,big,rss",
+        help="comma-separated subset of: latency, big (1 GB supervisor), rss (default: all)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (namespaces)", file=sys.stderr)
@@ -434,25 +514,26 @@ def main() -> int:
             un.probe()
         runners.append(un)
         if not args.no_oci:
-            try:
-                note = hide_hybrid_cgroup2()
-            except OSError as e:
-                note = f"could not hide the cgroup2 hierarchy: {e}"
-            if note:
-                print(f"note: {note}")
-            runners.append(oci_runner("crun", tmp, 0.5))
-            runners.append(oci_runner("runc", tmp, 0.1))
+            hidden = HiddenCgroup2()
+            if hidden.note:
+                print(f"note: {hidden.note}")
+            runners.append(oci_runner("crun", tmp, 0.5, hidden))
+            runners.append(oci_runner("runc", tmp, 0.1, hidden))
         print(
             f"interleaved: {rounds} round(s); per round and runner: "
             + ", ".join(f"c={c}: {n}" for c, n in base_n.items())
         )
-        cells = section_latency(runners, rounds, base_n)
-        report["latency"] = print_latency(runners, cells)
-        report["big_supervisor"] = section_big_supervisor(
-            1 if args.quick else 3, 30 if args.quick else 150, 256 if args.quick else 1024
-        )
-        count = 100 if args.quick else 1000
-        report["rss"] = {b: section_rss(count, b) for b in ("asyncio", "trio")}
+        sections = set(args.sections.split(","))
+        if "latency" in sections:
+            cells = section_latency(runners, rounds, base_n)
+            report["latency"] = print_latency(runners, cells)
+        if "big" in sections:
+            report["big_supervisor"] = section_big_supervisor(
+                1 if args.quick else 3, 30 if args.quick else 150, 256 if args.quick else 1024
+            )
+        if "rss" in sections:
+            count = 100 if args.quick else 1000
+            report["rss"] = {b: section_rss(count, b) for b in ("asyncio", "trio")}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     return 0

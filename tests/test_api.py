@@ -369,6 +369,22 @@ async def test_ignored_term_means_kill() -> None:
     assert not _zombie_children()
 
 
+async def test_cancelled_while_starting_leaves_nothing() -> None:
+    # Deadlines from "at once" to a few milliseconds land in every stage of the
+    # start: before the request, during the clone round trip, while the child sets
+    # up, just after exec.
+    argv = ["sleep", "60.125"]
+    outcomes = set()
+    for step in range(24):
+        with anyio.move_on_after(step * 0.00025) as scope:
+            async with await open_container(argv, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL) as c:
+                await c.wait()
+        outcomes.add("cancelled" if scope.cancelled_caught else "finished")
+        assert not _processes_running(argv)
+        assert not _zombie_children()
+    assert "cancelled" in outcomes
+
+
 async def test_stop_and_aclose_are_idempotent() -> None:
     c = await open_container(["sleep", "60"], stdin=DEVNULL)
     assert await c.stop(grace=0) == 137
@@ -419,19 +435,29 @@ def test_from_a_plain_thread_through_a_blocking_portal(backend: str) -> None:
     assert out == [b"portal\n", b"ping"]
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_the_helper_ends_with_its_event_loop(backend: str) -> None:
+@pytest.mark.parametrize("runner", ["anyio-asyncio", "anyio-trio", "asyncio.run", "trio.run"])
+def test_the_helper_ends_with_its_event_loop(runner: str) -> None:
     seen: list[int] = []
 
     async def main() -> None:
         await run_container(["true"])
         seen.extend(_helper_pids())
 
-    anyio.run(main, backend=backend)
+    def run_loop() -> None:
+        if runner.startswith("anyio-"):
+            anyio.run(main, backend=runner.removeprefix("anyio-"))
+        elif runner == "asyncio.run":
+            asyncio.run(main())
+        else:
+            import trio
+
+            trio.run(main)
+
+    run_loop()
     assert len(seen) == 1
     assert not os.path.exists(f"/proc/{seen[0]}"), "the spawn helper outlived its event loop"
     # a second loop gets a helper of its own, and loses it too
-    anyio.run(main, backend=backend)
+    run_loop()
     assert len(seen) == 2 and seen[1] != seen[0]
     assert not _helper_pids()
 

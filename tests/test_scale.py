@@ -17,7 +17,7 @@ import zlib
 import anyio
 import pytest
 
-from supervisor import DEVNULL, run_container
+from supervisor import DEVNULL, open_container, run_container
 
 from .test_api import _helper_pids, _zombie_children
 
@@ -99,3 +99,26 @@ async def test_spawning_while_threads_churn_the_allocator_and_zlib() -> None:
     assert done == 320
     assert counter[0] > 0, "the churning threads never ran"
     assert not _zombie_children()
+
+
+async def test_a_running_container_costs_one_fd_and_no_thread() -> None:
+    # A service with the common 1024-fd limit must be able to hold hundreds of
+    # containers: without pipes, a running container keeps only its pidfd.
+    await run_container(["true"])
+    fds = len(os.listdir("/proc/self/fd"))
+    threads = threading.active_count()
+    tasks = len(os.listdir("/proc/self/task"))
+    containers = []
+    try:
+        for _ in range(50):
+            containers.append(
+                await open_container(["sleep", "60"], stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL)
+            )
+        assert len(os.listdir("/proc/self/fd")) - fds == 50
+        assert threading.active_count() == threads
+        assert len(os.listdir("/proc/self/task")) == tasks
+    finally:
+        async with anyio.create_task_group() as tg:
+            for c in containers:
+                tg.start_soon(c.aclose)
+    assert all(c.returncode == 137 for c in containers)
