@@ -185,6 +185,10 @@ def _run_as_init(plan: ChildPlan, env: dict[str, str]) -> None:
             _report(plan.errpipe, e.step, e.err, e.detail)
         os._exit(127)
     os.close(plan.errpipe)
+    # init never execs, so close-on-exec does not clean up for it: drop every fd it
+    # inherited from the process it was cloned from (the pty master, cgroup and
+    # event-loop fds of the supervisor) so the container cannot reach them.
+    os.closerange(3, 0x7FFFFFFF)
     while True:
         info = signal.sigwaitinfo(everything)
         if info.si_signo != signal.SIGCHLD:

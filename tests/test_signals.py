@@ -204,3 +204,15 @@ def _comm(pid: int) -> str:
 def _ppid(pid: int) -> int:
     s = _stat(pid)
     return int(s[2]) if s else 0
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_init_keeps_no_fd_of_the_supervisor(backend: str, tty: bool) -> None:
+    # init never execs: without care it would keep the pty master, cgroup and
+    # event-loop fds it inherited
+    r = subprocess.run(
+        [*mydocker_cmd(), "run", *(["-t"] if tty else []), "--init", "ls", "/proc/1/fd"],
+        capture_output=True, timeout=60, env=_env(backend), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [b"0", b"1", b"2"]
