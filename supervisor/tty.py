@@ -223,8 +223,11 @@ class StdoutWriter:
             view = memoryview(data)
             while view:
                 await anyio.wait_writable(self.fd)
-                # a socket reported writable takes a small chunk without blocking
-                n = os.write(self.fd, view[:_SMALL_CHUNK])
+                # a socket or pipe reported writable takes a small chunk without blocking
+                try:
+                    n = os.write(self.fd, view[:_SMALL_CHUNK])
+                except BlockingIOError:
+                    continue  # the shared fd was made non-blocking by someone else
                 view = view[n:]
 
     def _write_all(self, data: bytes) -> None:

@@ -564,3 +564,23 @@ async def test_stdout_writer_leaves_a_shared_pipe_blocking(anyio_backend: str) -
         os.close(w)
         if r >= 0:
             os.close(r)
+
+
+@pytest.mark.root
+def test_tty_over_a_socket(backend: str) -> None:
+    """A socket as stdin/stdout cannot be re-opened: it is polled, then written in small chunks."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    with ours:
+        with theirs:
+            proc = subprocess.Popen(
+                [*mydocker_cmd(), "run", "-ti", "sh", "-c", "read x; echo got-$x; seq 1 20000 | tail -1"],
+                stdin=theirs, stdout=theirs, env=_env(backend),
+            )  # fmt: skip
+        ours.sendall(b"hello\n")
+        out = b""
+        while chunk := ours.recv(65536):
+            out += chunk
+        assert proc.wait(timeout=30) == 0
+    assert out.endswith(b"got-hello\r\n20000\r\n")
