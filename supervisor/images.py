@@ -134,7 +134,10 @@ def remove_image(name: str, state_dir: str) -> None:
     Raises:
         SpecError: no such image, or a container still uses it.
     """
+    from .rootfs import sweep
+
     rootfs = image_rootfs(name, state_dir)
+    sweep(state_dir)  # containers of a SIGKILLed supervisor do not hold the image
     users = _users(state_dir, rootfs)
     if users:
         raise SpecError(f"image {name} is in use by container {users[0][:12]}")

@@ -26,7 +26,10 @@ On the host, the state directory holds one directory per container::
     <state dir>/images/<name>/rootfs          imported images (see images.py)
 
 ``prepare`` makes it and registers its removal in the container's ExitStack, so it
-goes away with the container on every path (docker's ``--rm``).
+goes away with the container on every path (docker's ``--rm``). ``config.json`` names
+its owner (supervisor pid and start time): if the supervisor is SIGKILLed, its
+containers die with it and the next mydocker process (its first container, or
+``image rm``) sweeps the directories whose owner is gone.
 
 This module is imported by ``init.py`` before the clone: after ``pivot_root`` the
 child can no longer import anything, so everything the child needs is imported here
@@ -188,7 +191,51 @@ def spec_json(spec: ContainerSpec) -> str:
             return sorted(o)
         return str(o)
 
-    return json.dumps({"version": 1, "spec": dataclasses.asdict(spec)}, default=default, indent=1)
+    owner = {"pid": os.getpid(), "start": _start_time(os.getpid())}
+    doc = {"version": 1, "owner": owner, "spec": dataclasses.asdict(spec)}
+    return json.dumps(doc, default=default, indent=1)
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or None if it is gone:
+    with the pid, it names a process even after the pid was reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: state directories already swept by this process
+_swept: set[str] = set()
+
+
+def sweep(sdir: str) -> list[str]:
+    """Remove the container directories whose supervisor died without removing them
+    (it was SIGKILLed: its containers died with it, by PR_SET_PDEATHSIG). A directory
+    whose owner still runs, or without a readable config.json (being made right now),
+    is left alone. Returns the ids removed.
+    """
+    import json
+
+    containers = os.path.join(sdir, "containers")
+    try:
+        ids = os.listdir(containers)
+    except OSError:
+        return []
+    removed = []
+    for cid in ids:
+        try:
+            with open(os.path.join(containers, cid, "config.json")) as f:
+                owner = json.load(f)["owner"]
+            pid, start = int(owner["pid"]), owner["start"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid == os.getpid() or (start is not None and _start_time(pid) == start):
+            continue
+        remove_layout(Layout(os.path.join(containers, cid)))
+        removed.append(cid)
+    return removed
 
 
 def prepare(spec: ContainerSpec, stack: contextlib.ExitStack) -> Layout | None:
@@ -206,6 +253,10 @@ def prepare(spec: ContainerSpec, stack: contextlib.ExitStack) -> Layout | None:
         return None
     layout = Layout.of(spec)
     os.makedirs(os.path.dirname(layout.dir), mode=0o711, exist_ok=True)
+    sdir = state_dir(spec.state_dir)
+    if sdir not in _swept:  # once per process: a CLI run, or a service's first container
+        _swept.add(sdir)
+        sweep(sdir)
     try:
         os.mkdir(layout.dir, 0o700)
     except FileExistsError:

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -348,6 +349,28 @@ def test_state_dir_from_the_environment(busybox: Path, state: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert f"upperdir={state}/containers/" in out(res)
+
+
+@pytest.mark.root
+def test_dirs_of_a_sigkilled_supervisor_are_swept_by_the_next_run(busybox: Path, state: Path) -> None:
+    cmd = [*mydocker_cmd(), "run", "--state-dir", str(state), "--rootfs", str(busybox), "sleep", "60"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    containers = state / "containers"
+    try:
+        for _ in range(500):
+            if containers.exists() and any(
+                (containers / c / "config.json").exists() for c in os.listdir(containers)
+            ):
+                break
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    left = os.listdir(containers)
+    assert len(left) == 1  # nobody removed it: its supervisor was SIGKILLed
+    res = run_in(state, busybox, "ls /")
+    assert res.returncode == 0, res.stderr
+    # ... and the next run swept it (the `state` fixture checks that nothing remains)
 
 
 # ------------------------------------------------------------------ root: bad input
