@@ -33,6 +33,7 @@ them first.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import posixpath
 import signal
@@ -141,6 +142,7 @@ class Hierarchy:
             return None
         return posixpath.normpath(posixpath.join(self.mountpoint, rel))
 
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - a few hierarchies, alive all along
     def parent_dir(self, cgroup_parent: str | None) -> str | None:
         """Where a container's cgroup goes: below our own cgroup, or below
         ``cgroup_parent`` (absolute: from the hierarchy's root; relative: from ours)."""
@@ -534,7 +536,9 @@ class ContainerCgroup:
         self._close_sync()
         delay, deadline = 0.0005, time.monotonic() + DESTROY_TIMEOUT
         while True:
-            if not self.populated():
+            # rmdir fails (EBUSY) on a populated cgroup anyway: only look first when
+            # the OOM count must be read while the memory cgroup still exists.
+            if self._memory is None or not self.populated():
                 if self._oom is None:
                     self._oom = self._read_oom()
                 busy = self._remove()
@@ -571,8 +575,8 @@ def _has_kill_file(fs: CgroupFS, d: str) -> bool:
 
 #: directories ``destroy`` had to give up; the next ``create_cgroup`` retries them
 _given_up: list[str] = []
-#: parent directories already swept for leftovers by this process
-_swept: set[str] = set()
+#: (layout, cgroup_parent) already swept for leftovers by this process
+_swept: set[tuple[int, str | None]] = set()
 
 
 def _kill_and_remove(fs: CgroupFS, path: str, wait: float = 0.2) -> bool:
@@ -788,14 +792,13 @@ def create_cgroup(spec: ContainerSpec, layout: Layout | None = None) -> Containe
 
     if _given_up:
         _given_up[:] = [d for d in _given_up if not _kill_and_remove(fs, d, wait=0)]
-    # Leftovers may sit in any hierarchy, not only those this container needs.
-    everywhere = [
-        h.parent_dir(spec.cgroup_parent) for h in ([layout.v2] if layout.v2 else []) + list(layout.v1)
-    ]
-    fresh = [p for p in everywhere if p is not None and p not in _swept]
-    if fresh:
-        _swept.update(fresh)
-        sweep_leftovers(fs, fresh)
+    if (id(layout), spec.cgroup_parent) not in _swept:
+        # Leftovers may sit in any hierarchy, not only those this container needs.
+        _swept.add((id(layout), spec.cgroup_parent))
+        everywhere = [
+            h.parent_dir(spec.cgroup_parent) for h in ([layout.v2] if layout.v2 else []) + list(layout.v1)
+        ]
+        sweep_leftovers(fs, [p for p in everywhere if p is not None])
 
     cg = ContainerCgroup(layout, name)
     step = "cgroups"
