@@ -164,6 +164,12 @@ def test_bad_limits_are_one_line_125_before_anything_starts(args: list[str], mes
     assert len(lines) == 1 and lines[0].startswith("mydocker: ") and message in lines[0], r.stderr
 
 
+def test_failed_exec_with_limits_is_127_and_leaves_no_cgroup() -> None:
+    # The conftest leak check fails this test if a cgroup of the dead CLI remains.
+    r = run_cli("run", "-m", "32m", "--memory-swap", "-1", "--pids-limit", "8", "/nonexistent")
+    assert r.returncode == 127, r.stderr
+
+
 def test_daemon_that_escaped_pid_1_dies_with_the_container() -> None:
     # With the host's PID namespace nothing kills a double-forked daemon when PID 1
     # exits, except the container's cgroup (cgroup.kill): even without limits.
