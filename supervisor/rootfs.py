@@ -148,6 +148,13 @@ def resolve(spec: ContainerSpec) -> ContainerSpec:
         spec = spec.evolve(**changes)
     assert spec.rootfs is not None
     _check_dir(spec.rootfs, "root filesystem")
+    real_root, real_state = os.path.realpath(spec.rootfs), os.path.realpath(sdir)
+    if os.path.commonpath([real_root, real_state]) == real_root:
+        # the container's layers would be written into its own image (and overlayfs
+        # does not support an upper layer inside its lower one)
+        raise SpecError(
+            f"the state directory {sdir} is inside the root filesystem {spec.rootfs} (use --state-dir)"
+        )
     for path, what in ((spec.rootfs, "root filesystem"), (sdir, "state directory")):
         # overlayfs options are comma separated and lowerdir is colon separated
         if any(c in path for c in ",:\\"):

@@ -159,17 +159,23 @@ def test_host_side_checks_create_nothing(tmp_path: Path) -> None:
     sdir = tmp_path / "state"
     afile = tmp_path / "file"
     afile.write_text("x")
+    (tmp_path / "r").mkdir()
     cases = [
         (ContainerSpec(("sh",), rootfs=str(tmp_path / "missing"), state_dir=str(sdir)), "does not exist"),
         (ContainerSpec(("sh",), rootfs=str(afile), state_dir=str(sdir)), "not a directory"),
         (
             ContainerSpec(
-                ("sh",), rootfs=str(tmp_path), state_dir=str(sdir), mounts=(Mount("/c", "/no/such"),)
+                ("sh",), rootfs=str(tmp_path / "r"), state_dir=str(sdir), mounts=(Mount("/c", "/no/such"),)
             ),
             "volume host path does not exist",
         ),
         (ContainerSpec(("sh",), image="nosuch", state_dir=str(sdir)), "no such image"),
-        (ContainerSpec(("sh",), rootfs=str(tmp_path), state_dir=str(tmp_path / "a,b")), "cannot contain"),
+        (ContainerSpec(("sh",), rootfs="/", state_dir=str(sdir)), "inside the root filesystem"),
+        (ContainerSpec(("sh",), rootfs=str(tmp_path), state_dir=str(sdir)), "inside the root filesystem"),
+        (
+            ContainerSpec(("sh",), rootfs=str(afile.parent / "r"), state_dir=str(tmp_path / "a,b")),
+            "cannot contain",
+        ),
     ]
     for spec, words in cases:
         with pytest.raises(SpecError, match=words):
@@ -186,20 +192,24 @@ def test_state_dir_default_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_prepare_lays_out_the_container_dir_and_the_stack_removes_it(tmp_path: Path, state: Path) -> None:
-    spec = rfs.resolve(ContainerSpec(("sh",), rootfs=str(tmp_path), state_dir=str(state), env={"A": "1"}))
+    image = tmp_path / "image"
+    image.mkdir()
+    spec = rfs.resolve(ContainerSpec(("sh",), rootfs=str(image), state_dir=str(state), env={"A": "1"}))
     with contextlib.ExitStack() as stack:
         layout = rfs.prepare(spec, stack)
         assert layout is not None
         assert sorted(os.listdir(layout.dir)) == ["config.json", "rootfs", "upper", "work"]
         config = json.loads(Path(layout.config).read_text())
-        assert config["spec"]["id"] == spec.id and config["spec"]["rootfs"] == str(tmp_path)
+        assert config["spec"]["id"] == spec.id and config["spec"]["rootfs"] == str(image)
         assert config["spec"]["env"] == [["A", "1"]]
         assert os.stat(layout.dir).st_mode & 0o777 == 0o700
     assert not os.path.exists(layout.dir)
 
 
 def test_prepare_refuses_a_taken_id(tmp_path: Path, state: Path) -> None:
-    spec = rfs.resolve(ContainerSpec(("sh",), rootfs=str(tmp_path), state_dir=str(state)))
+    image = tmp_path / "image"
+    image.mkdir()
+    spec = rfs.resolve(ContainerSpec(("sh",), rootfs=str(image), state_dir=str(state)))
     with contextlib.ExitStack() as stack:
         rfs.prepare(spec, stack)
         with contextlib.ExitStack() as other, pytest.raises(SpecError, match="already exists"):
