@@ -183,7 +183,7 @@ def import_image(
         try:
             with _open_tar(tarball) as tf:
                 size, skipped = _Extractor(root, allow_devices=allow_devices).run(tf)
-        except (tarfile.TarError, EOFError, zlib_error()) as e:
+        except (tarfile.TarError, EOFError, _zlib_error()) as e:
             raise SpecError(f"{source}: not a readable tar archive ({e})") from None
         meta = {
             "name": name,
@@ -209,7 +209,7 @@ def import_image(
     return image
 
 
-def zlib_error() -> type[Exception]:
+def _zlib_error() -> type[Exception]:
     """The exception a corrupt gzip stream raises (zlib is optional in Python)."""
     try:
         import zlib

@@ -103,18 +103,22 @@ class Layout:
 
     @property
     def config(self) -> str:
+        """The container's spec, as JSON."""
         return os.path.join(self.dir, "config.json")
 
     @property
     def upper(self) -> str:
+        """The overlay's upper (writable) layer."""
         return os.path.join(self.dir, "upper")
 
     @property
     def work(self) -> str:
+        """The overlay's work directory."""
         return os.path.join(self.dir, "work")
 
     @property
     def rootfs(self) -> str:
+        """The mount point of the merged root (in the child's namespace only)."""
         return os.path.join(self.dir, "rootfs")
 
 
