@@ -310,3 +310,25 @@ async def test_api_bad_limits_raise_before_anything(anyio_backend: str) -> None:
         await run_container(["true"], limits=Limits(cpuset_cpus="99"))
     with pytest.raises(SpecError, match="minimum"):
         await run_container(["true"], limits={"memory": 1})
+
+
+@pytest.mark.anyio
+async def test_api_writes_only_inside_the_containers_own_cgroups(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[str] = []
+    real_write = cgroups.CgroupFS.write
+
+    def record(self: cgroups.CgroupFS, path: str, value: str) -> None:
+        written.append(path)
+        real_write(self, path, value)
+
+    monkeypatch.setattr(cgroups.CgroupFS, "write", record)
+    limits = Limits(memory=64 << 20, cpus=0.5, cpu_shares=512, cpuset_cpus="0", pids=16)
+    async with await open_container(["sleep", "100"], limits=limits, grace=0) as c:
+        dirs = c.cgroup.dirs
+        c.kill()
+    assert written and len(dirs) == 5  # v2 + memory, cpu, cpuset, pids
+    for path in written:
+        assert os.path.dirname(path) in dirs, path
+        assert os.path.basename(os.path.dirname(path)).startswith("mydocker-")
