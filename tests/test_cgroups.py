@@ -332,3 +332,13 @@ async def test_api_writes_only_inside_the_containers_own_cgroups(
     for path in written:
         assert os.path.dirname(path) in dirs, path
         assert os.path.basename(os.path.dirname(path)).startswith("mydocker-")
+
+
+@pytest.mark.anyio
+async def test_api_cancelled_while_starting_leaves_no_cgroup(anyio_backend: str) -> None:
+    before = our_dirs(os.getpid())
+    for _ in range(5):
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # cancelled at the first checkpoint inside the start
+            await run_container(["sleep", "100"], limits=Limits(memory=64 << 20, pids=8))
+        assert our_dirs(os.getpid()) == before
