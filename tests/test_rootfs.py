@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -286,12 +287,22 @@ def test_volumes_ro_rw_and_file(busybox: Path, state: Path, tmp_path: Path) -> N
 def test_ro_volume_is_read_only_recursively(busybox: Path, state: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(src / "sub")], check=True)
-    try:
-        res = run_in(state, busybox, "touch /v/sub/x; echo rc=$?", "-v", f"{src}:/v:ro")
-    finally:
-        subprocess.run(["umount", str(src / "sub")], check=True)
-    assert out(res) == "rc=1\n", res.stderr
+    # The submount lives in a mount namespace of the test's own (unshare), so the
+    # host's mount table never changes, even for a moment (other suites may run).
+    mydocker = " ".join(shlex.quote(a) for a in mydocker_cmd())
+    script = (
+        f"mount -t tmpfs tmpfs {shlex.quote(str(src / 'sub'))} && "
+        f"touch {shlex.quote(str(src / 'sub/ok'))} && "
+        f"{mydocker} run --state-dir {shlex.quote(str(state))} --rootfs {shlex.quote(str(busybox))} "
+        f"-v {shlex.quote(str(src))}:/v:ro sh -c 'ls /v/sub; touch /v/sub/x; echo rc=$?'"
+    )
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        timeout=60,
+    )
+    assert out(res) == "ok\nrc=1\n", res.stderr
+    assert b"Read-only file system" in res.stderr
 
 
 @pytest.mark.root
