@@ -42,6 +42,9 @@ class ChildPlan:
     #: ``-t`` with a root filesystem: a socket to send the pty master back on; the
     #: child opens the pty in its own devpts and ignores stdin/stdout/stderr
     console: int = -1
+    #: a network namespace the spawn helper made ahead of time (lo already up): the
+    #: child joins it instead of having clone3 create one
+    netns: int = -1
 
 
 class _StepFailed(Exception):
@@ -100,7 +103,7 @@ def _reset_signals(sigs: tuple[int, ...] | None) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def _setup_namespaces(spec: ContainerSpec) -> None:
+def _setup_namespaces(spec: ContainerSpec, net_ready: bool = False) -> None:
     ns = spec.namespaces
     if "mount" in ns:
         # First of all: nothing we mount may propagate back to the host.
@@ -114,7 +117,7 @@ def _setup_namespaces(spec: ContainerSpec) -> None:
             _step("mount /proc", _linux.mount, "proc", "/proc", "proc", flags)
     if "uts" in ns:
         _step("sethostname", _sethostname, spec.effective_hostname)
-    if "net" in ns:
+    if "net" in ns and not net_ready:
         _step("bring up lo", _linux.loopback_up)
 
 
@@ -222,7 +225,13 @@ def run(plan: ChildPlan) -> None:
             if os.read(plan.sync, 1) != b"1":
                 os._exit(EXIT_SETUP_FAILED)
             os.close(plan.sync)
-        _setup_namespaces(plan.spec)
+        if plan.netns >= 0:
+            # Before anything that looks at the network namespace (a sysfs mount of a
+            # root filesystem shows the mounter's): made ready by the helper while idle,
+            # it takes the ~0.5 ms of creating one off the container's start.
+            _step("join the network namespace", _linux.setns, plan.netns, _linux.CLONE_NEWNET)
+            os.close(plan.netns)
+        _setup_namespaces(plan.spec, net_ready=plan.netns >= 0)
         if plan.console >= 0:
             slave = _call("open the container's terminal", rootfs.open_console, plan.console)
             plan = replace(plan, stdin=slave, stdout=slave, stderr=slave)

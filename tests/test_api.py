@@ -147,6 +147,51 @@ async def test_options_reach_the_container() -> None:
     assert r.stdout.decode().splitlines() == ["1", "box", "/tmp", "bar baz"]
 
 
+LOOPBACK_WORKS = (
+    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen();"
+    " socket.create_connection(s.getsockname()).close(); print('lo up', flush=True)"
+)
+
+
+async def test_each_container_has_its_own_network_namespace_with_lo_up() -> None:
+    # Several at once (the helper may hand out namespaces it made ahead of time):
+    # all different, none the host's, each with a working loopback and nothing else.
+    host = os.readlink("/proc/self/ns/net")
+    containers = [
+        await open_container([sys.executable, "-c", f"{LOOPBACK_WORKS}; import sys; sys.stdin.read()"])
+        for _ in range(6)
+    ]
+    try:
+        seen = {os.readlink(f"/proc/{c.pid}/ns/net") for c in containers}
+        assert len(seen) == 6 and host not in seen
+        with anyio.fail_after(60):  # a hang detector only
+            for c in containers:
+                assert c.stdout is not None and c.stdin is not None
+                assert await c.stdout.receive() == b"lo up\n"
+                await c.stdin.aclose()
+                assert await c.wait() == 0
+    finally:
+        for c in containers:
+            await c.aclose()
+    r = await run_container(["cat", "/proc/net/dev"])
+    assert [line.split(":")[0].strip() for line in r.stdout.decode().splitlines()[2:]] == ["lo"]
+
+
+async def test_an_init_holds_nothing_of_the_helpers() -> None:
+    # --init stays PID 1 and never execs: no fd of the helper's (its socket, the
+    # supervisor's pidfd, network namespaces) may survive in it.
+    for _ in range(3):
+        r = await run_container(["ls", "/proc/1/fd"], init=True)
+        assert r.stdout.split() == [b"0", b"1", b"2"]
+
+
+async def test_network_host_shares_the_hosts_namespace() -> None:
+    for _ in range(3):  # also after the helper has made namespaces ahead of time
+        r = await run_container(["readlink", "/proc/self/ns/net"], namespaces={"pid", "mount", "uts", "ipc"})
+        assert r.stdout.decode().strip() == os.readlink("/proc/self/ns/net")
+        await run_container(["true"])
+
+
 async def test_killed_by_signal_is_128_plus_n() -> None:
     async with await open_container(["sleep", "60"], stdin=DEVNULL) as c:
         assert c.returncode is None and c.pid > 0
