@@ -584,3 +584,30 @@ def test_tty_over_a_socket(backend: str) -> None:
             out += chunk
         assert proc.wait(timeout=30) == 0
     assert out.endswith(b"got-hello\r\n20000\r\n")
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+async def test_run_tty_in_process_leaks_nothing(anyio_backend: str) -> None:
+    """The tty path on this very event loop, with stdout a pipe (re-opened privately);
+    host_unchanged checks that no fd or child is left behind."""
+    from supervisor.spec import ContainerSpec
+    from supervisor.tty import run_tty
+
+    spec = ContainerSpec(command=("sh", "-c", "echo in-process; exit 6"), tty=True)
+    r, w = os.pipe()
+    saved = os.dup(1)
+    try:
+        os.dup2(w, 1)
+        status = await run_tty(spec, interactive=False, grace=1)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(w)
+    try:
+        # not read to EOF: a spawn helper started meanwhile inherited fd 1 too
+        os.set_blocking(r, False)
+        out = os.read(r, 4096)
+    finally:
+        os.close(r)
+    assert (status, out) == (6, b"in-process\r\n")
