@@ -10,7 +10,6 @@ header they come from. Where the standard library has the call (``os.pidfd_open`
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as _errno
 import fcntl
 import os
@@ -96,7 +95,10 @@ NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
 # PyDLL keeps the GIL held across the call: clone3 must not run while another thread
 # of this process could take the GIL (the spawn helper is single-threaded anyway).
 _pylibc = ctypes.PyDLL(None, use_errno=True)
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library through the program's own symbols (dlopen(NULL)), as for _pylibc:
+# ctypes.util.find_library would load shutil, tempfile, bz2 and lzma into the spawn
+# helper, and every clone copies the page tables of all it has mapped.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 _syscall = _pylibc.syscall
 _syscall.restype = ctypes.c_long

@@ -30,7 +30,6 @@ import pickle
 import select
 import signal
 import socket
-import subprocess
 import sys
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,8 @@ from .errors import NotPermittedError, StartError
 from .spec import ContainerSpec
 
 if TYPE_CHECKING:
+    import subprocess
+
     import anyio
 
 NAMESPACE_FLAGS = {
@@ -259,6 +260,8 @@ def helper_main(fd: int) -> None:
 
 
 def _close_helper(sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+    import subprocess
+
     sock.close()
     try:
         proc.wait(timeout=10)
@@ -284,6 +287,10 @@ class SpawnHelper:
     """
 
     def __init__(self) -> None:
+        # Imported here, not at the top: the helper imports this module too, and
+        # every module it loads makes each of its clones dearer.
+        import subprocess
+
         import anyio
 
         self._anyio = anyio
