@@ -122,7 +122,15 @@ async def open_container(
         NotPermittedError: the container could not start; nothing is left behind.
 
     Cancellation: if cancelled while starting, a child that was already created is
-    killed and reaped before the cancellation propagates.
+    killed and reaped before the cancellation propagates. Inside ``async with``, a
+    cancellation (``move_on_after``, ``fail_after``, asyncio ``Task.cancel()``)
+    leaves the block through ``aclose()``: SIGTERM, up to ``grace`` seconds, SIGKILL
+    (at once if PID 1 has no SIGTERM handler: the kernel would drop the signal), and
+    the reap, all shielded, before the cancellation propagates.
+
+    Any task may call it, many at once; from another thread use
+    ``anyio.from_thread.run(open_container, ...)``. Containers are cloned by a small
+    helper process that belongs to the running event loop and ends with it.
     """
     from .container import DEFAULT_GRACE, start_container
 
