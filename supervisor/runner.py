@@ -147,5 +147,22 @@ def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
     backend = os.environ.get("MYDOCKER_BACKEND") or "asyncio"
     if backend not in BACKENDS:
         raise SpecError(f"MYDOCKER_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    _open_standard_fds()
     prefer_direct_clone()
     return anyio.run(_run, spec, interactive, grace, backend=backend)
+
+
+def _open_standard_fds() -> None:
+    """Make a closed stdin/stdout/stderr ``/dev/null``, as daemons do.
+
+    Otherwise the next fd mydocker opens (the event loop's, a pty) takes the number
+    0, 1 or 2 and would be handed to the container as its stdio.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)

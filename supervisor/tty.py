@@ -298,7 +298,11 @@ async def _pump_in(reader: StdinReader, container: Container, forwarder: SignalF
     assert master is not None
     last = b"\n"
     while True:
-        data = await reader.read()
+        try:
+            data = await reader.read()
+        except OSError as e:
+            say(f"reading stdin: {e.strerror or e}; the container gets no more input")
+            data = b""
         if not data:
             if reader.kind != "tty":
                 # End of piped input: type what a user would, EOF (Ctrl-D); a partial

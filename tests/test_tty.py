@@ -626,3 +626,21 @@ async def test_run_tty_in_process_leaks_nothing(anyio_backend: str) -> None:
     finally:
         os.close(r)
     assert (status, out) == (6, b"in-process\r\n")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("tty", ["-ti", "-i"])
+def test_closed_stdin_and_stdout_are_like_dev_null(backend: str, tty: str) -> None:
+    # a closed fd 0/1 must not be taken over by one of mydocker's own fds (the
+    # event loop's, the pty) and handed to the container as its stdio
+    md = shlex.join(mydocker_cmd())
+    r = subprocess.run(
+        ["sh", "-c", f"{md} run {tty} sh -c 'cat; echo out; echo err >&2' <&- ; echo rc=$?"],
+        capture_output=True, timeout=60, env=_env(backend),
+    )  # fmt: skip
+    assert r.stdout.replace(b"\r", b"").splitlines() == [b"out", *([b"err"] if tty == "-ti" else []), b"rc=0"]
+    r = subprocess.run(
+        ["sh", "-c", f"{md} run {tty} sh -c 'echo out; exit 3' >&- ; echo rc=$? >&2"],
+        capture_output=True, timeout=60, env=_env(backend), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert (r.stdout, r.stderr) == (b"", b"rc=3\n")
