@@ -98,11 +98,15 @@ TRAP = "trap 'echo got-{sig}; exit {code}' {sig}; echo ready; sleep 1000 & wait"
 
 
 def test_sigterm_reaches_a_trapping_pid_1(popen) -> None:
-    proc = popen("run", "sh", "-c", TRAP.format(sig="TERM", code=5))
+    # a sleep time no other test uses: we look for survivors by command line
+    proc = popen("run", "sh", "-c", TRAP.format(sig="TERM", code=5).replace("1000", "987654"))
     _read_until(proc.stdout, b"ready\n")  # the trap is installed
+    _wait_for(lambda: bool(_processes_running(b"sleep\x00987654\x00")), "the background sleep runs")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 5
     assert proc.stdout.read() == b"got-TERM\n"
+    # PID 1's exit took the rest of its namespace along: no stray process
+    assert not _processes_running(b"sleep\x00987654\x00")
 
 
 @pytest.mark.parametrize("sig", ["USR1", "USR2", "HUP", "INT", "QUIT"])
@@ -181,6 +185,22 @@ def _wait_for(check: Callable[[], bool], what: str) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.02)
+
+
+def _processes_running(cmdline: bytes) -> list[int]:
+    found = []
+    for p in _all_pids():
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if f.read() == cmdline:
+                    found.append(p)
+        except OSError:
+            pass
+    return found
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
 def _children(pid: int) -> list[int]:
