@@ -451,6 +451,49 @@ def section_big_supervisor(rounds: int, n: int, big_mb: int) -> dict[str, object
     return out
 
 
+def section_helpers(rounds: int, n_seq: int, n_par: int) -> dict[str, object]:
+    """One spawn helper per event loop (the design) against one per CPU, round-robin.
+
+    The helper is single-threaded, so it serialises clones; this measures whether a
+    second one would pay. It swaps the spawner ``start_container`` looks up, which
+    only a benchmark should do.
+    """
+    import itertools
+
+    import supervisor.container as container_mod
+    from supervisor.spawn import SpawnHelper, get_helper
+
+    ncpu = os.cpu_count() or 1
+    cells = {(k, c): Cell() for k in ("1 helper", f"{ncpu} helpers") for c in (1, 64)}
+
+    async def main() -> None:
+        await run_container(["/bin/true"])
+        extra = [SpawnHelper() for _ in range(ncpu - 1)]
+        pool = itertools.cycle([get_helper(), *extra])
+        choices = {"1 helper": get_helper, f"{ncpu} helpers": lambda: next(pool)}
+        original = container_mod.get_spawner
+        try:
+            for _ in range(rounds):
+                for key, pick in choices.items():
+                    container_mod.get_spawner = pick
+                    one = ApiRunner("asyncio").one
+                    await _batch(one, n_seq, 1, cells[key, 1])
+                    await _batch(one, n_par, 64, cells[key, 64])
+        finally:
+            container_mod.get_spawner = original
+            for h in extra:
+                h.close()
+
+    anyio.run(main)
+    print("\nspawn helpers (asyncio): one per event loop vs one per CPU")
+    out: dict[str, object] = {}
+    for key in ("1 helper", f"{ncpu} helpers"):
+        seq, par = cells[key, 1], cells[key, 64]
+        print(f"  {key:10s} c=1 median {fmt_ms(seq.quantile(0.5))} ms;  c=64 {par.rate:6.0f}/s")
+        out[key] = {"c1_median_ms": seq.quantile(0.5) * 1e3, "c64_per_s": par.rate}
+    return out
+
+
 def section_rss(count: int, backend: str) -> dict[str, object]:
     """Supervisor RSS and threads with ``count`` concurrent sleeping containers."""
     result: dict[str, object] = {}
@@ -513,15 +556,16 @@ def main() -> int:
     ap.add_argument("--no-oci", action="store_true", help="skip crun and runc")
     ap.add_argument(
         "--sections",
-        default="latency,big,rss",
-        help="comma-separated subset of: latency, big (1 GB supervisor), rss (default: all)",
+        default="latency,big,helpers,rss",
+        help="comma-separated subset of: latency, big (1 GB supervisor), helpers (one vs one per CPU),"
+        " rss (default: all)",
     )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (namespaces)", file=sys.stderr)
         return 2
     rounds = args.rounds or (1 if args.quick else 3)
-    base_n = {1: 20, 8: 40, 64: 128} if args.quick else {1: 150, 8: 300, 64: 600}
+    base_n = {1: 20, 8: 40, 64: 128} if args.quick else {1: 250, 8: 500, 64: 1000}
     py = sys.version.split()[0]
     print(f"mydocker benchmark: {os.cpu_count()} CPUs, Linux {os.uname().release}, Python {py}")
     report: dict[str, object] = {"quick": args.quick, "rounds": rounds, "cpus": os.cpu_count()}
@@ -551,6 +595,10 @@ def main() -> int:
         if "big" in sections:
             report["big_supervisor"] = section_big_supervisor(
                 1 if args.quick else 3, 30 if args.quick else 150, 256 if args.quick else 1024
+            )
+        if "helpers" in sections:
+            report["helpers"] = section_helpers(
+                1 if args.quick else 3, 30 if args.quick else 150, 128 if args.quick else 600
             )
         if "rss" in sections:
             count = 100 if args.quick else 1000
