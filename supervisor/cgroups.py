@@ -645,25 +645,35 @@ def cgroups_of(owner: int, layout: Layout | None = None) -> list[str]:
     return found
 
 
+def _dying(pid: int, pidfd: int) -> bool:
+    """Whether process ``pid`` (also open as ``pidfd``) has died or is dying."""
+    import select
+
+    if select.select([pidfd], [], [], 0)[0]:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    # state, and flags & PF_EXITING (<linux/sched.h>): set before it closes its files
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & 0x4)
+
+
 def clean_up_after(owner: int, owner_pidfd: int, layout: Layout | None = None) -> None:
     """Remove the container cgroups of a supervisor that died without tearing down.
 
-    The spawn helper calls this when its supervisor's socket closes: if that
-    supervisor was SIGKILLed, its containers died with it (``PR_SET_PDEATHSIG``),
-    but their directories would stay until the next mydocker sweeps them. Nothing
-    happens while the supervisor lives (a normal close leaves no directories, and
-    any that remain are still its own). Only the default parent is looked at.
+    The spawn helper calls this when its supervisor's socket closes. If the supervisor
+    was SIGKILLed (it is dying: its files close on the way out), its containers died
+    with it (``PR_SET_PDEATHSIG``), but their directories would stay until the next
+    mydocker sweeps them. A supervisor that closed the socket itself is alive: then
+    nothing is touched, at once (any directories left are still its own). Only the
+    default parent is looked at.
     """
-    import select
-
+    if not _dying(owner, owner_pidfd):
+        return
     layout = current_layout() if layout is None else layout
-    left = cgroups_of(owner, layout)
-    if not left:
-        return
-    # A SIGKILLed supervisor closes its files a moment before it is marked dead.
-    if not select.select([owner_pidfd], [], [], 2.0)[0]:
-        return
-    for d in left:
+    for d in cgroups_of(owner, layout):
         _kill_and_remove(layout.fs, d, wait=2.0)
 
 

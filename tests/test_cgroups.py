@@ -342,3 +342,37 @@ async def test_api_cancelled_while_starting_leaves_no_cgroup(anyio_backend: str)
             scope.cancel()  # cancelled at the first checkpoint inside the start
             await run_container(["sleep", "100"], limits=Limits(memory=64 << 20, pids=8))
         assert our_dirs(os.getpid()) == before
+
+
+def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service() -> None:
+    # A service embedding the library is SIGKILLed: its containers die with it, and
+    # its spawn helper, on the way out, kills what escaped and removes the cgroups.
+    code = (
+        "import anyio, sys\n"
+        "from supervisor import open_container, DEVNULL\n"
+        "async def main():\n"
+        "    c = await open_container(['sh', '-c', 'setsid sleep 1000 & echo $!; sleep 1000'],\n"
+        "        stdin=DEVNULL, namespaces={'mount', 'uts', 'ipc', 'net'}, limits={'memory': '64m'})\n"
+        "    sys.stdout.write((await c.stdout.receive()).decode())\n"
+        "    sys.stdout.flush()\n"
+        "    await anyio.sleep_forever()\n"
+        "anyio.run(main)\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, cwd=repo)
+    assert proc.stdout is not None
+    daemon = int(proc.stdout.readline())
+    try:
+        left = our_dirs(owner=proc.pid)
+        assert len(left) == 2  # v2 and the v1 memory cgroup
+        proc.kill()
+        proc.wait()
+        assert wait_until(lambda: not [d for d in left if os.path.exists(d)])
+        assert wait_until(lambda: gone_or_zombie(daemon))
+    finally:
+        proc.stdout.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if not gone_or_zombie(daemon):
+            os.kill(daemon, signal.SIGKILL)
