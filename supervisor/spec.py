@@ -266,7 +266,7 @@ class Mount:
             raise SpecError(f"unknown mount type {self.type!r} (bind or tmpfs)")
         if not self.target or "\0" in self.target or not os.path.isabs(self.target):
             raise SpecError(f"the container path of a mount must be absolute: {self.target!r}")
-        if os.path.normpath(self.target) == "/":
+        if not os.path.normpath(self.target).strip("/"):  # "/", "//", "/.."
             raise SpecError("cannot mount over the container's root '/'")
         if self.type == "bind":
             if not self.source or "\0" in self.source or not os.path.isabs(self.source):

@@ -144,6 +144,7 @@ def test_parse_tmpfs() -> None:
     [
         ({"rootfs": "/r", "mounts": (Mount("rel", "/h"),)}, "must be absolute"),
         ({"rootfs": "/r", "mounts": (Mount("/", "/h"),)}, "root"),
+        ({"rootfs": "/r", "mounts": (Mount("//x/..", "/h"),)}, "root"),
         ({"rootfs": "/r", "mounts": (Mount("/c", "rel"),)}, "host path"),
         ({"mounts": (Mount("/c", "/h"),)}, "need --rootfs"),
         ({"read_only": True}, "need --rootfs"),
