@@ -175,6 +175,8 @@ def import_image(
         raise SpecError(f"image {name} already exists (remove it first: mydocker image rm {name})")
     os.makedirs(base, mode=0o711, exist_ok=True)
     tmp = os.path.join(base, f".import-{name}-{os.getpid()}-{time.monotonic_ns()}")
+    # root only, for good: an image may carry set-uid files, which no host user may
+    # reach (the container and overlayfs access the tree as root)
     os.mkdir(tmp, 0o700)
     try:
         root = os.path.join(tmp, "rootfs")
@@ -194,7 +196,6 @@ def import_image(
         }
         with open(os.path.join(tmp, "image.json"), "w") as f:
             json.dump(meta, f, indent=1)
-        os.chmod(tmp, 0o755)
         try:
             os.rename(tmp, final)
         except OSError as e:

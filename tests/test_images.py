@@ -84,6 +84,7 @@ def test_absolute_member_is_made_relative(tmp_path: Path, state: Path) -> None:
     tar = make_tar(tmp_path / "t.tar", ("file", str(target), b"inside"))
     img = import_image("abs", str(tar), str(state))
     assert not target.exists()
+    assert os.stat(img.path).st_mode & 0o777 == 0o700  # set-uid files in it stay unreachable
     assert (Path(img.rootfs) / str(target).lstrip("/")).read_bytes() == b"inside"
 
 
