@@ -149,7 +149,15 @@ def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
         raise SpecError(f"MYDOCKER_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}")
     _open_standard_fds()
     prefer_direct_clone()
-    return anyio.run(_run, spec, interactive, grace, backend=backend)
+    try:
+        return anyio.run(_run, spec, interactive, grace, backend=backend)
+    except BaseExceptionGroup as group:
+        # A task group wraps even a single error; unwrap it so the CLI reports an
+        # OSError or MydockerError as its usual one line instead of a traceback.
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        raise error from error.__cause__
 
 
 def _open_standard_fds() -> None:
