@@ -341,6 +341,7 @@ async def _pump_out(container: Container, writer: StdoutWriter, progress: _Progr
                 return
             progress.reading = False
             progress.chunks += 1
+            data = _read_more(master.fileno(), data)
             try:
                 await writer.write(data)
             except OSError:
@@ -350,6 +351,23 @@ async def _pump_out(container: Container, writer: StdoutWriter, progress: _Progr
                 return
     finally:
         progress.done.set()
+
+
+def _read_more(fd: int, data: bytes) -> bytes:
+    """Append what else the pty has ready (it hands out ~4 KiB per read): fewer,
+    larger writes to our stdout."""
+    chunks = [data]
+    size = len(data)
+    while size < _CHUNK:
+        try:
+            more = os.read(fd, _CHUNK - size)
+        except OSError:  # EAGAIN: nothing ready; EIO: the next receive reports the end
+            break
+        if not more:
+            break
+        chunks.append(more)
+        size += len(more)
+    return b"".join(chunks) if len(chunks) > 1 else data
 
 
 async def _drain(progress: _Progress) -> None:
