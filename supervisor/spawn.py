@@ -107,7 +107,10 @@ def _clone(
     pid, pidfd = _linux.clone3(flags, 0, byrole.get("cgroup", -1))
     if pid == 0:
         for fd in drop_fds:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:  # e.g. the fd that listed /proc/self/fd, gone already
+                pass
         run(_child_plan(spec, byrole, reset))
         os._exit(125)  # not reached: run() never returns
     return pid, pidfd
@@ -454,8 +457,14 @@ class DirectSpawner:
         """Same contract as ``SpawnHelper.spawn``."""
         if not _single_threaded():
             return await get_helper().spawn(spec, fds)
+        # The child is a copy of this whole process: it must not keep our side of its
+        # pipes (the cgroup sync pipe's write end above all, or it would never see
+        # EOF if we die or fail to place it). The helper's children have only the
+        # fds of their request; give ours the same.
+        keep = {0, 1, 2, *fds.values()}
+        drop = tuple(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd not in keep)
         try:
-            return _clone(spec, fds, clone_flags(spec) & ~_linux.CLONE_PARENT)
+            return _clone(spec, fds, clone_flags(spec) & ~_linux.CLONE_PARENT, drop_fds=drop)
         except OSError as e:
             raise _clone_error(e.errno or 0, e.strerror or str(e)) from None
 
