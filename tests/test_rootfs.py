@@ -547,6 +547,15 @@ def test_ti_works_inside_the_rootfs(busybox: Path, state: Path) -> None:
         child.sendline("tty")
         child.expect("/dev/pts/0")
         child.expect("ctr> ")
+        child.setwinsize(40, 120)  # SIGWINCH: mydocker resizes the container's own pty
+        for _ in range(50):
+            child.sendline("stty size")
+            if child.expect(["40 120", "24 80"]) == 0:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the container's pty was never resized")
+        child.expect("ctr> ")
         child.sendline("exit 3")
         child.expect(pexpect.EOF)
     finally:
