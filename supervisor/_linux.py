@@ -15,6 +15,7 @@ import fcntl
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 # <linux/sched.h>
 CLONE_NEWTIME = 0x00000080
@@ -114,6 +115,14 @@ _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
 _prctl.restype = ctypes.c_int
 
 
+# Raw calls for the child between clone and exec (init.prepare): they take arguments
+# already converted in the parent and return -1 with errno set on failure, so that the
+# child touches as few Python objects as it can (each one costs a copy-on-write fault).
+libc_mount = _mount
+libc_prctl = _prctl
+get_errno = ctypes.get_errno
+
+
 def _raise(call: str) -> None:
     err = ctypes.get_errno()
     raise OSError(err, f"{call} failed: {os.strerror(err)}")
@@ -187,6 +196,12 @@ def setns(fd: int, nstype: int = 0) -> None:
         _raise(f"setns({fd}, {nstype:#x})")
 
 
+def setns_call(fd: int, nstype: int) -> tuple[Callable[..., int], tuple[object, ...], str]:
+    """setns(2) as a raw call for the child: (function, converted arguments, text)."""
+    args = (ctypes.c_long(NR["setns"]), ctypes.c_long(fd), ctypes.c_long(nstype))
+    return _syscall, args, f"setns({fd}, {nstype:#x})"
+
+
 def prctl(option: int, arg2: int = 0) -> None:
     """prctl(2) with one argument."""
     if _prctl(option, arg2, 0, 0, 0) != 0:
@@ -208,6 +223,18 @@ def close_range_cloexec(first: int) -> None:
     )
     if r != 0:
         _raise(f"close_range({first}, ~0, CLOSE_RANGE_CLOEXEC)")
+
+
+def close_range_cloexec_call(first: int) -> tuple[Callable[..., int], tuple[object, ...], str]:
+    """``close_range_cloexec`` as a raw call for the child: (function, converted
+    arguments, text)."""
+    args = (
+        ctypes.c_long(NR["close_range"]),
+        ctypes.c_uint(first),
+        ctypes.c_uint(0xFFFFFFFF),
+        ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
+    )
+    return _syscall, args, f"close_range({first}, ~0, CLOSE_RANGE_CLOEXEC)"
 
 
 class CloneArgs(ctypes.Structure):

@@ -16,6 +16,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from . import _linux, rootfs
 from .spec import ContainerSpec
@@ -25,11 +26,86 @@ from .spec import ContainerSpec
 EXIT_SETUP_FAILED = 125
 
 
+#: how the child execs: (candidate paths, argv, environment, program name), bytes all
+#: the way, so that execve has nothing left to encode
+ExecArgs = tuple[tuple[bytes, ...], tuple[bytes, ...], dict[bytes, bytes], str]
+
+#: a filesystem step of a root filesystem (rootfs.child_ops): (name, function, args)
+FsOp = tuple[str, Callable[..., None], tuple[object, ...]]
+
+
+class ChildSpec(NamedTuple):
+    """What the child needs of a ``ContainerSpec``, worked out by the supervisor.
+
+    Why not the spec itself: the spawn helper forks for every container, and every
+    page it writes between two clones costs it a copy-on-write fault. Unpickling a
+    spec (dataclasses, a frozenset, the limits) and deriving the environment, the PATH
+    search and the mount list from it touched a few dozen pages per container; this
+    digest is plain tuples and bytes, made where forking does not make work dearer.
+    """
+
+    #: make / private (a mount namespace of its own)
+    mount: bool
+    #: mount a fresh /proc (a PID namespace and the host's root)
+    mount_proc: bool
+    #: the root filesystem's steps, () without one
+    fs_ops: tuple[FsOp, ...]
+    #: the hostname to set (a UTS namespace of its own), else None
+    hostname: str | None
+    #: a network namespace of its own (bring up lo unless the helper did)
+    net: bool
+    tty: bool
+    cwd: str | None
+    init: bool
+    exec: ExecArgs
+
+
+_candidates_cache: dict[tuple[str, str], tuple[bytes, ...]] = {}
+
+
+def _exec_args(argv: tuple[str, ...], env: dict[str, str]) -> ExecArgs:
+    """execvpe's PATH search, worked out before the clone: the candidate paths."""
+    prog = argv[0]
+    path = env.get("PATH", "") or os.defpath
+    candidates = _candidates_cache.get((prog, path))
+    if candidates is None:
+        if "/" in prog:
+            candidates = (os.fsencode(prog),)
+        else:
+            candidates = tuple(os.fsencode(os.path.join(d or ".", prog)) for d in path.split(":"))
+        if len(_candidates_cache) >= 256:  # a bound: commands are few, but not always
+            _candidates_cache.clear()
+        _candidates_cache[prog, path] = candidates
+    fse = os.fsencode
+    return candidates, tuple(map(fse, argv)), {fse(k): fse(v) for k, v in env.items()}, prog
+
+
+def child_spec(spec: ContainerSpec) -> ChildSpec:
+    """Digest a (resolved) spec for the child (see ``ChildSpec``)."""
+    ns = spec.namespaces
+    mount = "mount" in ns
+    fs_ops: tuple[FsOp, ...] = ()
+    if mount and spec.rootfs is not None:
+        # overlay root, /proc, /dev, /sys, volumes, masks, pivot_root (rootfs.py)
+        fs_ops = tuple((op.step, op.fn, op.args) for op in rootfs.child_ops(spec))
+    return ChildSpec(
+        mount=mount,
+        mount_proc=mount and spec.rootfs is None and "pid" in ns,
+        fs_ops=fs_ops,
+        hostname=spec.effective_hostname if "uts" in ns else None,
+        net="net" in ns,
+        tty=spec.tty,
+        cwd=spec.cwd,
+        init=spec.init,
+        exec=_exec_args(spec.command, spec.full_env()),
+    )
+
+
 @dataclass(frozen=True)
 class ChildPlan:
-    """What the child needs besides the spec: fd numbers valid in the child."""
+    """What the child needs besides its ``ChildSpec``: fd numbers valid in the child."""
 
-    spec: ContainerSpec
+    child: ChildSpec
     stdin: int
     stdout: int
     stderr: int
@@ -90,35 +166,51 @@ def signals_to_reset() -> tuple[int, ...]:
     return tuple(sig for sig in _CATCHABLE if getsignal(sig) != default)
 
 
-def _reset_signals(sigs: tuple[int, ...] | None) -> None:
-    # execve keeps ignored signals ignored and the mask as it is: give the command a
-    # clean slate, as a shell would. Only the few signals that are not at the default
-    # are touched: resetting all 62 cost ~0.4 ms per container, a tenth of a spawn.
-    for sig in signals_to_reset() if sigs is None else sigs:
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    if signal.pthread_sigmask(signal.SIG_BLOCK, ()):
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+#: one step of the child: (name reported on failure, callable, its arguments, and for
+#: a raw C call, which returns -1 and leaves errno on failure, the call as text for the
+#: message; None for a call that raises OSError itself)
+Step = tuple[str, Callable[..., object], tuple[object, ...], "str | None"]
+
+# Steps that are the same for every container, built once in the parent. A raw ctypes
+# call with ready-made arguments: the child converts and formats nothing.
+_MAKE_ROOT_PRIVATE: Step = (
+    "make / private",
+    _linux.libc_mount,
+    (None, b"/", None, _linux.MS_REC | _linux.MS_PRIVATE, None),
+    f"mount(None, '/', None, {_linux.MS_REC | _linux.MS_PRIVATE:#x}, None)",
+)
+_PROC_FLAGS = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
+_MOUNT_PROC: Step = (
+    "mount /proc",
+    _linux.libc_mount,
+    (b"proc", b"/proc", b"proc", _PROC_FLAGS, None),
+    f"mount('proc', '/proc', 'proc', {_PROC_FLAGS:#x}, None)",
+)
+_PDEATHSIG: Step = (
+    "prctl(PR_SET_PDEATHSIG)",
+    _linux.libc_prctl,
+    (_linux.PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0),
+    f"prctl({_linux.PR_SET_PDEATHSIG}, {int(signal.SIGKILL)})",
+)
+_CLOSE_RANGE: Step = ("close_range", *_linux.close_range_cloexec_call(3))
+_BRING_UP_LO: Step = ("bring up lo", _linux.loopback_up, (), None)
+_SETSID: Step = ("setsid", os.setsid, (), None)
+_STDIO_NAMES = ("dup2 stdio 0", "dup2 stdio 1", "dup2 stdio 2")
 
 
-def _setup_namespaces(spec: ContainerSpec, net_ready: bool = False) -> None:
-    ns = spec.namespaces
-    if "mount" in ns:
+def _namespace_steps(child: ChildSpec, net_ready: bool) -> list[Step]:
+    steps: list[Step] = []
+    if child.mount:
         # First of all: nothing we mount may propagate back to the host.
-        _step("make / private", _linux.mount, None, "/", None, _linux.MS_REC | _linux.MS_PRIVATE)
-        if spec.rootfs is not None:
-            # overlay root, /proc, /dev, /sys, volumes, masks, pivot_root (rootfs.py)
-            for op in rootfs.child_ops(spec):
-                _step(op.step, op.run)
-        elif "pid" in ns:
-            flags = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
-            _step("mount /proc", _linux.mount, "proc", "/proc", "proc", flags)
-    if "uts" in ns:
-        _step("sethostname", _sethostname, spec.effective_hostname)
-    if "net" in ns and not net_ready:
-        _step("bring up lo", _linux.loopback_up)
+        steps.append(_MAKE_ROOT_PRIVATE)
+        steps += [(name, fn, args, None) for name, fn, args in child.fs_ops]
+        if child.mount_proc:
+            steps.append(_MOUNT_PROC)
+    if child.hostname is not None:
+        steps.append(("sethostname", _sethostname, (child.hostname,), None))
+    if child.net and not net_ready:
+        steps.append(_BRING_UP_LO)
+    return steps
 
 
 def _sethostname(name: str) -> None:
@@ -127,43 +219,57 @@ def _sethostname(name: str) -> None:
     socket.sethostname(name)
 
 
-def _setup_stdio(plan: ChildPlan) -> None:
+def _stdio_steps(plan: ChildPlan) -> list[Step]:
     # A session of our own: the container must not share the supervisor's terminal
     # job control, and with a tty the pty becomes the session's controlling terminal.
-    os.setsid()
-    if plan.spec.tty:
-        _step("set controlling terminal", _linux.set_controlling_tty, plan.stdin)
+    steps = [_SETSID]
+    if plan.child.tty:
+        steps.append(("set controlling terminal", _linux.set_controlling_tty, (plan.stdin,), None))
     for target, fd in ((0, plan.stdin), (1, plan.stdout), (2, plan.stderr)):
         if fd != target:
-            _step(f"dup2 stdio {target}", os.dup2, fd, target)
+            steps.append((_STDIO_NAMES[target], os.dup2, (fd, target), None))
         else:
-            os.set_inheritable(fd, True)
-    _step("close_range", _linux.close_range_cloexec, 3)
+            steps.append((_STDIO_NAMES[target], os.set_inheritable, (fd, True), None))
+    steps.append(_CLOSE_RANGE)
+    return steps
 
 
-def _exec(argv: tuple[str, ...], env: dict[str, str]) -> None:
+def _console_stdio(plan: ChildPlan) -> None:
+    """With ``-t`` and a root filesystem: the pty is made in the child, after
+    pivot_root, so its stdio steps cannot be worked out before the clone."""
+    slave = _call("open the container's terminal", rootfs.open_console, plan.console)
+    _run_steps(_stdio_steps(replace(plan, stdin=slave, stdout=slave, stderr=slave)))
+
+
+def _run_steps(steps: list[Step]) -> None:
+    for name, fn, args, raw in steps:
+        try:
+            if fn(*args) == -1 and raw is not None:
+                err = _linux.get_errno()
+                raise _StepFailed(name, err, str(OSError(err, f"{raw} failed: {os.strerror(err)}")))
+        except OSError as e:
+            raise _StepFailed(name, e.errno or 0, str(e)) from None
+
+
+def _exec(how: ExecArgs) -> None:
     """execvpe with the container's PATH; never returns."""
-    prog = argv[0]
-    if "/" in prog:
-        candidates = [prog]
-    else:
-        path = env.get("PATH", "") or os.defpath
-        candidates = [os.path.join(d or ".", prog) for d in path.split(":")]
+    candidates, argv, env, prog = how
+    several = len(candidates) > 1
     saw_eacces = False
     for cand in candidates:
         try:
-            os.execve(cand, list(argv), env)
+            os.execve(cand, argv, env)
         except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR) and len(candidates) > 1:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR) and several:
                 continue
-            if e.errno == errno.EACCES and len(candidates) > 1:
+            if e.errno == errno.EACCES and several:
                 saw_eacces = True
                 continue
             raise _StepFailed("exec", e.errno or 0, prog) from None
     raise _StepFailed("exec", errno.EACCES if saw_eacces else errno.ENOENT, prog)
 
 
-def _run_as_init(plan: ChildPlan, env: dict[str, str]) -> None:
+def _run_as_init(plan: ChildPlan, how: ExecArgs) -> None:
     """``--init``: stay PID 1, run the command as our child, forward and reap.
 
     PID 1 of a namespace ignores every signal it has no handler for, and orphans are
@@ -175,7 +281,7 @@ def _run_as_init(plan: ChildPlan, env: dict[str, str]) -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            if plan.spec.tty:
+            if plan.child.tty:
                 # The command gets a process group of its own and the terminal's
                 # foreground: a typed Ctrl-C then reaches only the command, not also
                 # init (which would pass it on a second time). tcsetpgrp from what is
@@ -183,7 +289,7 @@ def _run_as_init(plan: ChildPlan, env: dict[str, str]) -> None:
                 _step("setpgid", os.setpgid, 0, 0)
                 _step("tcsetpgrp", os.tcsetpgrp, 0, os.getpgrp())
             signal.pthread_sigmask(signal.SIG_SETMASK, [])
-            _exec(plan.spec.command, env)
+            _exec(how)
         except _StepFailed as e:
             _report(plan.errpipe, e.step, e.err, e.detail)
         os._exit(127)
@@ -212,38 +318,98 @@ def _run_as_init(plan: ChildPlan, env: dict[str, str]) -> None:
                 os._exit(128 - code if code < 0 else code)
 
 
-def run(plan: ChildPlan) -> None:
-    """Execute the plan in the freshly cloned child. Never returns."""
+def _wait_until_placed(sync: int) -> None:
+    # Wait until the supervisor has put us into our cgroups (v1): we must not run the
+    # command outside its limits. EOF without a byte means: give up.
+    if os.read(sync, 1) != b"1":
+        os._exit(EXIT_SETUP_FAILED)
+    os.close(sync)
+
+
+#: everything the child does, worked out before the clone by ``prepare``:
+#: (fds to close first, signals to reset, whether the signal mask needs clearing,
+#: the steps, the exec, the ``--init`` plan or None, the error pipe)
+Prepared = tuple[tuple[int, ...], tuple[int, ...], bool, list[Step], ExecArgs, "ChildPlan | None", int]
+
+
+def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
+    """Work out, in the parent and before the clone, every step of the child.
+
+    Why: the child is a copy-on-write copy of the parent, so every page it writes,
+    and touching a Python object writes its reference count, costs a page fault and
+    a page copy (~1.5 us each; a few hundred per container when the child built its
+    own argv, environment, mount arguments and error messages). Here the child gets
+    flat lists of ready calls with encoded arguments and only has to make them.
+    ``drop_fds`` are closed first thing in the child (see ``spawn._clone``).
+    """
+    child = plan.child
+    reset = signals_to_reset() if plan.reset_signals is None else plan.reset_signals
+    # execve keeps the signal mask: the command must start with nothing blocked. The
+    # parent is single-threaded, so its mask now is the child's at the clone.
+    masked = bool(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+    # If the supervisor dies, so do we (the parent is the supervisor, thanks to
+    # CLONE_PARENT); cgroups clean up whatever escapes.
+    steps: list[Step] = [_PDEATHSIG]
+    if plan.sync >= 0:
+        steps.append(("wait for the cgroup", _wait_until_placed, (plan.sync,), None))
+    if plan.netns >= 0:
+        # Before anything that looks at the network namespace (a sysfs mount of a
+        # root filesystem shows the mounter's): made ready by the helper while idle,
+        # it takes the ~0.5 ms of creating one off the container's start.
+        steps.append(("join the network namespace", *_linux.setns_call(plan.netns, _linux.CLONE_NEWNET)))
+        steps.append(("join the network namespace", os.close, (plan.netns,), None))
+    steps += _namespace_steps(child, net_ready=plan.netns >= 0)
+    if plan.console >= 0:
+        steps.append(("open the container's terminal", _console_stdio, (plan,), None))
+    else:
+        steps += _stdio_steps(plan)
+    if child.cwd:
+        steps.append((f"chdir {child.cwd}", os.chdir, (child.cwd,), None))
+    return drop_fds, reset, masked, steps, child.exec, plan if child.init else None, plan.errpipe
+
+
+def run_prepared(
+    drop_fds: tuple[int, ...],
+    reset: tuple[int, ...],
+    masked: bool,
+    steps: list[Step],
+    how: ExecArgs,
+    init: ChildPlan | None,
+    errpipe: int,
+) -> None:
+    """Execute a ``prepare``d plan in the freshly cloned child. Never returns.
+
+    Kept to one frame and a few C calls (see ``prepare``)."""
     try:
-        _reset_signals(plan.reset_signals)
-        # If the supervisor dies, so do we (the parent is the supervisor, thanks to
-        # CLONE_PARENT); cgroups clean up whatever escapes.
-        _step("prctl(PR_SET_PDEATHSIG)", _linux.set_pdeathsig, signal.SIGKILL)
-        if plan.sync >= 0:
-            # Wait until the supervisor has put us into our cgroups (v1): we must not
-            # run the command outside its limits. EOF without a byte means: give up.
-            if os.read(plan.sync, 1) != b"1":
-                os._exit(EXIT_SETUP_FAILED)
-            os.close(plan.sync)
-        if plan.netns >= 0:
-            # Before anything that looks at the network namespace (a sysfs mount of a
-            # root filesystem shows the mounter's): made ready by the helper while idle,
-            # it takes the ~0.5 ms of creating one off the container's start.
-            _step("join the network namespace", _linux.setns, plan.netns, _linux.CLONE_NEWNET)
-            os.close(plan.netns)
-        _setup_namespaces(plan.spec, net_ready=plan.netns >= 0)
-        if plan.console >= 0:
-            slave = _call("open the container's terminal", rootfs.open_console, plan.console)
-            plan = replace(plan, stdin=slave, stdout=slave, stderr=slave)
-        _setup_stdio(plan)
-        env = plan.spec.full_env()
-        if plan.spec.cwd:
-            _step(f"chdir {plan.spec.cwd}", os.chdir, plan.spec.cwd)
-        if plan.spec.init:
-            _run_as_init(plan, env)
-        _exec(plan.spec.command, env)
+        for fd in drop_fds:
+            try:
+                os.close(fd)
+            except OSError:  # e.g. the fd that listed /proc/self/fd, gone already
+                pass
+        # execve keeps ignored signals ignored and the mask as it is: give the command
+        # a clean slate, as a shell would. Only the few signals that are not at the
+        # default are touched: resetting all 62 cost ~0.4 ms per container.
+        for sig in reset:
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        if masked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        _run_steps(steps)
+        if init is not None:
+            _run_as_init(init, how)
+        _exec(how)
     except _StepFailed as e:
-        _report(plan.errpipe, e.step, e.err, e.detail)
+        _report(errpipe, e.step, e.err, e.detail)
     except BaseException as e:  # noqa: BLE001 - the child must never unwind into the helper
-        _report(plan.errpipe, "init", 0, f"{type(e).__name__}: {e}")
+        _report(errpipe, "init", 0, f"{type(e).__name__}: {e}")
     os._exit(EXIT_SETUP_FAILED)
+
+
+def run(plan: ChildPlan) -> None:
+    """Execute the plan in the freshly cloned child. Never returns.
+
+    Slower than ``run_prepared(*prepare(plan))`` with ``prepare`` called before the
+    clone; for callers that have only the child."""
+    run_prepared(*prepare(plan))

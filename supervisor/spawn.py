@@ -8,8 +8,11 @@ with a clean exec, never runs a second thread, and stays small; it does the clon
 
 Protocol (a SOCK_SEQPACKET unix socket, one message per request/reply):
 
-    request:  pickle((rid, spec, roles, clone_flags)) + fds by SCM_RIGHTS, fds[i] has roles[i]
-    reply:    pickle((rid, pid, errno, detail))       + the pidfd (when pid > 0)
+    request:  pickle((rid, child, roles, clone_flags)) + fds by SCM_RIGHTS, fds[i] has roles[i]
+    reply:    struct (rid, pid, errno) + detail (utf-8) + the pidfd (when pid > 0)
+
+``child`` is ``init.child_spec(spec)``: the spec digested by the supervisor into the
+plain data the child needs, so the helper does as little as it can between clones.
 
 The helper answers requests strictly in order, so the supervisor can keep many in
 flight (pipelining) and match answers by ``rid``. It clones with
@@ -30,6 +33,7 @@ import pickle
 import select
 import signal
 import socket
+import struct
 import sys
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
     import subprocess
 
     import anyio
+
+    from .init import ChildSpec
 
 NAMESPACE_FLAGS = {
     "pid": _linux.CLONE_NEWPID,
@@ -56,6 +62,8 @@ NAMESPACE_FLAGS = {
 #: "console" a socket on which a child with a rootfs sends back the master of its pty
 ROLES = ("stdin", "stdout", "stderr", "errpipe", "sync", "cgroup", "console")
 _MAX_MSG = 1 << 20
+#: the head of a reply: request id, pid (0: the clone failed), errno
+_REPLY = struct.Struct("=qqi")
 
 
 def clone_flags(spec: ContainerSpec) -> int:
@@ -69,12 +77,12 @@ def clone_flags(spec: ContainerSpec) -> int:
 # ---------------------------------------------------------------- helper side
 
 
-def _child_plan(spec: ContainerSpec, byrole: dict[str, int], reset: tuple[int, ...] | None) -> Any:
+def _child_plan(child: ChildSpec, byrole: dict[str, int], reset: tuple[int, ...] | None) -> Any:
     # byrole also holds "netns" (not a ROLE: the helper's own, from its _NetnsPool)
     from .init import ChildPlan
 
     return ChildPlan(
-        spec=spec,
+        child=child,
         stdin=byrole["stdin"],
         stdout=byrole["stdout"],
         stderr=byrole["stderr"],
@@ -87,7 +95,7 @@ def _child_plan(spec: ContainerSpec, byrole: dict[str, int], reset: tuple[int, .
 
 
 def _clone(
-    spec: ContainerSpec,
+    child: ChildSpec,
     byrole: dict[str, int],
     flags: int,
     drop_fds: tuple[int, ...] = (),
@@ -100,19 +108,15 @@ def _clone(
     them). ``reset``: the signals the child must reset
     (``init.signals_to_reset()``), worked out here unless the caller knows.
     """
-    from .init import run, signals_to_reset
+    from .init import prepare, run_prepared
 
-    if reset is None:
-        reset = signals_to_reset()
+    # Everything the child will do is worked out here, before the clone: what the
+    # child computes itself costs it copy-on-write faults (see init.prepare).
+    prepared = prepare(_child_plan(child, byrole, reset), drop_fds)
     pid, pidfd = _linux.clone3(flags, 0, byrole.get("cgroup", -1))
     if pid == 0:
-        for fd in drop_fds:
-            try:
-                os.close(fd)
-            except OSError:  # e.g. the fd that listed /proc/self/fd, gone already
-                pass
-        run(_child_plan(spec, byrole, reset))
-        os._exit(125)  # not reached: run() never returns
+        run_prepared(*prepared)
+        os._exit(125)  # not reached: run_prepared() never returns
     return pid, pidfd
 
 
@@ -189,23 +193,23 @@ def _serve_one(
     pool: _NetnsPool,
     private: tuple[int, ...],
 ) -> None:
-    rid, spec, roles, flags = pickle.loads(msg)
+    rid, child, roles, flags = pickle.loads(msg)
     byrole = dict(zip(roles, fds, strict=True))
     netns = pool.take() if flags & _linux.CLONE_NEWNET else -1
     if netns >= 0:
         flags &= ~_linux.CLONE_NEWNET
         byrole["netns"] = netns
     try:
-        pid, pidfd = _clone(spec, byrole, flags, (*private, *pool.private_fds()), reset)
+        pid, pidfd = _clone(child, byrole, flags, (*private, *pool.private_fds()), reset)
     except OSError as e:
-        reply = pickle.dumps((rid, 0, e.errno or 0, e.strerror or str(e)))
-        socket.send_fds(sock, [reply], [])
+        detail = (e.strerror or str(e)).encode(errors="replace")
+        socket.send_fds(sock, [_REPLY.pack(rid, 0, e.errno or 0) + detail], [])
         return
     finally:
         if netns >= 0:
             os.close(netns)
     try:
-        socket.send_fds(sock, [pickle.dumps((rid, pid, 0, ""))], [pidfd])
+        socket.send_fds(sock, [_REPLY.pack(rid, pid, 0)], [pidfd])
     finally:
         os.close(pidfd)
 
@@ -347,10 +351,13 @@ class SpawnHelper:
             StartError: clone3 failed (errno says why) or the helper is gone.
         """
         anyio = self._anyio
+        from .init import child_spec
+
         roles = tuple(r for r in ROLES if r in fds)
+        request = (child_spec(spec), roles, clone_flags(spec))
         with anyio.CancelScope(shield=True):
             rid = next(self._ids)
-            data = pickle.dumps((rid, spec, roles, clone_flags(spec)), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps((rid, *request), protocol=pickle.HIGHEST_PROTOCOL)
             waiter = _Waiter()
             self._waiters[rid] = waiter
             try:
@@ -418,8 +425,9 @@ class SpawnHelper:
             if not msg:
                 self._fail(f"the spawn helper (pid {self._proc.pid}) exited")
                 return
-            reply = pickle.loads(msg)
-            owner = self._waiters.get(reply[0])
+            rid, pid, err = _REPLY.unpack_from(msg)
+            reply = (rid, pid, err, msg[_REPLY.size :].decode(errors="replace"))
+            owner = self._waiters.get(rid)
             if owner is None:  # cannot happen: every request waits, shielded
                 for f in rfds:
                     os.close(f)
@@ -464,7 +472,9 @@ class DirectSpawner:
         keep = {0, 1, 2, *fds.values()}
         drop = tuple(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd not in keep)
         try:
-            return _clone(spec, fds, clone_flags(spec) & ~_linux.CLONE_PARENT, drop_fds=drop)
+            from .init import child_spec
+
+            return _clone(child_spec(spec), fds, clone_flags(spec) & ~_linux.CLONE_PARENT, drop_fds=drop)
         except OSError as e:
             raise _clone_error(e.errno or 0, e.strerror or str(e)) from None
 
