@@ -312,6 +312,8 @@ _ioctl_ptr.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p]
 _ioctl_ptr.restype = ctypes.c_int
 IFF_LOOPBACK = 0x8
 _LO_UP = struct.pack("16sH14x", b"lo", IFF_UP | IFF_LOOPBACK)
+# plain ints: socket's constants are enum members, whose pages the child would dirty
+_INET_DGRAM_CLOEXEC = (int(socket.AF_INET), int(socket.SOCK_DGRAM | socket.SOCK_CLOEXEC), 0)
 
 
 def loopback_up() -> None:
@@ -322,7 +324,7 @@ def loopback_up() -> None:
     ``interface_up``'s socket object and read-modify-write (~0.1 ms less). A fresh
     ``lo`` has exactly IFF_LOOPBACK set, so writing IFF_UP | IFF_LOOPBACK loses nothing.
     """
-    fd = _socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+    fd = _socket(*_INET_DGRAM_CLOEXEC)
     if fd < 0:
         _raise("socket(AF_INET, SOCK_DGRAM)")
     try:
