@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from . import _linux, rootfs
@@ -103,9 +102,11 @@ def child_spec(spec: ContainerSpec) -> ChildSpec:
     )
 
 
-@dataclass(frozen=True)
-class ChildPlan:
-    """What the child needs besides its ``ChildSpec``: fd numbers valid in the child."""
+class ChildPlan(NamedTuple):
+    """What the child needs besides its ``ChildSpec``: fd numbers valid in the child.
+
+    A NamedTuple, not a frozen dataclass: the helper makes one per container, and a
+    frozen dataclass's ``__init__`` runs a Python-level ``__setattr__`` per field."""
 
     child: ChildSpec
     stdin: int
@@ -236,7 +237,7 @@ def _console_stdio(plan: ChildPlan) -> None:
     """With ``-t`` and a root filesystem: the pty is made in the child, after
     pivot_root, so its stdio steps cannot be worked out before the clone."""
     slave = _call("open the container's terminal", rootfs.open_console, plan.console)
-    _run_steps(_stdio_steps(replace(plan, stdin=slave, stdout=slave, stderr=slave)))
+    _run_steps(_stdio_steps(plan._replace(stdin=slave, stdout=slave, stderr=slave)))
 
 
 def _run_steps(steps: list[Step]) -> None:
@@ -344,7 +345,7 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     reset = signals_to_reset() if plan.reset_signals is None else plan.reset_signals
     # execve keeps the signal mask: the command must start with nothing blocked. The
     # parent is single-threaded, so its mask now is the child's at the clone.
-    masked = bool(signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+    masked = bool(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))  # not signal.py's enum wrapper
     # If the supervisor dies, so do we (the parent is the supervisor, thanks to
     # CLONE_PARENT); cgroups clean up whatever escapes.
     steps: list[Step] = [_PDEATHSIG]
