@@ -17,10 +17,19 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from . import _linux, rootfs
-from .spec import ContainerSpec
+from . import _linux
+
+if TYPE_CHECKING:
+    from .spec import ContainerSpec
+
+# rootfs (and through it spec and dataclasses) is imported only where a root
+# filesystem is used: the spawn helper, which forks for every container, stays
+# smaller without them (its page tables are copied by every clone and torn down by
+# every exec). A container with a root filesystem has them loaded in the helper by
+# the time it is cloned: its ChildSpec names rootfs functions, which unpickling
+# imports.
 
 #: exit status of a child that failed before exec (the supervisor reports the
 #: error from the pipe; the status only matters if nobody reads it)
@@ -87,6 +96,8 @@ def child_spec(spec: ContainerSpec) -> ChildSpec:
     mount = "mount" in ns
     fs_ops: tuple[FsOp, ...] = ()
     if mount and spec.rootfs is not None:
+        from . import rootfs
+
         # overlay root, /proc, /dev, /sys, volumes, masks, pivot_root (rootfs.py)
         fs_ops = tuple((op.step, op.fn, op.args) for op in rootfs.child_ops(spec))
     return ChildSpec(
@@ -236,6 +247,8 @@ def _stdio_steps(plan: ChildPlan) -> list[Step]:
 def _console_stdio(plan: ChildPlan) -> None:
     """With ``-t`` and a root filesystem: the pty is made in the child, after
     pivot_root, so its stdio steps cannot be worked out before the clone."""
+    from . import rootfs  # loaded already (see the imports): no import runs in the child
+
     slave = _call("open the container's terminal", rootfs.open_console, plan.console)
     _run_steps(_stdio_steps(plan._replace(stdin=slave, stdout=slave, stderr=slave)))
 

@@ -42,12 +42,13 @@ from typing import TYPE_CHECKING, Any
 from . import _linux
 from .errors import NotPermittedError, StartError
 from .init import ChildPlan, ChildSpec, child_spec, prepare, run_prepared
-from .spec import ContainerSpec
 
 if TYPE_CHECKING:
     import subprocess
 
     import anyio
+
+    from .spec import ContainerSpec
 
 
 NAMESPACE_FLAGS = {
@@ -360,8 +361,13 @@ class SpawnHelper:
         self._anyio = anyio
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # The package's __init__ is not run in the helper: it loads the public API
+        # (spec, dataclasses), which the helper does not need and every clone would
+        # pay for. An empty package module with the right __path__ stands in for it.
+        pkg_dir = os.path.join(pkg_parent, "supervisor")
         code = (
-            f"import sys; sys.path.insert(0, {pkg_parent!r}); "
+            f"import sys; pkg = type(sys)('supervisor'); pkg.__path__ = [{pkg_dir!r}]; "
+            "sys.modules['supervisor'] = pkg; "
             f"from supervisor.spawn import helper_main; helper_main({theirs.fileno()})"
         )
         try:
