@@ -695,8 +695,8 @@ def _available_cpus(fs: CgroupFS, parent: str, version: int) -> frozenset[int] |
 
 def _check_host(limits: Limits, fs: CgroupFS, cpuset_parent: tuple[int, str] | None) -> None:
     """Limits that are well-formed but impossible on this host: SpecError."""
-    ncpu = os.cpu_count() or 1
-    if limits.cpus is not None and limits.cpus > ncpu:
+    # os.cpu_count() reads /sys on every call: only when there is a --cpus to check
+    if limits.cpus is not None and limits.cpus > (ncpu := os.cpu_count() or 1):
         raise SpecError(f"invalid --cpus {limits.cpus:g}: this host has only {ncpu} CPU(s)")
     if limits.cpuset_cpus is not None and cpuset_parent is not None:
         version, parent = cpuset_parent
