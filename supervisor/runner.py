@@ -27,9 +27,6 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-_say = say
-
-
 def drops_default_signals(container: Container) -> bool:
     """Whether the kernel drops signals that PID 1 leaves at their default action.
 
@@ -131,9 +128,16 @@ async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
                 tg.start_soon(forward_signals, container, signals)
                 status = await container.wait()
                 tg.cancel_scope.cancel()
-    if container.oom_killed:
-        say("the container was killed: out of memory (memory limit reached)")
+    report_oom(container)
     return status
+
+
+def report_oom(container: Container) -> None:
+    """Say on stderr if the memory limit's OOM killer struck inside the container."""
+    if container.oom_killed:
+        # PID 1 itself, or only one of its processes (PID 1 lived on and exited)
+        who = "the container was" if container.signal == signal.SIGKILL else "a process in the container was"
+        say(f"{who} killed: out of memory (memory limit reached)")
 
 
 def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:

@@ -37,7 +37,7 @@ from . import _linux
 from ._streams import FdStream
 from .cli import FORWARDED_SIGNALS
 from .container import DEVNULL, PIPE, start_container
-from .runner import SignalForwarder, drops_default_signals, say
+from .runner import SignalForwarder, drops_default_signals, report_oom, say
 from .spec import ContainerSpec
 
 if TYPE_CHECKING:
@@ -435,6 +435,5 @@ async def run_tty(spec: ContainerSpec, *, interactive: bool, grace: float) -> in
                 status = await container.wait()
                 await _drain(progress)
                 tg.cancel_scope.cancel()
-        if container.oom_killed:
-            say("the container was killed: out of memory (memory limit reached)")
+        report_oom(container)
     return status
