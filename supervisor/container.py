@@ -24,7 +24,7 @@ import anyio
 
 from . import _linux, rootfs
 from ._streams import FdStream
-from .errors import CommandNotExecutableError, CommandNotFoundError, NotPermittedError, StartError
+from .errors import CommandNotExecutableError, CommandNotFoundError, NotPermittedError, SpecError, StartError
 from .spawn import get_spawner
 from .spec import ContainerSpec
 
@@ -213,25 +213,39 @@ class Container:
 
 
 def _child_fd(
-    stack: contextlib.ExitStack, arg: StdioArg, index: int, *, readable: bool
+    child_side: contextlib.ExitStack,
+    ours: contextlib.ExitStack,
+    arg: StdioArg,
+    index: int,
+    *,
+    readable: bool,
 ) -> tuple[int, FdStream | None]:
-    """(fd the child gets, our stream or None) for one stdio argument."""
+    """(fd the child gets, our stream or None) for one stdio argument.
+
+    The child's end goes on ``child_side`` (closed after the clone), our stream on
+    ``ours`` (closed with the container) the moment each exists.
+
+    Raises:
+        SpecError: ``arg`` is not PIPE, DEVNULL, None, an fd or a file object.
+    """
     if arg is None:
         return index, None
     if arg == PIPE:
         r, w = os.pipe2(os.O_CLOEXEC)
-        stack.callback(os.close, r if readable else w)  # the child's end: ours to close after spawn
-        ours = w if readable else r
-        return (r if readable else w), FdStream(ours)
+        child_side.callback(os.close, r if readable else w)
+        stream = FdStream(w if readable else r)
+        ours.callback(stream.close)
+        return (r if readable else w), stream
     if arg == DEVNULL:
         fd = os.open(os.devnull, (os.O_RDONLY if readable else os.O_WRONLY) | os.O_CLOEXEC)
-        stack.callback(os.close, fd)
+        child_side.callback(os.close, fd)
         return fd, None
-    if isinstance(arg, int):
-        if arg < 0:
-            raise ValueError(f"invalid stdio argument: {arg}")
+    if isinstance(arg, int) and arg >= 0:
         return arg, None
-    return arg.fileno(), None
+    fileno = getattr(arg, "fileno", None)
+    if isinstance(arg, int) or fileno is None:
+        raise SpecError(f"invalid stdio argument: {arg!r} (PIPE, DEVNULL, None, an fd or a file)")
+    return fileno(), None
 
 
 def _start_error(step: str, err: int, detail: str) -> StartError:
@@ -342,16 +356,12 @@ async def start_container(
             fds.update(stdin=slave, stdout=slave, stderr=slave)
             streams.update(stdin=pty if stdin == PIPE else None, stdout=pty)
         else:
-            fds["stdin"], streams["stdin"] = _child_fd(child_side, stdin, 0, readable=True)
-            fds["stdout"], streams["stdout"] = _child_fd(child_side, stdout, 1, readable=False)
+            fds["stdin"], streams["stdin"] = _child_fd(child_side, stack, stdin, 0, readable=True)
+            fds["stdout"], streams["stdout"] = _child_fd(child_side, stack, stdout, 1, readable=False)
             if stderr == STDOUT:
                 fds["stderr"] = fds["stdout"]
             else:
-                fds["stderr"], streams["stderr"] = _child_fd(child_side, stderr, 2, readable=False)
-            # The streams we keep belong to the container; the child's ends do not.
-            for s in streams.values():
-                if s is not None:
-                    stack.callback(s.close)
+                fds["stderr"], streams["stderr"] = _child_fd(child_side, stack, stderr, 2, readable=False)
         err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         # Ours only until the child has exec'd (EOF): closed then, not with the
         # container, so a running container holds one fd (its pidfd), not two.

@@ -546,3 +546,12 @@ def test_a_sigkilled_supervisor_takes_helper_and_containers_with_it(backend: str
             proc.wait()
         for fd in pidfds:
             os.close(fd)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("bad", [-7, "out.txt", 3.5])
+async def test_bad_stdio_argument_is_a_spec_error_and_leaks_nothing(anyio_backend: str, bad: object) -> None:
+    # stdin=PIPE is made first: its pipe must be closed again when stdout is refused
+    # (host_unchanged checks the fds)
+    with pytest.raises(SpecError, match="invalid stdio argument"):
+        await open_container(["true"], stdin=PIPE, stdout=bad)
