@@ -352,7 +352,10 @@ def cgroup_name(spec: ContainerSpec, owner: int | None = None) -> str:
         SpecError: the id would not make a plain directory name.
     """
     ident = spec.id
-    if not ident or not all(c.isalnum() or c in "_." for c in ident) or ident.startswith("."):
+    # The same test as "every character is alphanumeric, '_' or '.'", in C: a
+    # per-character generator cost more than the rest of this function per container.
+    rest = ident.replace("_", "").replace(".", "")
+    if not ident or (rest and not rest.isalnum()) or ident.startswith("."):
         raise SpecError(f"invalid container id for a cgroup name: {ident!r} (letters, digits, '_' and '.')")
     return f"{PREFIX}{ident}-{os.getpid() if owner is None else owner}"
 

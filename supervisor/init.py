@@ -16,13 +16,37 @@ import errno
 import os
 import signal
 import socket
+from collections import namedtuple
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
 
 from . import _linux
 
+# What typing.TYPE_CHECKING is, without importing typing: the spawn helper loads this
+# module, and typing (~1 MB of the helper's memory) would make each of its clones
+# dearer (their page tables are copied by every clone, torn down by every exec).
+TYPE_CHECKING = False
+
 if TYPE_CHECKING:
+    from typing import NamedTuple
+
     from .spec import ContainerSpec
+else:
+
+    class _NamedTupleMeta(type):
+        """``class X(NamedTuple)`` as typing has it (fields from the annotations,
+        defaults from the values), made by ``collections.namedtuple``."""
+
+        def __new__(mcls, name: str, bases: tuple[type, ...], ns: dict[str, object]) -> type:
+            if not bases:  # NamedTuple itself
+                return super().__new__(mcls, name, bases, ns)
+            fields = list(ns.get("__annotations__", {}))
+            defaults = [ns[f] for f in fields if f in ns]
+            cls = namedtuple(name, fields, defaults=defaults, module=ns["__module__"])
+            cls.__doc__ = ns.get("__doc__")
+            return cls
+
+    class NamedTuple(metaclass=_NamedTupleMeta):
+        pass
 
 # rootfs (and through it spec and dataclasses) is imported only where a root
 # filesystem is used: the spawn helper, which forks for every container, stays

@@ -25,26 +25,31 @@ The helper exits when the supervisor closes its end of the socket (or dies).
 
 from __future__ import annotations
 
+import _pickle  # pickle's C core: pickle.py would load re (see TYPE_CHECKING below)
 import array
 import errno
 import gc
 import itertools
 import os
-import pickle
 import select
 import signal
 import socket
 import struct
 import sys
 import weakref
-from typing import TYPE_CHECKING, Any
 
 from . import _linux
 from .errors import NotPermittedError, StartError
 from .init import ChildPlan, ChildSpec, child_spec, prepare, run_prepared
 
+# What typing.TYPE_CHECKING is, without importing typing (nor pickle.py, above): the
+# helper imports this module, and every module it loads adds pages whose page
+# tables each of its clones copies and each exec tears down.
+TYPE_CHECKING = False
+
 if TYPE_CHECKING:
     import subprocess
+    from typing import Any
 
     import anyio
 
@@ -233,7 +238,7 @@ def _serve_batch(
     """
     parsed = []
     for msg, fds in batch:
-        rid, child, roles, flags = pickle.loads(msg)
+        rid, child, roles, flags = _pickle.loads(msg)
         byrole = dict(zip(roles, fds, strict=True))
         netns = pool.take() if flags & _linux.CLONE_NEWNET else -1
         if netns >= 0:
@@ -418,7 +423,7 @@ class SpawnHelper:
         request = (child_spec(spec), roles, clone_flags(spec))
         with anyio.CancelScope(shield=True):
             rid = next(self._ids)
-            data = pickle.dumps((rid, *request), protocol=pickle.HIGHEST_PROTOCOL)
+            data = _pickle.dumps((rid, *request), protocol=5)  # pickle.HIGHEST_PROTOCOL
             waiter = _Waiter()
             self._waiters[rid] = waiter
             try:
