@@ -100,7 +100,10 @@ class Container:
         self.cgroup = cgroup
         self._pidfd = pidfd
         self._stack = stack
-        self._wait_lock = anyio.Lock()
+        # fast_acquire: wait() runs several times per container (run_container, stop,
+        # aclose), mostly uncontended: taking the lock need not yield to the event
+        # loop each time; waiting on the pidfd yields when there is something to wait.
+        self._wait_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
 
     @property
