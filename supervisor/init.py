@@ -314,9 +314,21 @@ def _run_as_init(plan: ChildPlan, how: ExecArgs) -> None:
     """
     everything = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
     signal.pthread_sigmask(signal.SIG_BLOCK, everything)
+    # init never execs, so close-on-exec does not clean up for it: drop every fd it
+    # inherited from the process it was cloned from (the pty master, cgroup and
+    # event-loop fds of the supervisor) so the container cannot reach them. Before
+    # the fork, not after: the command could otherwise see them in /proc/1/fd while
+    # init is still being scheduled. The error pipe stays until the command's exec;
+    # the command waits at a gate (EOF on a pipe) until init has closed its copy.
+    os.closerange(3, plan.errpipe)
+    os.closerange(plan.errpipe + 1, 0x7FFFFFFF)
+    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
+            os.close(gate_w)
+            os.read(gate_r, 1)
+            os.close(gate_r)
             if plan.child.tty:
                 # The command gets a process group of its own and the terminal's
                 # foreground: a typed Ctrl-C then reaches only the command, not also
@@ -330,10 +342,8 @@ def _run_as_init(plan: ChildPlan, how: ExecArgs) -> None:
             _report(plan.errpipe, e.step, e.err, e.detail)
         os._exit(127)
     os.close(plan.errpipe)
-    # init never execs, so close-on-exec does not clean up for it: drop every fd it
-    # inherited from the process it was cloned from (the pty master, cgroup and
-    # event-loop fds of the supervisor) so the container cannot reach them.
-    os.closerange(3, 0x7FFFFFFF)
+    os.close(gate_r)
+    os.close(gate_w)
     while True:
         info = signal.sigwaitinfo(everything)
         if info.si_signo != signal.SIGCHLD:
