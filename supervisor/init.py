@@ -444,14 +444,7 @@ def run_prepared(
                 pass
         if masked:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-        # _run_steps, inlined: one code object fewer to touch
-        for name, fn, args, raw in steps:
-            try:
-                if fn(*args) == -1 and raw is not None:
-                    err = _linux.get_errno()
-                    raise _StepFailed(name, err, str(OSError(err, f"{raw} failed: {os.strerror(err)}")))
-            except OSError as e:
-                raise _StepFailed(name, e.errno or 0, str(e)) from None
+        _run_steps(steps)
         if init is not None:
             _run_as_init(init, how)
         _exec(how)
