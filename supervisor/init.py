@@ -386,7 +386,8 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     a page copy (~1.5 us each; a few hundred per container when the child built its
     own argv, environment, mount arguments and error messages). Here the child gets
     flat lists of ready calls with encoded arguments and only has to make them.
-    ``drop_fds`` are closed first thing in the child (see ``spawn._clone``).
+    ``drop_fds`` are closed first thing in the child: fds it must not keep (the
+    helper's own, other requests', or the whole CLI's), as an ``--init`` never execs.
     """
     child = plan.child
     reset = signals_to_reset() if plan.reset_signals is None else plan.reset_signals
@@ -453,11 +454,3 @@ def run_prepared(
     except BaseException as e:  # noqa: BLE001 - the child must never unwind into the helper
         _report(errpipe, "init", 0, f"{type(e).__name__}: {e}")
     os._exit(EXIT_SETUP_FAILED)
-
-
-def run(plan: ChildPlan) -> None:
-    """Execute the plan in the freshly cloned child. Never returns.
-
-    Slower than ``run_prepared(*prepare(plan))`` with ``prepare`` called before the
-    clone; for callers that have only the child."""
-    run_prepared(*prepare(plan))

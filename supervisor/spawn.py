@@ -40,7 +40,7 @@ import weakref
 
 from . import _linux
 from .errors import NotPermittedError, StartError
-from .init import ChildPlan, ChildSpec, child_spec, prepare, run_prepared
+from .init import ChildPlan, ChildSpec, Prepared, child_spec, prepare, run_prepared, signals_to_reset
 
 # What typing.TYPE_CHECKING is, without importing typing (nor pickle.py, above): the
 # helper imports this module, and every module it loads adds pages whose page
@@ -100,24 +100,10 @@ def _child_plan(child: ChildSpec, byrole: dict[str, int], reset: tuple[int, ...]
     )
 
 
-def _clone(
-    child: ChildSpec,
-    byrole: dict[str, int],
-    flags: int,
-    drop_fds: tuple[int, ...] = (),
-    reset: tuple[int, ...] | None = None,
-) -> tuple[int, int]:
-    """clone3 and, in the child, run the init stage (never returns there).
-
-    ``drop_fds`` are closed first thing in the child (the helper's socket and spare
-    network namespaces: a long-lived ``--init`` never execs, and must not hold
-    them). ``reset``: the signals the child must reset
-    (``init.signals_to_reset()``), worked out here unless the caller knows.
-    """
-    # Everything the child will do is worked out here, before the clone: what the
-    # child computes itself costs it copy-on-write faults (see init.prepare).
-    prepared = prepare(_child_plan(child, byrole, reset), drop_fds)
-    pid, pidfd = _linux.clone3(flags, 0, byrole.get("cgroup", -1))
+def _clone_prepared(prepared: Prepared, flags: int, cgroup_fd: int) -> tuple[int, int]:
+    """clone3; in the child, run the init stage that ``init.prepare`` worked out
+    before the clone (it never returns there). Returns ``(pid, pidfd)``."""
+    pid, pidfd = _linux.clone3(flags, 0, cgroup_fd)
     if pid == 0:
         run_prepared(*prepared)
         os._exit(125)  # not reached: run_prepared() never returns
@@ -259,14 +245,11 @@ def _serve_batch(
     try:
         for rid, flags, cgroup, prepared, _netns in jobs:
             try:
-                pid, pidfd = _linux.clone3(flags, 0, cgroup)
+                pid, pidfd = _clone_prepared(prepared, flags, cgroup)
             except OSError as e:
                 detail = (e.strerror or str(e)).encode(errors="replace")
                 replies.append((_REPLY.pack(rid, 0, e.errno or 0) + detail, []))
                 continue
-            if pid == 0:
-                run_prepared(*prepared)
-                os._exit(125)  # not reached: run_prepared() never returns
             replies.append((_REPLY.pack(rid, pid, 0), [pidfd]))
     finally:
         for job in jobs:
@@ -290,8 +273,6 @@ def helper_main(fd: int) -> None:
     # To tell, at EOF, a supervisor that closed us from one that was killed.
     supervisor_pid = os.getppid()
     supervisor_fd = os.pidfd_open(supervisor_pid)
-    from supervisor.init import signals_to_reset  # loaded with this module: before freezing
-
     # The helper's signal dispositions are fixed from here on: work out once which
     # ones every child must reset.
     reset = signals_to_reset()
@@ -540,8 +521,10 @@ class DirectSpawner:
         # fds of their request; give ours the same.
         keep = {0, 1, 2, *fds.values()}
         drop = tuple(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd not in keep)
+        # Worked out before the clone, as the helper does: fewer copy-on-write faults.
+        prepared = prepare(_child_plan(child_spec(spec), fds, None), drop)
         try:
-            return _clone(child_spec(spec), fds, clone_flags(spec) & ~_linux.CLONE_PARENT, drop_fds=drop)
+            return _clone_prepared(prepared, clone_flags(spec) & ~_linux.CLONE_PARENT, fds.get("cgroup", -1))
         except OSError as e:
             raise _clone_error(e.errno or 0, e.strerror or str(e)) from None
 
