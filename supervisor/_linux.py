@@ -115,14 +115,6 @@ _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
 _prctl.restype = ctypes.c_int
 
 
-# Raw calls for the child between clone and exec (init.prepare): they take arguments
-# already converted in the parent and return -1 with errno set on failure, so that the
-# child touches as few Python objects as it can (each one costs a copy-on-write fault).
-libc_mount = _mount
-libc_prctl = _prctl
-get_errno = ctypes.get_errno
-
-
 def _raise(call: str) -> None:
     err = ctypes.get_errno()
     raise OSError(err, f"{call} failed: {os.strerror(err)}")
@@ -196,12 +188,6 @@ def setns(fd: int, nstype: int = 0) -> None:
         _raise(f"setns({fd}, {nstype:#x})")
 
 
-def setns_call(fd: int, nstype: int) -> tuple[Callable[..., int], tuple[object, ...], str]:
-    """setns(2) as a raw call for the child: (function, converted arguments, text)."""
-    args = (ctypes.c_long(NR["setns"]), ctypes.c_long(fd), ctypes.c_long(nstype))
-    return _syscall, args, f"setns({fd}, {nstype:#x})"
-
-
 def prctl(option: int, arg2: int = 0) -> None:
     """prctl(2) with one argument."""
     if _prctl(option, arg2, 0, 0, 0) != 0:
@@ -225,69 +211,85 @@ def close_range_cloexec(first: int) -> None:
         _raise(f"close_range({first}, ~0, CLOSE_RANGE_CLOEXEC)")
 
 
-def close_range_cloexec_call(first: int) -> tuple[Callable[..., int], tuple[object, ...], str]:
-    """``close_range_cloexec`` as a raw call for the child: (function, converted
-    arguments, text)."""
-    args = (
-        ctypes.c_long(NR["close_range"]),
-        ctypes.c_uint(first),
-        ctypes.c_uint(0xFFFFFFFF),
-        ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
+# ---------------------------------------------------------------- raw calls
+#
+# For the child between clone and exec (``init.prepare`` builds its calls from these).
+# There, every Python object it touches costs a copy-on-write fault (~2 us): these
+# functions have no argtypes and no errno capture, so that ctypes passes plain ints,
+# bytes and None without making a single object, and PyDLL keeps the GIL (no lock
+# traffic). They return -1 and leave errno set on failure: read it with ``errno_now``
+# before any other call. Ints go as C ints (sign-extended: -1 is ~0 for an unsigned
+# argument); pointers only as bytes or ctypes objects.
+_raw = ctypes.PyDLL(None)
+raw_mount = _raw.mount
+raw_prctl = _raw.prctl
+raw_setsid = _raw.setsid
+raw_dup2 = _raw.dup2
+raw_fcntl = _raw.fcntl
+raw_close = _raw.close
+raw_chdir = _raw.chdir
+raw_sethostname = _raw.sethostname
+raw_execve = _raw.execve
+raw_syscall = _raw.syscall
+_errno_location = _raw.__errno_location
+_errno_location.restype = ctypes.c_void_p
+
+#: the raw calls as (function, arguments, the call as text for an error message)
+RawCall = tuple[Callable[..., int], tuple[object, ...], str]
+
+
+def errno_now() -> int:
+    """errno of this thread, as the last raw call left it."""
+    return ctypes.c_int.from_address(_errno_location()).value
+
+
+def setns_call(fd: int, nstype: int) -> RawCall:
+    """setns(2) as a raw call."""
+    return raw_syscall, (NR["setns"], fd, nstype), f"setns({fd}, {nstype:#x})"
+
+
+def close_range_cloexec_call(first: int) -> RawCall:
+    """``close_range_cloexec`` as a raw call."""
+    return (
+        raw_syscall,
+        (NR["close_range"], first, -1, CLOSE_RANGE_CLOEXEC),
+        f"close_range({first}, ~0, CLOSE_RANGE_CLOEXEC)",
     )
-    return _syscall, args, f"close_range({first}, ~0, CLOSE_RANGE_CLOEXEC)"
 
 
-class CloneArgs(ctypes.Structure):
-    """struct clone_args, <linux/sched.h> (CLONE_ARGS_SIZE_VER2: 88 bytes)."""
-
-    _fields_ = [
-        ("flags", ctypes.c_uint64),
-        ("pidfd", ctypes.c_uint64),
-        ("child_tid", ctypes.c_uint64),
-        ("parent_tid", ctypes.c_uint64),
-        ("exit_signal", ctypes.c_uint64),
-        ("stack", ctypes.c_uint64),
-        ("stack_size", ctypes.c_uint64),
-        ("tls", ctypes.c_uint64),
-        ("set_tid", ctypes.c_uint64),
-        ("set_tid_size", ctypes.c_uint64),
-        ("cgroup", ctypes.c_uint64),
-    ]
+def c_string_array(items: tuple[bytes, ...]) -> ctypes.Array[ctypes.c_char_p]:
+    """A NULL-terminated ``char *[]`` (execve's argv and envp) for a raw call."""
+    return (ctypes.c_char_p * (len(items) + 1))(*items, None)
 
 
-_before_fork = _pylibc.PyOS_BeforeFork
-_after_fork_parent = _pylibc.PyOS_AfterFork_Parent
-_after_fork_child = _pylibc.PyOS_AfterFork_Child
+#: struct clone_args, <linux/sched.h> (CLONE_ARGS_SIZE_VER2: 88 bytes): flags, pidfd,
+#: child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup
+_CLONE_ARGS = struct.Struct("=11Q")
 
 
-def clone3(flags: int, exit_signal: int = 0, cgroup_fd: int = -1) -> tuple[int, int]:
-    """Raw clone3(2) with CLONE_PIDFD added, fork-style (no new stack).
-
-    Returns ``(pid, pidfd)`` in the parent and ``(0, -1)`` in the child. Only safe
-    in a single-threaded process: the child is a copy of this interpreter, and a lock
-    held by another thread at the instant of the clone would stay held forever.
-
-    The interpreter's after-fork bookkeeping is skipped in the child: this process
-    has one thread, so there are no other threads' states to drop or locks to reset,
-    and the child only sets up namespaces and execs.
-    """
+def clone3_args(flags: int, exit_signal: int = 0, cgroup_fd: int = -1) -> tuple[bytes, ctypes.c_int]:
+    """clone3(2)'s arguments with CLONE_PIDFD (and CLONE_INTO_CGROUP for a
+    cgroup_fd): the struct, and where the kernel writes the pidfd."""
     pidfd = ctypes.c_int(-1)
-    args = CloneArgs()
-    args.flags = flags | CLONE_PIDFD
-    args.pidfd = ctypes.addressof(pidfd)
-    args.exit_signal = exit_signal
     if cgroup_fd >= 0:
-        args.flags |= CLONE_INTO_CGROUP
-        args.cgroup = cgroup_fd
-    _before_fork()
-    pid = _syscall(ctypes.c_long(NR["clone3"]), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
-    if pid == 0:
-        return 0, -1
-    err = ctypes.get_errno()
-    _after_fork_parent()
-    if pid < 0:
-        raise OSError(err, f"clone3(flags={args.flags:#x}) failed: {os.strerror(err)}")
-    return pid, pidfd.value
+        flags |= CLONE_INTO_CGROUP
+    packed = _CLONE_ARGS.pack(
+        flags | CLONE_PIDFD, ctypes.addressof(pidfd), 0, 0, exit_signal, 0, 0, 0, 0, 0, max(cgroup_fd, 0)
+    )
+    return packed, pidfd
+
+
+def raw_clone3(args: bytes) -> int:
+    """clone3(2) with ``clone3_args``, fork-style (no new stack), as a raw call: the
+    child's pid in the parent, 0 in the child, -1 and errno on failure.
+
+    Only safe in a single-threaded process: the child is a copy of this interpreter,
+    and a lock held by another thread at the instant of the clone would stay held
+    forever. The interpreter's fork bookkeeping (PyOS_BeforeFork and friends) is
+    skipped on both sides: with one thread there are no other threads' states to
+    drop or locks to reset, and the child only sets up namespaces and execs.
+    """
+    return raw_syscall(NR["clone3"], args, _CLONE_ARGS.size)
 
 
 def interface_up(name: str = "lo") -> None:

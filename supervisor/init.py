@@ -15,7 +15,6 @@ import _signal
 import errno
 import os
 import signal
-import socket
 from collections import namedtuple
 from collections.abc import Callable
 
@@ -60,9 +59,12 @@ else:
 EXIT_SETUP_FAILED = 125
 
 
-#: how the child execs: (candidate paths, argv, environment, program name), bytes all
-#: the way, so that execve has nothing left to encode
-ExecArgs = tuple[tuple[bytes, ...], tuple[bytes, ...], dict[bytes, bytes], str]
+#: how the child execs: (candidate paths, argv, environment as ``NAME=value``, program
+#: name), bytes all the way, so that execve has nothing left to encode
+ExecArgs = tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...], str]
+#: ``ExecArgs`` with argv and the environment as the C arrays of a raw execve
+#: (made by ``prepare`` in the parent)
+ExecCall = tuple[tuple[bytes, ...], object, object, str]
 
 #: a filesystem step of a root filesystem (rootfs.child_ops): (name, function, args)
 FsOp = tuple[str, Callable[..., None], tuple[object, ...]]
@@ -111,7 +113,7 @@ def _exec_args(argv: tuple[str, ...], env: dict[str, str]) -> ExecArgs:
             _candidates_cache.clear()
         _candidates_cache[prog, path] = candidates
     fse = os.fsencode
-    return candidates, tuple(map(fse, argv)), {fse(k): fse(v) for k, v in env.items()}, prog
+    return candidates, tuple(map(fse, argv)), tuple(fse(f"{k}={v}") for k, v in env.items()), prog
 
 
 def child_spec(spec: ContainerSpec) -> ChildSpec:
@@ -210,31 +212,33 @@ def signals_to_reset() -> tuple[int, ...]:
 #: message; None for a call that raises OSError itself)
 Step = tuple[str, Callable[..., object], tuple[object, ...], "str | None"]
 
-# Steps that are the same for every container, built once in the parent. A raw ctypes
-# call with ready-made arguments: the child converts and formats nothing.
+# Steps that are the same for every container, built once in the parent: raw calls
+# (see _linux) with plain int and bytes arguments, which ctypes passes as they are.
+_ROOT_PRIVATE_FLAGS = _linux.MS_REC | _linux.MS_PRIVATE
 _MAKE_ROOT_PRIVATE: Step = (
     "make / private",
-    _linux.libc_mount,
-    (None, b"/", None, _linux.MS_REC | _linux.MS_PRIVATE, None),
-    f"mount(None, '/', None, {_linux.MS_REC | _linux.MS_PRIVATE:#x}, None)",
+    _linux.raw_mount,
+    (None, b"/", None, _ROOT_PRIVATE_FLAGS, None),
+    f"mount(None, '/', None, {_ROOT_PRIVATE_FLAGS:#x}, None)",
 )
 _PROC_FLAGS = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
 _MOUNT_PROC: Step = (
     "mount /proc",
-    _linux.libc_mount,
+    _linux.raw_mount,
     (b"proc", b"/proc", b"proc", _PROC_FLAGS, None),
     f"mount('proc', '/proc', 'proc', {_PROC_FLAGS:#x}, None)",
 )
 _PDEATHSIG: Step = (
     "prctl(PR_SET_PDEATHSIG)",
-    _linux.libc_prctl,
+    _linux.raw_prctl,
     (_linux.PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0),
     f"prctl({_linux.PR_SET_PDEATHSIG}, {int(signal.SIGKILL)})",
 )
 _CLOSE_RANGE: Step = ("close_range", *_linux.close_range_cloexec_call(3))
 _BRING_UP_LO: Step = ("bring up lo", _linux.loopback_up, (), None)
-_SETSID: Step = ("setsid", os.setsid, (), None)
+_SETSID: Step = ("setsid", _linux.raw_setsid, (), "setsid()")
 _STDIO_NAMES = ("dup2 stdio 0", "dup2 stdio 1", "dup2 stdio 2")
+_F_SETFD = 2  # <fcntl.h>; flags 0: clear FD_CLOEXEC
 _SIG_DFL = int(signal.SIG_DFL)
 
 
@@ -247,7 +251,9 @@ def _namespace_steps(child: ChildSpec, net_ready: bool) -> list[Step]:
         if child.mount_proc:
             steps.append(_MOUNT_PROC)
     if child.hostname is not None:
-        steps.append(("sethostname", socket.sethostname, (child.hostname,), None))
+        name = child.hostname.encode()
+        text = f"sethostname({child.hostname!r})"
+        steps.append(("sethostname", _linux.raw_sethostname, (name, len(name)), text))
     if child.net and not net_ready:
         steps.append(_BRING_UP_LO)
     return steps
@@ -261,9 +267,10 @@ def _stdio_steps(plan: ChildPlan) -> list[Step]:
         steps.append(("set controlling terminal", _linux.set_controlling_tty, (plan.stdin,), None))
     for target, fd in ((0, plan.stdin), (1, plan.stdout), (2, plan.stderr)):
         if fd != target:
-            steps.append((_STDIO_NAMES[target], os.dup2, (fd, target), None))
-        else:
-            steps.append((_STDIO_NAMES[target], os.set_inheritable, (fd, True), None))
+            steps.append((_STDIO_NAMES[target], _linux.raw_dup2, (fd, target), f"dup2({fd}, {target})"))
+        else:  # inherited as it is, close-on-exec cleared
+            text = f"fcntl({fd}, F_SETFD, 0)"
+            steps.append((_STDIO_NAMES[target], _linux.raw_fcntl, (fd, _F_SETFD, 0), text))
     steps.append(_CLOSE_RANGE)
     return steps
 
@@ -281,31 +288,30 @@ def _run_steps(steps: list[Step]) -> None:
     for name, fn, args, raw in steps:
         try:
             if fn(*args) == -1 and raw is not None:
-                err = _linux.get_errno()
+                err = _linux.errno_now()
                 raise _StepFailed(name, err, str(OSError(err, f"{raw} failed: {os.strerror(err)}")))
         except OSError as e:
             raise _StepFailed(name, e.errno or 0, str(e)) from None
 
 
-def _exec(how: ExecArgs) -> None:
+def _exec(how: ExecCall) -> None:
     """execvpe with the container's PATH; never returns."""
-    candidates, argv, env, prog = how
+    candidates, argv, envp, prog = how
     several = len(candidates) > 1
     saw_eacces = False
     for cand in candidates:
-        try:
-            os.execve(cand, argv, env)
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR) and several:
-                continue
-            if e.errno == errno.EACCES and several:
-                saw_eacces = True
-                continue
-            raise _StepFailed("exec", e.errno or 0, prog) from None
+        _linux.raw_execve(cand, argv, envp)
+        err = _linux.errno_now()
+        if err in (errno.ENOENT, errno.ENOTDIR) and several:
+            continue
+        if err == errno.EACCES and several:
+            saw_eacces = True
+            continue
+        raise _StepFailed("exec", err, prog)
     raise _StepFailed("exec", errno.EACCES if saw_eacces else errno.ENOENT, prog)
 
 
-def _run_as_init(plan: ChildPlan, how: ExecArgs) -> None:
+def _run_as_init(plan: ChildPlan, how: ExecCall) -> None:
     """``--init``: stay PID 1, run the command as our child, forward and reap.
 
     PID 1 of a namespace ignores every signal it has no handler for, and orphans are
@@ -375,7 +381,7 @@ def _wait_until_placed(sync: int) -> None:
 #: everything the child does, worked out before the clone by ``prepare``:
 #: (fds to close first, signals to reset, whether the signal mask needs clearing,
 #: the steps, the exec, the ``--init`` plan or None, the error pipe)
-Prepared = tuple[tuple[int, ...], tuple[int, ...], bool, list[Step], ExecArgs, "ChildPlan | None", int]
+Prepared = tuple[tuple[int, ...], tuple[int, ...], bool, list[Step], ExecCall, "ChildPlan | None", int]
 
 
 def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
@@ -404,15 +410,18 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         # root filesystem shows the mounter's): made ready by the helper while idle,
         # it takes the ~0.5 ms of creating one off the container's start.
         steps.append(("join the network namespace", *_linux.setns_call(plan.netns, _linux.CLONE_NEWNET)))
-        steps.append(("join the network namespace", os.close, (plan.netns,), None))
+        steps.append(("join the network namespace", _linux.raw_close, (plan.netns,), f"close({plan.netns})"))
     steps += _namespace_steps(child, net_ready=plan.netns >= 0)
     if plan.console >= 0:
         steps.append(("open the container's terminal", _console_stdio, (plan,), None))
     else:
         steps += _stdio_steps(plan)
     if child.cwd:
-        steps.append((f"chdir {child.cwd}", os.chdir, (child.cwd,), None))
-    return drop_fds, reset, masked, steps, child.exec, plan if child.init else None, plan.errpipe
+        cwd = os.fsencode(child.cwd)
+        steps.append((f"chdir {child.cwd}", _linux.raw_chdir, (cwd,), f"chdir({child.cwd!r})"))
+    candidates, argv, envp, prog = child.exec
+    how = (candidates, _linux.c_string_array(argv), _linux.c_string_array(envp), prog)
+    return drop_fds, reset, masked, steps, how, plan if child.init else None, plan.errpipe
 
 
 def run_prepared(
@@ -420,7 +429,7 @@ def run_prepared(
     reset: tuple[int, ...],
     masked: bool,
     steps: list[Step],
-    how: ExecArgs,
+    how: ExecCall,
     init: ChildPlan | None,
     errpipe: int,
 ) -> None:

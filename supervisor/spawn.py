@@ -100,14 +100,14 @@ def _child_plan(child: ChildSpec, byrole: dict[str, int], reset: tuple[int, ...]
     )
 
 
-def _clone_prepared(prepared: Prepared, flags: int, cgroup_fd: int) -> tuple[int, int]:
-    """clone3; in the child, run the init stage that ``init.prepare`` worked out
-    before the clone (it never returns there). Returns ``(pid, pidfd)``."""
-    pid, pidfd = _linux.clone3(flags, 0, cgroup_fd)
+def _clone_prepared(prepared: Prepared, clone_args: bytes) -> int:
+    """clone3 (``_linux.raw_clone3``); in the child, run the init stage that
+    ``init.prepare`` worked out before the clone (it never returns there). Returns
+    the pid, or -1 with errno set."""
+    pid = _linux.raw_clone3(clone_args)
     if pid == 0:
         run_prepared(*prepared)
-        os._exit(125)  # not reached: run_prepared() never returns
-    return pid, pidfd
+    return pid
 
 
 class _NetnsPool:
@@ -234,41 +234,57 @@ def _serve_batch(
     # Each child drops every fd of the other requests (an --init never execs, and must
     # not keep another container's pipes) and the helper's own, as close-on-exec
     # would not drop them for it either.
+    # Every other fd is close-on-exec in the child by then (its last step but one
+    # marks them all), so only a child that may wait before it execs needs this.
     batch_fds = {f for _rid, _child, _flags, byrole, _netns in parsed for f in byrole.values()}
     helpers_own = (*private, *pool.private_fds())
     jobs = []
     for rid, child, flags, byrole, netns in parsed:
-        others = tuple(batch_fds.difference(byrole.values()))
-        prepared = prepare(_child_plan(child, byrole, reset), (*helpers_own, *others))
-        jobs.append((rid, flags, byrole.get("cgroup", -1), prepared, netns))
-    replies: list[tuple[bytes, list[int]]] = []
+        plan = _child_plan(child, byrole, reset)
+        drop: tuple[int, ...] = ()
+        if child.init or plan.sync >= 0:
+            drop = (*helpers_own, *batch_fds.difference(byrole.values()))
+        clone_args, pidfd = _linux.clone3_args(flags, 0, byrole.get("cgroup", -1))
+        jobs.append((rid, flags, clone_args, pidfd, prepare(plan, drop), netns))
+    # The clones, back to back: between two of them the helper writes as little as
+    # it can (each page it writes while a fresh child shares it is copied). Whatever
+    # happens, every child made is answered for: only its pidfd lets it be reaped.
+    pids: list[int] = []
     try:
-        for rid, flags, cgroup, prepared, _netns in jobs:
-            try:
-                pid, pidfd = _clone_prepared(prepared, flags, cgroup)
-            except OSError as e:
-                detail = (e.strerror or str(e)).encode(errors="replace")
-                replies.append((_REPLY.pack(rid, 0, e.errno or 0) + detail, []))
-                continue
-            replies.append((_REPLY.pack(rid, pid, 0), [pidfd]))
+        for job in jobs:
+            pid = _clone_prepared(job[4], job[2])
+            pids.append(pid if pid > 0 else -_linux.errno_now())
     finally:
         for job in jobs:
-            if job[4] >= 0:
-                os.close(job[4])
-        try:
-            for reply, pidfds in replies:
-                socket.send_fds(sock, [reply], pidfds)
-        finally:
-            for _reply, pidfds in replies:
-                for f in pidfds:
-                    os.close(f)
+            if job[5] >= 0:
+                os.close(job[5])
+        made = zip(jobs, pids, strict=False)  # all of them, unless something raised
+        _reply_batch(sock, [(job[0], job[1], job[3].value, pid) for job, pid in made])
+
+
+def _reply_batch(sock: socket.socket, results: list[tuple[int, int, int, int]]) -> None:
+    """Answer each (request id, clone flags, pidfd, pid or -errno); close the pidfds."""
+    try:
+        for rid, flags, pidfd, pid in results:
+            if pid < 0:
+                detail = f"clone3(flags={flags:#x}) failed: {os.strerror(-pid)}".encode()
+                socket.send_fds(sock, [_REPLY.pack(rid, 0, -pid) + detail], [], socket.MSG_NOSIGNAL)
+            else:
+                socket.send_fds(sock, [_REPLY.pack(rid, pid, 0)], [pidfd], socket.MSG_NOSIGNAL)
+    finally:
+        for _rid, _flags, pidfd, pid in results:
+            if pid > 0:
+                os.close(pidfd)
 
 
 def helper_main(fd: int) -> None:
     """Entry point of the spawn helper process; serves until EOF on ``fd``."""
-    # Terminal signals are for the supervisor to handle; the child resets them.
-    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(sig, signal.SIG_IGN)
+    # Every signal at its default, so that the children have none to reset (execve
+    # resets handled signals, but keeps ignored ones ignored): Python ignores SIGPIPE
+    # (the replies go with MSG_NOSIGNAL instead) and SIGXFSZ, and handles SIGINT. The
+    # helper has a session of its own, so no terminal sends it signals.
+    for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     sock = socket.socket(fileno=fd)
     # To tell, at EOF, a supervisor that closed us from one that was killed.
     supervisor_pid = os.getppid()
@@ -523,10 +539,13 @@ class DirectSpawner:
         drop = tuple(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd not in keep)
         # Worked out before the clone, as the helper does: fewer copy-on-write faults.
         prepared = prepare(_child_plan(child_spec(spec), fds, None), drop)
-        try:
-            return _clone_prepared(prepared, clone_flags(spec) & ~_linux.CLONE_PARENT, fds.get("cgroup", -1))
-        except OSError as e:
-            raise _clone_error(e.errno or 0, e.strerror or str(e)) from None
+        flags = clone_flags(spec) & ~_linux.CLONE_PARENT
+        clone_args, pidfd = _linux.clone3_args(flags, 0, fds.get("cgroup", -1))
+        pid = _clone_prepared(prepared, clone_args)
+        if pid < 0:
+            err = _linux.errno_now()
+            raise _clone_error(err, f"clone3(flags={flags:#x}) failed: {os.strerror(err)}")
+        return pid, pidfd.value
 
 
 _direct: DirectSpawner | None = None
