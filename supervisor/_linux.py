@@ -4,18 +4,25 @@ Each wrapper declares its argument types and turns a failure into an ``OSError``
 whose message names the call and its arguments (``mount('proc', '/proc', ...)``),
 so an error read on a terminal says what failed on what. Constants cite the kernel
 header they come from. Where the standard library has the call (``os.pidfd_open``,
-``os.waitid``, ``signal.pidfd_send_signal``, ``socket.sethostname``) we use that.
+``os.waitid``, ``signal.pidfd_send_signal``) we use that. The child's calls between
+clone and exec are the exception: raw calls (see below).
 """
 
 from __future__ import annotations
 
+import _socket  # socket's C core: socket.py loads enum, selectors and more (see spawn)
 import ctypes
-import errno as _errno
-import fcntl
 import os
-import socket
 import struct
-from collections.abc import Callable
+
+# What typing.TYPE_CHECKING is, without importing typing (see spawn.py).
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    #: the raw calls as (function, arguments, the call as text for an error message)
+    RawCall = tuple[Callable[..., int], tuple[object, ...], str]
 
 # <linux/sched.h>
 CLONE_NEWTIME = 0x00000080
@@ -231,11 +238,9 @@ raw_chdir = _raw.chdir
 raw_sethostname = _raw.sethostname
 raw_execve = _raw.execve
 raw_syscall = _raw.syscall
+raw_ioctl = _raw.ioctl
 _errno_location = _raw.__errno_location
 _errno_location.restype = ctypes.c_void_p
-
-#: the raw calls as (function, arguments, the call as text for an error message)
-RawCall = tuple[Callable[..., int], tuple[object, ...], str]
 
 
 def errno_now() -> int:
@@ -292,41 +297,26 @@ def raw_clone3(args: bytes) -> int:
     return raw_syscall(NR["clone3"], args, _CLONE_ARGS.size)
 
 
-def interface_up(name: str = "lo") -> None:
-    """Bring a network interface up (SIOCSIFFLAGS), like ``ip link set lo up``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifreq = struct.pack("16sH14x", name.encode(), 0)
-        try:
-            res = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifreq)
-            flags = struct.unpack("16sH14x", res)[1]
-            fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
-        except OSError as e:
-            raise OSError(
-                e.errno, f"ioctl(SIOCSIFFLAGS, {name!r}) failed: {os.strerror(e.errno or 0)}"
-            ) from None
-
-
-_socket = _libc.socket
-_socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-_socket.restype = ctypes.c_int
+_socket_call = _libc.socket
+_socket_call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+_socket_call.restype = ctypes.c_int
 _ioctl_ptr = _libc.ioctl
 _ioctl_ptr.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p]
 _ioctl_ptr.restype = ctypes.c_int
 IFF_LOOPBACK = 0x8
 _LO_UP = struct.pack("16sH14x", b"lo", IFF_UP | IFF_LOOPBACK)
-# plain ints: socket's constants are enum members, whose pages the child would dirty
-_INET_DGRAM_CLOEXEC = (int(socket.AF_INET), int(socket.SOCK_DGRAM | socket.SOCK_CLOEXEC), 0)
+_INET_DGRAM_CLOEXEC = (_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, 0)
 
 
 def loopback_up() -> None:
     """Bring up ``lo`` of a network namespace that was just created, in one ioctl.
 
     The child calls this between clone and exec, where every Python object touched
-    costs copy-on-write faults: a raw socket and a prebuilt ``ifreq`` instead of
-    ``interface_up``'s socket object and read-modify-write (~0.1 ms less). A fresh
-    ``lo`` has exactly IFF_LOOPBACK set, so writing IFF_UP | IFF_LOOPBACK loses nothing.
+    costs copy-on-write faults: a raw socket and a prebuilt ``ifreq`` instead of a
+    socket object and a read-modify-write of the flags (~0.1 ms less). A fresh ``lo``
+    has exactly IFF_LOOPBACK set, so writing IFF_UP | IFF_LOOPBACK loses nothing.
     """
-    fd = _socket(*_INET_DGRAM_CLOEXEC)
+    fd = _socket_call(*_INET_DGRAM_CLOEXEC)
     if fd < 0:
         _raise("socket(AF_INET, SOCK_DGRAM)")
     try:
@@ -338,6 +328,8 @@ def loopback_up() -> None:
 
 def get_winsize(fd: int) -> tuple[int, int] | None:
     """(rows, cols) of the terminal on fd, or None when fd is not a terminal."""
+    import fcntl  # here: the spawn helper has no use for it
+
     try:
         res = fcntl.ioctl(fd, TIOCGWINSZ, b"\0" * 8)
     except OSError:
@@ -348,15 +340,6 @@ def get_winsize(fd: int) -> tuple[int, int] | None:
 
 def set_winsize(fd: int, rows: int, cols: int) -> None:
     """Set the window size of the terminal on fd (TIOCSWINSZ)."""
+    import fcntl
+
     fcntl.ioctl(fd, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def set_controlling_tty(fd: int) -> None:
-    """Make the terminal on fd our controlling terminal (TIOCSCTTY)."""
-    try:
-        fcntl.ioctl(fd, TIOCSCTTY, 0)
-    except OSError as e:
-        raise OSError(e.errno, f"ioctl(TIOCSCTTY) failed: {os.strerror(e.errno or 0)}") from None
-
-
-ERRNO_NAMES = _errno.errorcode

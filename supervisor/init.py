@@ -11,12 +11,10 @@ reads EOF with no data: that is how it knows the command really started.
 
 from __future__ import annotations
 
-import _signal
+import _signal  # signal's C core: signal.py loads enum (see TYPE_CHECKING below)
 import errno
 import os
-import signal
 from collections import namedtuple
-from collections.abc import Callable
 
 from . import _linux
 
@@ -26,9 +24,17 @@ from . import _linux
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NamedTuple
 
     from .spec import ContainerSpec
+
+    #: a filesystem step of a root filesystem, as the child runs it: (name, function, args)
+    FsOp = tuple[str, Callable[..., None], tuple[object, ...]]
+    #: one step of the child: (name reported on failure, callable, its arguments, and
+    #: for a raw C call, which returns -1 and leaves errno on failure, the call as text
+    #: for the message; None for a call that raises OSError itself)
+    Step = tuple[str, Callable[..., object], tuple[object, ...], "str | None"]
 else:
 
     class _NamedTupleMeta(type):
@@ -66,8 +72,9 @@ ExecArgs = tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...], str]
 #: (made by ``prepare`` in the parent)
 ExecCall = tuple[tuple[bytes, ...], object, object, str]
 
-#: a filesystem step of a root filesystem (rootfs.child_ops): (name, function, args)
-FsOp = tuple[str, Callable[..., None], tuple[object, ...]]
+#: a filesystem step of a root filesystem (rootfs.child_ops) as it travels to the
+#: spawn helper: (name, the function's name in ``rootfs.CHILD_FUNCTIONS``, args)
+FsOpRef = tuple[str, str, tuple[object, ...]]
 
 
 class ChildSpec(NamedTuple):
@@ -85,7 +92,7 @@ class ChildSpec(NamedTuple):
     #: mount a fresh /proc (a PID namespace and the host's root)
     mount_proc: bool
     #: the root filesystem's steps, () without one
-    fs_ops: tuple[FsOp, ...]
+    fs_ops: tuple[FsOpRef, ...]
     #: the hostname to set (a UTS namespace of its own), else None
     hostname: str | None
     #: a network namespace of its own (bring up lo unless the helper did)
@@ -120,12 +127,12 @@ def child_spec(spec: ContainerSpec) -> ChildSpec:
     """Digest a (resolved) spec for the child (see ``ChildSpec``)."""
     ns = spec.namespaces
     mount = "mount" in ns
-    fs_ops: tuple[FsOp, ...] = ()
+    fs_ops: tuple[FsOpRef, ...] = ()
     if mount and spec.rootfs is not None:
         from . import rootfs
 
         # overlay root, /proc, /dev, /sys, volumes, masks, pivot_root (rootfs.py)
-        fs_ops = tuple((op.step, op.fn, op.args) for op in rootfs.child_ops(spec))
+        fs_ops = tuple((op.step, op.fn.__name__, op.args) for op in rootfs.child_ops(spec))
     return ChildSpec(
         mount=mount,
         mount_proc=mount and spec.rootfs is None and "pid" in ns,
@@ -195,22 +202,16 @@ def _step(name: str, fn: object, *args: object) -> None:
 
 
 #: every signal a handler can be set for, worked out once before any clone
-_CATCHABLE = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
+_CATCHABLE = tuple(sorted(_signal.valid_signals() - {_signal.SIGKILL, _signal.SIGSTOP}))
 
 
 def signals_to_reset() -> tuple[int, ...]:
-    """The signals whose disposition is not the default: ignored (the helper ignores
-    terminal signals, Python ignores SIGPIPE and SIGXFSZ) or with a Python handler
-    (which would run in the child until exec). Call it in the parent, before the clone."""
-    getsignal, default = signal.getsignal, signal.SIG_DFL
-    # plain ints: the child calls _signal.signal, without signal.py's enum wrapping
-    return tuple(int(sig) for sig in _CATCHABLE if getsignal(sig) != default)
+    """The signals whose disposition is not the default: ignored (Python ignores
+    SIGPIPE and SIGXFSZ, a CLI may ignore more) or with a Python handler (which would
+    run in the child until exec). Call it in the parent, before the clone."""
+    getsignal, default = _signal.getsignal, _signal.SIG_DFL
+    return tuple(sig for sig in _CATCHABLE if getsignal(sig) != default)
 
-
-#: one step of the child: (name reported on failure, callable, its arguments, and for
-#: a raw C call, which returns -1 and leaves errno on failure, the call as text for the
-#: message; None for a call that raises OSError itself)
-Step = tuple[str, Callable[..., object], tuple[object, ...], "str | None"]
 
 # Steps that are the same for every container, built once in the parent: raw calls
 # (see _linux) with plain int and bytes arguments, which ctypes passes as they are.
@@ -231,15 +232,15 @@ _MOUNT_PROC: Step = (
 _PDEATHSIG: Step = (
     "prctl(PR_SET_PDEATHSIG)",
     _linux.raw_prctl,
-    (_linux.PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0),
-    f"prctl({_linux.PR_SET_PDEATHSIG}, {int(signal.SIGKILL)})",
+    (_linux.PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0),
+    f"prctl({_linux.PR_SET_PDEATHSIG}, {_signal.SIGKILL})",
 )
 _CLOSE_RANGE: Step = ("close_range", *_linux.close_range_cloexec_call(3))
 _BRING_UP_LO: Step = ("bring up lo", _linux.loopback_up, (), None)
 _SETSID: Step = ("setsid", _linux.raw_setsid, (), "setsid()")
 _STDIO_NAMES = ("dup2 stdio 0", "dup2 stdio 1", "dup2 stdio 2")
 _F_SETFD = 2  # <fcntl.h>; flags 0: clear FD_CLOEXEC
-_SIG_DFL = int(signal.SIG_DFL)
+_SIG_DFL = _signal.SIG_DFL
 
 
 def _namespace_steps(child: ChildSpec, net_ready: bool) -> list[Step]:
@@ -247,7 +248,10 @@ def _namespace_steps(child: ChildSpec, net_ready: bool) -> list[Step]:
     if child.mount:
         # First of all: nothing we mount may propagate back to the host.
         steps.append(_MAKE_ROOT_PRIVATE)
-        steps += [(name, fn, args, None) for name, fn, args in child.fs_ops]
+        if child.fs_ops:
+            from .rootfs import CHILD_FUNCTIONS  # loaded in the parent, before the clone
+
+            steps += [(name, CHILD_FUNCTIONS[fn], args, None) for name, fn, args in child.fs_ops]
         if child.mount_proc:
             steps.append(_MOUNT_PROC)
     if child.hostname is not None:
@@ -264,7 +268,8 @@ def _stdio_steps(plan: ChildPlan) -> list[Step]:
     # job control, and with a tty the pty becomes the session's controlling terminal.
     steps = [_SETSID]
     if plan.child.tty:
-        steps.append(("set controlling terminal", _linux.set_controlling_tty, (plan.stdin,), None))
+        ctty = (plan.stdin, _linux.TIOCSCTTY, 0)
+        steps.append(("set controlling terminal", _linux.raw_ioctl, ctty, f"ioctl({plan.stdin}, TIOCSCTTY)"))
     for target, fd in ((0, plan.stdin), (1, plan.stdout), (2, plan.stderr)):
         if fd != target:
             steps.append((_STDIO_NAMES[target], _linux.raw_dup2, (fd, target), f"dup2({fd}, {target})"))
@@ -318,8 +323,8 @@ def _run_as_init(plan: ChildPlan, how: ExecCall) -> None:
     re-parented to it: this loop gives the command ordinary signal semantics and keeps
     zombies from piling up. It exits with the command's status (128+N if killed).
     """
-    everything = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, everything)
+    everything = _signal.valid_signals() - {_signal.SIGKILL, _signal.SIGSTOP}
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, everything)
     # init never execs, so close-on-exec does not clean up for it: drop every fd it
     # inherited from the process it was cloned from (the pty master, cgroup and
     # event-loop fds of the supervisor) so the container cannot reach them. Before
@@ -342,7 +347,7 @@ def _run_as_init(plan: ChildPlan, how: ExecCall) -> None:
                 # now a background group is allowed because SIGTTOU is still blocked.
                 _step("setpgid", os.setpgid, 0, 0)
                 _step("tcsetpgrp", os.tcsetpgrp, 0, os.getpgrp())
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
             _exec(how)
         except _StepFailed as e:
             _report(plan.errpipe, e.step, e.err, e.detail)
@@ -351,8 +356,8 @@ def _run_as_init(plan: ChildPlan, how: ExecCall) -> None:
     os.close(gate_r)
     os.close(gate_w)
     while True:
-        info = signal.sigwaitinfo(everything)
-        if info.si_signo != signal.SIGCHLD:
+        info = _signal.sigwaitinfo(everything)
+        if info.si_signo != _signal.SIGCHLD:
             try:
                 os.kill(pid, info.si_signo)
             except ProcessLookupError:
@@ -378,10 +383,11 @@ def _wait_until_placed(sync: int) -> None:
     os.close(sync)
 
 
-#: everything the child does, worked out before the clone by ``prepare``:
-#: (fds to close first, signals to reset, whether the signal mask needs clearing,
-#: the steps, the exec, the ``--init`` plan or None, the error pipe)
-Prepared = tuple[tuple[int, ...], tuple[int, ...], bool, list[Step], ExecCall, "ChildPlan | None", int]
+if TYPE_CHECKING:
+    #: everything the child does, worked out before the clone by ``prepare``:
+    #: (fds to close first, signals to reset, whether the signal mask needs clearing,
+    #: the steps, the exec, the ``--init`` plan or None, the error pipe)
+    Prepared = tuple[tuple[int, ...], tuple[int, ...], bool, list[Step], ExecCall, ChildPlan | None, int]
 
 
 def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
@@ -399,7 +405,7 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     reset = signals_to_reset() if plan.reset_signals is None else plan.reset_signals
     # execve keeps the signal mask: the command must start with nothing blocked. The
     # parent is single-threaded, so its mask now is the child's at the clone.
-    masked = bool(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))  # not signal.py's enum wrapper
+    masked = bool(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))
     # If the supervisor dies, so do we (the parent is the supervisor, thanks to
     # CLONE_PARENT); cgroups clean up whatever escapes.
     steps: list[Step] = [_PDEATHSIG]

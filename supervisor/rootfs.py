@@ -465,6 +465,23 @@ def open_console(sock_fd: int) -> int:
     return slave
 
 
+#: the functions a child's filesystem steps may call, by name: a request to the spawn
+#: helper names them (it is marshalled, and cannot carry functions)
+CHILD_FUNCTIONS: dict[str, Callable[..., None]] = {
+    f.__name__: f
+    for f in (
+        _overlay,
+        _mount_in,
+        _bind_in,
+        _make_read_only,
+        _mask,
+        _read_only_path,
+        _symlink_in,
+        _pivot_root,
+    )
+}
+
+
 def _depth(m: Mount) -> int:
     return len([p for p in os.path.normpath(m.target).split("/") if p])
 

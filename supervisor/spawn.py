@@ -8,11 +8,13 @@ with a clean exec, never runs a second thread, and stays small; it does the clon
 
 Protocol (a SOCK_SEQPACKET unix socket, one message per request/reply):
 
-    request:  pickle((rid, child, roles, clone_flags)) + fds by SCM_RIGHTS, fds[i] has roles[i]
+    request:  marshal((rid, child, roles, clone_flags)) + fds by SCM_RIGHTS, fds[i] has roles[i]
     reply:    struct (rid, pid, errno) + detail (utf-8) + the pidfd (when pid > 0)
 
-``child`` is ``init.child_spec(spec)``: the spec digested by the supervisor into the
-plain data the child needs, so the helper does as little as it can between clones.
+``child`` is ``init.child_spec(spec)`` as a plain tuple: the spec digested by the
+supervisor into the plain data the child needs (bytes, strings, ints; functions by
+name), so the helper does as little as it can between clones. marshal, not pickle:
+the helper loads nothing for it (``_pickle`` alone is ~0.6 MB of the helper's memory).
 
 The helper answers requests strictly in order, so the supervisor can keep many in
 flight (pipelining) and match answers by ``rid``. It clones with
@@ -25,34 +27,36 @@ The helper exits when the supervisor closes its end of the socket (or dies).
 
 from __future__ import annotations
 
-import _pickle  # pickle's C core: pickle.py would load re (see TYPE_CHECKING below)
-import array
+# The helper imports this module: every module it loads adds pages whose page tables
+# each of its clones copies and each exec tears down. Hence the C cores (_socket,
+# _signal, _struct: socket.py and signal.py load enum, collections, selectors, ...),
+# marshal, and the supervisor's own needs (subprocess, weakref, anyio) imported where
+# they are used.
+import _signal
+import _socket
+import _struct
 import errno
 import gc
-import itertools
+import marshal
 import os
-import select
-import signal
-import socket
-import struct
 import sys
-import weakref
 
 from . import _linux
 from .errors import NotPermittedError, StartError
-from .init import ChildPlan, ChildSpec, Prepared, child_spec, prepare, run_prepared, signals_to_reset
+from .init import ChildPlan, ChildSpec, child_spec, prepare, run_prepared, signals_to_reset
 
-# What typing.TYPE_CHECKING is, without importing typing (nor pickle.py, above): the
-# helper imports this module, and every module it loads adds pages whose page
-# tables each of its clones copies and each exec tears down.
+# What typing.TYPE_CHECKING is, without importing typing.
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
+    import mmap
+    import socket
     import subprocess
     from typing import Any
 
     import anyio
 
+    from .init import Prepared
     from .spec import ContainerSpec
 
 
@@ -69,9 +73,34 @@ NAMESPACE_FLAGS = {
 #: "console" a socket on which a child with a rootfs sends back the master of its pty
 ROLES = ("stdin", "stdout", "stderr", "errpipe", "sync", "cgroup", "console")
 _MAX_MSG = 1 << 20
-_FDS_SPACE = socket.CMSG_SPACE(len(ROLES) * 4)
 #: the head of a reply: request id, pid (0: the clone failed), errno
-_REPLY = struct.Struct("=qqi")
+_REPLY = _struct.Struct("=qqi")
+_SOL_SOCKET, _SCM_RIGHTS = _socket.SOL_SOCKET, _socket.SCM_RIGHTS
+
+
+def _send_fds(sock: socket.socket | _socket.socket, data: bytes, fds: list[int]) -> None:
+    """One message with fds (SCM_RIGHTS); never raises SIGPIPE."""
+    ancillary = [(_SOL_SOCKET, _SCM_RIGHTS, _struct.pack(f"{len(fds)}i", *fds))] if fds else []
+    sock.sendmsg([data], ancillary, _socket.MSG_NOSIGNAL)
+
+
+def _recv_fds(
+    sock: socket.socket | _socket.socket,
+    buffer: bytearray | mmap.mmap,
+    maxfds: int,
+    flags: int = 0,
+) -> tuple[bytes, list[int]]:
+    """One message (read into ``buffer``, which is reused: no allocation of its size
+    per message) and the fds that came with it, close-on-exec (at most maxfds: the
+    kernel closes any beyond what fits)."""
+    n, ancillary, _flags, _addr = sock.recvmsg_into(
+        [buffer], _socket.CMSG_SPACE(maxfds * 4), flags | _socket.MSG_CMSG_CLOEXEC
+    )
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            fds += _struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
+    return bytes(buffer[:n]), fds
 
 
 def clone_flags(spec: ContainerSpec) -> int:
@@ -170,43 +199,44 @@ class _NetnsPool:
         return (*self.fds, self._home) if self._home >= 0 else tuple(self.fds)
 
 
-def _idle(sock: socket.socket) -> bool:
-    """No request is waiting on the socket."""
-    return not select.select([sock], [], [], 0)[0]
+def _idle(sock: _socket.socket) -> bool:
+    """No request is waiting on the socket (nor EOF)."""
+    try:
+        sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 #: the most queued requests the helper takes at once (see _serve_batch)
 _BATCH = 16
 
 
-def _receive_batch(sock: socket.socket) -> tuple[list[tuple[bytes, list[int]]], bool]:
+def _receive_batch(sock: _socket.socket, buffer: mmap.mmap) -> tuple[list[tuple[bytes, list[int]]], bool]:
     """The next request (waiting for it) and whatever more is queued behind it, up to
     ``_BATCH``; and whether the supervisor has closed its end (EOF or a socket error)."""
     batch: list[tuple[bytes, list[int]]] = []
     flags = 0
     while len(batch) < _BATCH:
         try:
-            # sock.recvmsg, not socket.recv_fds: that one ignores its flags on 3.11
-            msg, ancdata, _flags, _addr = sock.recvmsg(_MAX_MSG, _FDS_SPACE, flags)
+            msg, fds = _recv_fds(sock, buffer, len(ROLES), flags)
         except BlockingIOError:
             return batch, False
         except OSError:  # ConnectionResetError included
             return batch, True
-        fds = array.array("i")
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
         if not msg:
             for f in fds:  # none is expected with EOF; none may leak either
                 os.close(f)
             return batch, True
-        batch.append((msg, fds.tolist()))
-        flags = socket.MSG_DONTWAIT
+        batch.append((msg, fds))
+        flags = _socket.MSG_DONTWAIT
     return batch, False
 
 
 def _serve_batch(
-    sock: socket.socket,
+    sock: _socket.socket,
     batch: list[tuple[bytes, list[int]]],
     reset: tuple[int, ...],
     pool: _NetnsPool,
@@ -224,7 +254,8 @@ def _serve_batch(
     """
     parsed = []
     for msg, fds in batch:
-        rid, child, roles, flags = _pickle.loads(msg)
+        rid, child, roles, flags = marshal.loads(msg)
+        child = ChildSpec._make(child)
         byrole = dict(zip(roles, fds, strict=True))
         netns = pool.take() if flags & _linux.CLONE_NEWNET else -1
         if netns >= 0:
@@ -262,15 +293,15 @@ def _serve_batch(
         _reply_batch(sock, [(job[0], job[1], job[3].value, pid) for job, pid in made])
 
 
-def _reply_batch(sock: socket.socket, results: list[tuple[int, int, int, int]]) -> None:
+def _reply_batch(sock: _socket.socket, results: list[tuple[int, int, int, int]]) -> None:
     """Answer each (request id, clone flags, pidfd, pid or -errno); close the pidfds."""
     try:
         for rid, flags, pidfd, pid in results:
             if pid < 0:
                 detail = f"clone3(flags={flags:#x}) failed: {os.strerror(-pid)}".encode()
-                socket.send_fds(sock, [_REPLY.pack(rid, 0, -pid) + detail], [], socket.MSG_NOSIGNAL)
+                _send_fds(sock, _REPLY.pack(rid, 0, -pid) + detail, [])
             else:
-                socket.send_fds(sock, [_REPLY.pack(rid, pid, 0)], [pidfd], socket.MSG_NOSIGNAL)
+                _send_fds(sock, _REPLY.pack(rid, pid, 0), [pidfd])
     finally:
         for _rid, _flags, pidfd, pid in results:
             if pid > 0:
@@ -283,9 +314,14 @@ def helper_main(fd: int) -> None:
     # resets handled signals, but keeps ignored ones ignored): Python ignores SIGPIPE
     # (the replies go with MSG_NOSIGNAL instead) and SIGXFSZ, and handles SIGINT. The
     # helper has a session of its own, so no terminal sends it signals.
-    for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
-    sock = socket.socket(fileno=fd)
+    for sig in (_signal.SIGINT, _signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
+    sock = _socket.socket(fileno=fd)
+    # Where requests are received: an anonymous mapping, of which only the pages a
+    # request fills are ever touched (a bytearray or a ctypes buffer is zeroed).
+    import mmap
+
+    buffer = mmap.mmap(-1, _MAX_MSG)
     # To tell, at EOF, a supervisor that closed us from one that was killed.
     supervisor_pid = os.getppid()
     supervisor_fd = os.pidfd_open(supervisor_pid)
@@ -304,7 +340,7 @@ def helper_main(fd: int) -> None:
         if pool.wants_more() and _idle(sock):
             pool.fill_one()
             continue
-        batch, eof = _receive_batch(sock)
+        batch, eof = _receive_batch(sock, buffer)
         try:
             _serve_batch(sock, batch, reset, pool, (sock.fileno(), supervisor_fd))
         finally:
@@ -356,7 +392,10 @@ class SpawnHelper:
     def __init__(self) -> None:
         # Imported here, not at the top: the helper imports this module too, and
         # every module it loads makes each of its clones dearer.
+        import itertools
+        import socket
         import subprocess
+        import weakref
 
         import anyio
 
@@ -383,6 +422,7 @@ class SpawnHelper:
             theirs.close()
         ours.setblocking(False)
         self._sock = ours
+        self._reply_buffer = bytearray(4096)  # a reply is a head and an error message
         self._ids = itertools.count()
         self._waiters: dict[int, _Waiter] = {}
         # fast_acquire: the lock is nearly always free (it only keeps two tasks from
@@ -420,10 +460,10 @@ class SpawnHelper:
         """
         anyio = self._anyio
         roles = tuple(r for r in ROLES if r in fds)
-        request = (child_spec(spec), roles, clone_flags(spec))
+        request = (tuple(child_spec(spec)), roles, clone_flags(spec))
         with anyio.CancelScope(shield=True):
             rid = next(self._ids)
-            data = _pickle.dumps((rid, *request), protocol=5)  # pickle.HIGHEST_PROTOCOL
+            data = marshal.dumps((rid, *request))  # type: ignore[arg-type]  # plain data all the way
             waiter = _Waiter()
             self._waiters[rid] = waiter
             try:
@@ -444,7 +484,7 @@ class SpawnHelper:
             if self._broken:
                 raise StartError("spawn helper", 0, self._broken)
             try:
-                socket.send_fds(self._sock, [data], fdlist)
+                _send_fds(self._sock, data, fdlist)
                 return
             except BlockingIOError:
                 await self._anyio.wait_writable(self._sock)
@@ -481,7 +521,7 @@ class SpawnHelper:
     async def _read_until(self, waiter: _Waiter) -> None:
         while waiter.reply is None:
             try:
-                msg, rfds, _f, _a = socket.recv_fds(self._sock, 65536, 1)
+                msg, rfds = _recv_fds(self._sock, self._reply_buffer, 1)
             except BlockingIOError:
                 await self._anyio.wait_readable(self._sock)
                 continue

@@ -122,3 +122,19 @@ async def test_a_running_container_costs_one_fd_and_no_thread() -> None:
             for c in containers:
                 tg.start_soon(c.aclose)
     assert all(c.returncode == 137 for c in containers)
+
+
+async def test_the_spawn_helper_stays_small() -> None:
+    # Every clone copies the helper's page tables and every exec tears them down, so
+    # the helper must not grow what it maps: no pickle, array, select or math
+    # extension (it uses marshal and the C cores of socket and signal), no thread.
+    # (A size in bytes would depend on the Python build; what is mapped does not.)
+    from supervisor import spawn
+
+    await run_container(["true"])
+    helper = spawn.get_helper().pid
+    with open(f"/proc/{helper}/maps") as f:
+        mapped = {line.split()[-1].rsplit("/", 1)[-1].split(".", 1)[0] for line in f if "/" in line}
+    assert not mapped & {"_pickle", "array", "select", "math", "_json", "_hashlib", "_ssl"}
+    assert {"_ctypes", "_socket"} <= mapped  # what it does need, to make sure we look right
+    assert os.listdir(f"/proc/{helper}/task") == [str(helper)]
