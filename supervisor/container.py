@@ -258,6 +258,8 @@ def _start_error(step: str, err: int, detail: str) -> StartError:
         if err in (errno.EACCES, errno.ENOEXEC, errno.EISDIR, errno.EPERM):
             why = "is a directory" if err == errno.EISDIR else os.strerror(err).lower()
             return CommandNotExecutableError(detail, err, f"not executable ({why})")
+        if err:  # E2BIG: the arguments and environment are too large, ...
+            return StartError(step, err, f"{detail}: {os.strerror(err)}")
     return StartError(step, err, detail)
 
 

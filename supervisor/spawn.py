@@ -49,7 +49,6 @@ from .init import ChildPlan, ChildSpec, child_spec, prepare, run_prepared, signa
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    import mmap
     import socket
     import subprocess
     from typing import Any
@@ -72,7 +71,12 @@ NAMESPACE_FLAGS = {
 #: fd roles a request may carry; "cgroup" is a cgroup2 directory for CLONE_INTO_CGROUP,
 #: "console" a socket on which a child with a rootfs sends back the master of its pty
 ROLES = ("stdin", "stdout", "stderr", "errpipe", "sync", "cgroup", "console")
-_MAX_MSG = 1 << 20
+#: the largest request that travels in the message itself (a unix socket takes at
+#: most its send buffer, ~200 kB by default); a larger one (a big environment) goes
+#: in a memfd passed along with the message
+_INLINE_MAX = 32 << 10
+#: the first byte of a request: the request follows, or it is in the first fd
+_INLINE, _IN_MEMFD = b"I", b"F"
 #: the head of a reply: request id, pid (0: the clone failed), errno
 _REPLY = _struct.Struct("=qqi")
 _SOL_SOCKET, _SCM_RIGHTS = _socket.SOL_SOCKET, _socket.SCM_RIGHTS
@@ -85,22 +89,46 @@ def _send_fds(sock: socket.socket | _socket.socket, data: bytes, fds: list[int])
 
 
 def _recv_fds(
-    sock: socket.socket | _socket.socket,
-    buffer: bytearray | mmap.mmap,
-    maxfds: int,
-    flags: int = 0,
+    sock: socket.socket | _socket.socket, bufsize: int, maxfds: int, flags: int = 0
 ) -> tuple[bytes, list[int]]:
-    """One message (read into ``buffer``, which is reused: no allocation of its size
-    per message) and the fds that came with it, close-on-exec (at most maxfds: the
+    """One message and the fds that came with it, close-on-exec (at most maxfds: the
     kernel closes any beyond what fits)."""
-    n, ancillary, _flags, _addr = sock.recvmsg_into(
-        [buffer], _socket.CMSG_SPACE(maxfds * 4), flags | _socket.MSG_CMSG_CLOEXEC
+    msg, ancillary, _flags, _addr = sock.recvmsg(
+        bufsize, _socket.CMSG_SPACE(maxfds * 4), flags | _socket.MSG_CMSG_CLOEXEC
     )
     fds: list[int] = []
     for level, kind, data in ancillary:
         if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             fds += _struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
-    return bytes(buffer[:n]), fds
+    return msg, fds
+
+
+def _request_message(data: bytes, fds: list[int]) -> tuple[bytes, list[int], int]:
+    """(message, fds, memfd or -1) for a marshalled request: inline when it is small,
+    else in a memfd that goes first in the fds (the caller closes it once sent)."""
+    if len(data) <= _INLINE_MAX:
+        return _INLINE + data, fds, -1
+    memfd = os.memfd_create("mydocker-request", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(memfd, view) :]
+    except BaseException:
+        os.close(memfd)
+        raise
+    return _IN_MEMFD, [memfd, *fds], memfd
+
+
+def _read_request(msg: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    """The marshalled request and the container's fds, from ``_request_message``'s."""
+    if msg[:1] == _INLINE:
+        return msg[1:], fds
+    memfd, fds = fds[0], fds[1:]
+    try:
+        size = os.fstat(memfd).st_size
+        return os.pread(memfd, size, 0), fds
+    finally:
+        os.close(memfd)
 
 
 def clone_flags(spec: ContainerSpec) -> int:
@@ -214,14 +242,14 @@ def _idle(sock: _socket.socket) -> bool:
 _BATCH = 16
 
 
-def _receive_batch(sock: _socket.socket, buffer: mmap.mmap) -> tuple[list[tuple[bytes, list[int]]], bool]:
+def _receive_batch(sock: _socket.socket) -> tuple[list[tuple[bytes, list[int]]], bool]:
     """The next request (waiting for it) and whatever more is queued behind it, up to
     ``_BATCH``; and whether the supervisor has closed its end (EOF or a socket error)."""
     batch: list[tuple[bytes, list[int]]] = []
     flags = 0
     while len(batch) < _BATCH:
         try:
-            msg, fds = _recv_fds(sock, buffer, len(ROLES), flags)
+            msg, fds = _recv_fds(sock, _INLINE_MAX + 1, len(ROLES) + 1, flags)
         except BlockingIOError:
             return batch, False
         except OSError:  # ConnectionResetError included
@@ -230,7 +258,7 @@ def _receive_batch(sock: _socket.socket, buffer: mmap.mmap) -> tuple[list[tuple[
             for f in fds:  # none is expected with EOF; none may leak either
                 os.close(f)
             return batch, True
-        batch.append((msg, fds))
+        batch.append(_read_request(msg, fds))
         flags = _socket.MSG_DONTWAIT
     return batch, False
 
@@ -317,11 +345,6 @@ def helper_main(fd: int) -> None:
     for sig in (_signal.SIGINT, _signal.SIGPIPE, _signal.SIGXFSZ):
         _signal.signal(sig, _signal.SIG_DFL)
     sock = _socket.socket(fileno=fd)
-    # Where requests are received: an anonymous mapping, of which only the pages a
-    # request fills are ever touched (a bytearray or a ctypes buffer is zeroed).
-    import mmap
-
-    buffer = mmap.mmap(-1, _MAX_MSG)
     # To tell, at EOF, a supervisor that closed us from one that was killed.
     supervisor_pid = os.getppid()
     supervisor_fd = os.pidfd_open(supervisor_pid)
@@ -340,7 +363,7 @@ def helper_main(fd: int) -> None:
         if pool.wants_more() and _idle(sock):
             pool.fill_one()
             continue
-        batch, eof = _receive_batch(sock, buffer)
+        batch, eof = _receive_batch(sock)
         try:
             _serve_batch(sock, batch, reset, pool, (sock.fileno(), supervisor_fd))
         finally:
@@ -422,7 +445,6 @@ class SpawnHelper:
             theirs.close()
         ours.setblocking(False)
         self._sock = ours
-        self._reply_buffer = bytearray(4096)  # a reply is a head and an error message
         self._ids = itertools.count()
         self._waiters: dict[int, _Waiter] = {}
         # fast_acquire: the lock is nearly always free (it only keeps two tasks from
@@ -460,15 +482,19 @@ class SpawnHelper:
         """
         anyio = self._anyio
         roles = tuple(r for r in ROLES if r in fds)
-        request = (tuple(child_spec(spec)), roles, clone_flags(spec))
+        rid = next(self._ids)
+        data = marshal.dumps((rid, tuple(child_spec(spec)), roles, clone_flags(spec)))  # type: ignore[arg-type]
+        message, fdlist, memfd = _request_message(data, [fds[r] for r in roles])
         with anyio.CancelScope(shield=True):
-            rid = next(self._ids)
-            data = marshal.dumps((rid, *request))  # type: ignore[arg-type]  # plain data all the way
             waiter = _Waiter()
             self._waiters[rid] = waiter
             try:
-                async with self._send_lock:
-                    await self._send(data, [fds[r] for r in roles])
+                try:
+                    async with self._send_lock:
+                        await self._send(message, fdlist)
+                finally:
+                    if memfd >= 0:
+                        os.close(memfd)
                 reply, rfds = await self._await_reply(waiter)
             finally:
                 self._waiters.pop(rid, None)
@@ -521,7 +547,7 @@ class SpawnHelper:
     async def _read_until(self, waiter: _Waiter) -> None:
         while waiter.reply is None:
             try:
-                msg, rfds = _recv_fds(self._sock, self._reply_buffer, 1)
+                msg, rfds = _recv_fds(self._sock, 4096, 1)  # a head and an error message
             except BlockingIOError:
                 await self._anyio.wait_readable(self._sock)
                 continue

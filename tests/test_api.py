@@ -9,6 +9,7 @@ supervisor that is SIGKILLed). Real namespaces, root only.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import select
 import signal
@@ -273,6 +274,22 @@ async def test_command_not_executable(tmp_path: Path) -> None:
             await run_container([cmd])
         assert info.value.exit_code == 126
         assert isinstance(info.value, StartError) and isinstance(info.value, MydockerError)
+
+
+async def test_a_large_environment_and_one_too_large_for_exec() -> None:
+    # A request bigger than a unix socket message goes to the spawn helper in a memfd;
+    # what execve itself refuses (one string over 128 kB) is a clean E2BIG, and the
+    # helper serves on either way.
+    env = {"PATH": "/usr/bin:/bin", **{f"V{i}": str(i) * 100_000 for i in range(6)}}
+    result = await run_container(["sh", "-c", 'echo "${#V0} ${#V5}"'], env=env)
+    assert result.stdout == b"100000 100000\n"
+    helpers = _helper_pids()
+    with pytest.raises(StartError) as info:
+        await run_container(["true"], env={"BIG": "x" * 300_000})
+    assert info.value.errno == errno.E2BIG
+    assert "Argument list too long" in str(info.value)
+    assert (await run_container(["echo", "ok"])).stdout == b"ok\n"
+    assert _helper_pids() == helpers
 
 
 async def test_failing_init_step_is_a_start_error() -> None:
