@@ -297,33 +297,34 @@ def raw_clone3(args: bytes) -> int:
     return raw_syscall(NR["clone3"], args, _CLONE_ARGS.size)
 
 
-_socket_call = _libc.socket
-_socket_call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-_socket_call.restype = ctypes.c_int
-_ioctl_ptr = _libc.ioctl
-_ioctl_ptr.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p]
-_ioctl_ptr.restype = ctypes.c_int
 IFF_LOOPBACK = 0x8
 _LO_UP = struct.pack("16sH14x", b"lo", IFF_UP | IFF_LOOPBACK)
 _INET_DGRAM_CLOEXEC = (_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, 0)
+_raw_socket = _raw.socket
+
+
+def raw_loopback_up() -> int:
+    """Bring up ``lo`` of a network namespace that was just created, in one ioctl:
+    0, or -1 with errno set (a raw call, for the child).
+
+    A raw socket and a prebuilt ``ifreq`` instead of a socket object and a
+    read-modify-write of the flags: between clone and exec every Python object
+    touched costs a copy-on-write fault. A fresh ``lo`` has exactly IFF_LOOPBACK set,
+    so writing IFF_UP | IFF_LOOPBACK loses nothing.
+    """
+    fd = _raw_socket(*_INET_DGRAM_CLOEXEC)
+    if fd < 0:
+        return -1
+    result = raw_ioctl(fd, SIOCSIFFLAGS, _LO_UP)
+    raw_close(fd)  # leaves errno alone when it succeeds
+    return result
 
 
 def loopback_up() -> None:
-    """Bring up ``lo`` of a network namespace that was just created, in one ioctl.
-
-    The child calls this between clone and exec, where every Python object touched
-    costs copy-on-write faults: a raw socket and a prebuilt ``ifreq`` instead of a
-    socket object and a read-modify-write of the flags (~0.1 ms less). A fresh ``lo``
-    has exactly IFF_LOOPBACK set, so writing IFF_UP | IFF_LOOPBACK loses nothing.
-    """
-    fd = _socket_call(*_INET_DGRAM_CLOEXEC)
-    if fd < 0:
-        _raise("socket(AF_INET, SOCK_DGRAM)")
-    try:
-        if _ioctl_ptr(fd, SIOCSIFFLAGS, _LO_UP) != 0:
-            _raise("ioctl(SIOCSIFFLAGS, 'lo')")
-    finally:
-        os.close(fd)
+    """``raw_loopback_up`` raising OSError."""
+    if raw_loopback_up() != 0:
+        err = errno_now()
+        raise OSError(err, f"bring up lo (socket, ioctl SIOCSIFFLAGS) failed: {os.strerror(err)}")
 
 
 def get_winsize(fd: int) -> tuple[int, int] | None:

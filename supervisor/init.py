@@ -236,10 +236,10 @@ _PDEATHSIG: Step = (
     f"prctl({_linux.PR_SET_PDEATHSIG}, {_signal.SIGKILL})",
 )
 _CLOSE_RANGE: Step = ("close_range", *_linux.close_range_cloexec_call(3))
-_BRING_UP_LO: Step = ("bring up lo", _linux.loopback_up, (), None)
+_BRING_UP_LO: Step = ("bring up lo", _linux.raw_loopback_up, (), "socket(AF_INET), ioctl(SIOCSIFFLAGS, 'lo')")
 _SETSID: Step = ("setsid", _linux.raw_setsid, (), "setsid()")
 _STDIO_NAMES = ("dup2 stdio 0", "dup2 stdio 1", "dup2 stdio 2")
-_F_SETFD = 2  # <fcntl.h>; flags 0: clear FD_CLOEXEC
+_F_GETFD, _F_SETFD = 1, 2  # <fcntl.h>; F_SETFD 0: clear FD_CLOEXEC
 _SIG_DFL = _signal.SIG_DFL
 
 
@@ -439,9 +439,25 @@ def run_prepared(
     init: ChildPlan | None,
     errpipe: int,
 ) -> None:
-    """Execute a ``prepare``d plan in the freshly cloned child. Never returns.
+    """Execute a ``prepare``d plan in the freshly cloned child. Never returns."""
+    failure = _child(drop_fds, reset, masked, steps, how, init)
+    if isinstance(failure, _StepFailed):
+        _report(errpipe, failure.step, failure.err, failure.detail)
+    else:
+        _report(errpipe, "init", 0, f"{type(failure).__name__}: {failure}")
+    os._exit(EXIT_SETUP_FAILED)
 
-    Kept to one frame and a few C calls (see ``prepare``)."""
+
+def _child(
+    drop_fds: tuple[int, ...],
+    reset: tuple[int, ...],
+    masked: bool,
+    steps: list[Step],
+    how: ExecCall,
+    init: ChildPlan | None,
+) -> BaseException:
+    """The child's work, up to exec: returns only when it failed, with why. A few
+    frames and C calls (see ``prepare``), warmed up in the parent (``warm_up``)."""
     try:
         for fd in drop_fds:
             try:
@@ -451,8 +467,6 @@ def run_prepared(
         # execve keeps ignored signals ignored and the mask as it is: give the command
         # a clean slate, as a shell would. Only the few signals that are not at the
         # default are touched: resetting all 62 cost ~0.4 ms per container.
-        # _signal.signal, not signal.signal: its wrapper turns the old handler into an
-        # enum, which ran enough Python to cost ~20 copy-on-write faults
         for sig in reset:
             try:
                 _signal.signal(sig, _SIG_DFL)
@@ -464,8 +478,26 @@ def run_prepared(
         if init is not None:
             _run_as_init(init, how)
         _exec(how)
-    except _StepFailed as e:
-        _report(errpipe, e.step, e.err, e.detail)
     except BaseException as e:  # noqa: BLE001 - the child must never unwind into the helper
-        _report(errpipe, "init", 0, f"{type(e).__name__}: {e}")
-    os._exit(EXIT_SETUP_FAILED)
+        return e
+    return _StepFailed("exec", 0, "returned")  # not reached: _exec raises or execs
+
+
+#: how often ``warm_up`` runs the child's code: past the interpreter's warm-up delay
+#: (8 calls on 3.11) and its specializing instructions' counters
+_WARM_UP_ROUNDS = 32
+
+
+def warm_up() -> None:
+    """Run the child's code in this (parent) process with harmless calls.
+
+    The interpreter writes into a code object while it warms up: a call counter,
+    then the quickened and specialized bytecode. Run for the first time in a child,
+    that is a copy-on-write fault per code object page, in every child; run here a
+    few dozen times, it is done once. The calls made are ``fcntl(0, F_GETFD)`` and
+    execve of the empty path (always ENOENT: nothing can be made to run there).
+    """
+    harmless: list[Step] = [("warm up", _linux.raw_fcntl, (0, _F_GETFD, 0), "fcntl(0, F_GETFD)")] * 3
+    how = ((b"", b""), _linux.c_string_array((b"warm-up",)), _linux.c_string_array(()), "warm-up")
+    for _ in range(_WARM_UP_ROUNDS):
+        _child((), (), False, harmless, how, None)
