@@ -8,7 +8,9 @@ with a clean exec, never runs a second thread, and stays small; it does the clon
 
 Protocol (a SOCK_SEQPACKET unix socket, one message per request/reply):
 
-    request:  marshal((rid, child, roles, clone_flags)) + fds by SCM_RIGHTS, fds[i] has roles[i]
+    request:  marshal((rid, child, roles, clone_flags)) + fds by SCM_RIGHTS; roles is
+              ((role, i), ...): the role's fd is fds[i] (an fd serving several roles,
+              as /dev/null for stdin, stdout and stderr, travels once)
     reply:    struct (rid, pid, errno) + detail (utf-8) + the pidfd (when pid > 0)
 
 ``child`` is ``init.child_spec(spec)`` as a plain tuple: the spec digested by the
@@ -284,7 +286,7 @@ def _serve_batch(
     for msg, fds in batch:
         rid, child, roles, flags = marshal.loads(msg)
         child = ChildSpec._make(child)
-        byrole = dict(zip(roles, fds, strict=True))
+        byrole = {role: fds[i] for role, i in roles}
         netns = pool.take() if flags & _linux.CLONE_NEWNET else -1
         if netns >= 0:
             flags &= ~_linux.CLONE_NEWNET
@@ -477,16 +479,20 @@ class SpawnHelper:
 
         The round trip is shielded from cancellation: once the request is sent, a
         child may exist, and only the reply tells us its pidfd, without which it
-        could not be reaped. It takes well under a millisecond.
+        could not be reaped. It takes well under a millisecond. A native asyncio
+        ``Task.cancel()``, which an anyio shield does not hold off, is held back
+        until the reply is in; the child is then killed and reaped, and the
+        cancellation goes on.
 
         Raises:
             StartError: clone3 failed (errno says why) or the helper is gone.
         """
         anyio = self._anyio
-        roles = tuple(r for r in ROLES if r in fds)
+        unique = list(dict.fromkeys(fds[r] for r in ROLES if r in fds))
+        roles = tuple((r, unique.index(fds[r])) for r in ROLES if r in fds)
         rid = next(self._ids)
         data = marshal.dumps((rid, tuple(child_spec(spec)), roles, clone_flags(spec)))  # type: ignore[arg-type]
-        message, fdlist, memfd = _request_message(data, [fds[r] for r in roles])
+        message, fdlist, memfd = _request_message(data, unique)
         with anyio.CancelScope(shield=True):
             waiter = _Waiter()
             self._waiters[rid] = waiter
@@ -497,15 +503,48 @@ class SpawnHelper:
                 finally:
                     if memfd >= 0:
                         os.close(memfd)
-                reply, rfds = await self._await_reply(waiter)
+                reply, rfds, cancelled = await self._await_reply_regardless(waiter)
             finally:
                 self._waiters.pop(rid, None)
         _rid, pid, err, detail = reply
         if pid <= 0:
             for f in rfds:
                 os.close(f)
+            if cancelled is not None:
+                raise cancelled
             raise _clone_error(err, detail)
+        if cancelled is not None:
+            await self._kill_and_reap(rfds[0])
+            raise cancelled
         return pid, rfds[0]
+
+    async def _await_reply_regardless(
+        self, waiter: _Waiter
+    ) -> tuple[tuple[Any, ...], list[int], BaseException | None]:
+        """``_await_reply``, through native cancellations: (reply, fds, the first
+        cancellation that arrived meanwhile or None)."""
+        cancelled: BaseException | None = None
+        while True:
+            try:
+                reply, rfds = await self._await_reply(waiter)
+                return reply, rfds, cancelled
+            except self._anyio.get_cancelled_exc_class() as e:
+                cancelled = cancelled or e
+
+    async def _kill_and_reap(self, pidfd: int) -> None:
+        """SIGKILL a child we will not hand out, and reap it (through native
+        cancellations, as above)."""
+        try:
+            _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
+            while True:
+                try:
+                    await self._anyio.wait_readable(pidfd)
+                    break
+                except self._anyio.get_cancelled_exc_class():
+                    continue
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        finally:
+            os.close(pidfd)
 
     async def _send(self, data: bytes, fdlist: list[int]) -> None:
         while True:

@@ -60,6 +60,21 @@ def _zombie_children() -> list[int]:
     return out
 
 
+def _child_processes() -> set[int]:
+    """Every process whose parent is this one (zombies included)."""
+    me = str(os.getpid())
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        out.add(int(pid))
+            except OSError:
+                continue
+    return out
+
+
 def _processes_running(argv: list[str]) -> list[int]:
     """PIDs of live (non-zombie) processes whose command line is exactly argv."""
     want = "\0".join(argv).encode() + b"\0"
@@ -380,6 +395,38 @@ async def test_asyncio_task_cancel_kills_and_reaps(anyio_backend: str) -> None:
         await task
     assert not _processes_running(argv)
     assert not _zombie_children()
+
+
+async def test_asyncio_task_cancel_while_the_helper_clones(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A native Task.cancel() gets through anyio's shield: landing after the helper
+    # has cloned and before its reply (the child's only handle) was read, it must
+    # still end with the child killed and reaped.
+    if anyio_backend != "asyncio":
+        pytest.skip("native asyncio task cancellation")
+    from supervisor import spawn
+
+    await run_container(["true"])  # the helper is up
+    sent, await_reply = spawn.SpawnHelper._send, spawn.SpawnHelper._await_reply
+
+    async def send_then_cancel(self: spawn.SpawnHelper, data: bytes, fdlist: list[int]) -> None:
+        await sent(self, data, fdlist)
+        # Until the helper has answered (it has cloned); a hang detector, not a time.
+        assert select.select([self._sock], [], [], 60)[0]
+        task.cancel()
+
+    async def cancelled_first(self: spawn.SpawnHelper, waiter: object) -> object:
+        await asyncio.sleep(0)  # where the cancellation lands
+        return await await_reply(self, waiter)
+
+    monkeypatch.setattr(spawn.SpawnHelper, "_send", send_then_cancel)
+    monkeypatch.setattr(spawn.SpawnHelper, "_await_reply", cancelled_first)
+    task = asyncio.ensure_future(run_container(["sleep", "60.25"]))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The child is ours (CLONE_PARENT) from the clone on, exec'd or not yet.
+    assert _child_processes() == set(_helper_pids())
 
 
 async def test_cancel_lets_a_trapping_container_exit_within_grace() -> None:
