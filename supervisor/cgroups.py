@@ -798,7 +798,8 @@ def create_cgroup(spec: ContainerSpec, layout: Layout | None = None) -> Containe
     parents: dict[Hierarchy, str] = {}
     for h in ([layout.v2] if layout.v2 is not None else []) + list(v1_needed):
         parent = h.parent_dir(spec.cgroup_parent)
-        if parent is None or not fs.exists(parent):
+        # Our own cgroup exists (we are in it): only a given parent needs looking at.
+        if parent is None or (spec.cgroup_parent is not None and not fs.exists(parent)):
             where = spec.cgroup_parent or h.own_path
             raise SpecError(f"cgroup parent {where!r} does not exist in {h.mountpoint}")
         parents[h] = parent

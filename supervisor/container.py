@@ -222,11 +222,14 @@ def _child_fd(
     index: int,
     *,
     readable: bool,
+    devnull: list[int],
 ) -> tuple[int, FdStream | None]:
     """(fd the child gets, our stream or None) for one stdio argument.
 
     The child's end goes on ``child_side`` (closed after the clone), our stream on
-    ``ours`` (closed with the container) the moment each exists.
+    ``ours`` (closed with the container) the moment each exists. ``devnull`` holds
+    the container's one /dev/null fd once opened (read-write: /dev/null keeps no
+    state worth separating, and it saves an open and a close per stream).
 
     Raises:
         SpecError: ``arg`` is not PIPE, DEVNULL, None, an fd or a file object.
@@ -240,9 +243,10 @@ def _child_fd(
         ours.callback(stream.close)
         return (r if readable else w), stream
     if arg == DEVNULL:
-        fd = os.open(os.devnull, (os.O_RDONLY if readable else os.O_WRONLY) | os.O_CLOEXEC)
-        child_side.callback(os.close, fd)
-        return fd, None
+        if not devnull:
+            devnull.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
+            child_side.callback(os.close, devnull[0])
+        return devnull[0], None
     if isinstance(arg, int) and arg >= 0:
         return arg, None
     fileno = getattr(arg, "fileno", None)
@@ -361,14 +365,14 @@ async def start_container(
             fds.update(stdin=slave, stdout=slave, stderr=slave)
             streams.update(stdin=pty if stdin == PIPE else None, stdout=pty)
         else:
-            fds["stdin"], streams["stdin"] = _child_fd(child_side, stack, stdin, 0, readable=True)
-            fds["stdout"], streams["stdout"] = _child_fd(child_side, stack, stdout, 1, readable=False)
-            # Both to /dev/null: one open file serves both (/dev/null keeps no state
-            # worth separating), one open() and close() fewer per container.
-            if stderr == STDOUT or (stderr == DEVNULL and stdout == DEVNULL):
-                fds["stderr"] = fds["stdout"]
-            else:
-                fds["stderr"], streams["stderr"] = _child_fd(child_side, stack, stderr, 2, readable=False)
+            null: list[int] = []  # the container's one /dev/null, once opened
+            for index, (role, arg) in enumerate((("stdin", stdin), ("stdout", stdout), ("stderr", stderr))):
+                if index == 2 and arg == STDOUT:
+                    fds[role] = fds["stdout"]
+                else:
+                    fds[role], streams[role] = _child_fd(
+                        child_side, stack, arg, index, readable=index == 0, devnull=null
+                    )
         err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         # Ours only until the child has exec'd (EOF): closed then, not with the
         # container, so a running container holds one fd (its pidfd), not two.
