@@ -121,6 +121,8 @@ class Container:
 
         Cancelling ``wait()`` only stops waiting: the container keeps running.
         """
+        if self.returncode is not None:  # reaped already: nothing to wait for
+            return self.returncode
         async with self._wait_lock:
             if self.returncode is None:
                 await anyio.wait_readable(self._pidfd)
@@ -168,6 +170,8 @@ class Container:
         If PID 1 has no SIGTERM handler the signal would be dropped by the kernel,
         so it is killed at once instead of after a pointless wait.
         """
+        if self.returncode is not None:  # reaped already (the common end)
+            return self.returncode
         grace = self.grace if grace is None else grace
         with anyio.CancelScope(shield=True):
             if self.returncode is None:
