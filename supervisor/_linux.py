@@ -270,6 +270,8 @@ def c_string_array(items: tuple[bytes, ...]) -> ctypes.Array[ctypes.c_char_p]:
 #: struct clone_args, <linux/sched.h> (CLONE_ARGS_SIZE_VER2: 88 bytes): flags, pidfd,
 #: child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup
 _CLONE_ARGS = struct.Struct("=11Q")
+CLONE_ARGS_SIZE = _CLONE_ARGS.size
+NR_CLONE3 = NR["clone3"]
 
 
 def clone3_args(flags: int, exit_signal: int = 0, cgroup_fd: int = -1) -> tuple[bytes, ctypes.c_int]:
@@ -294,7 +296,7 @@ def raw_clone3(args: bytes) -> int:
     skipped on both sides: with one thread there are no other threads' states to
     drop or locks to reset, and the child only sets up namespaces and execs.
     """
-    return raw_syscall(NR["clone3"], args, _CLONE_ARGS.size)
+    return raw_syscall(NR_CLONE3, args, CLONE_ARGS_SIZE)
 
 
 IFF_LOOPBACK = 0x8

@@ -308,12 +308,17 @@ def _serve_batch(
         clone_args, pidfd = _linux.clone3_args(flags, 0, byrole.get("cgroup", -1))
         jobs.append((rid, flags, clone_args, pidfd, prepare(plan, drop), netns))
     # The clones, back to back: between two of them the helper writes as little as
-    # it can (each page it writes while a fresh child shares it is copied). Whatever
-    # happens, every child made is answered for: only its pidfd lets it be reaped.
+    # it can (each page it writes while a fresh child shares it is copied, and the
+    # C stack of every Python call in between counts): _clone_prepared inlined,
+    # which took a third of the helper's faults off. Whatever happens, every child
+    # made is answered for: only its pidfd lets it be reaped.
     pids: list[int] = []
     try:
+        syscall, nr, size = _linux.raw_syscall, _linux.NR_CLONE3, _linux.CLONE_ARGS_SIZE
         for job in jobs:
-            pid = _clone_prepared(job[4], job[2])
+            pid = syscall(nr, job[2], size)
+            if pid == 0:
+                run_prepared(*job[4])  # never returns
             pids.append(pid if pid > 0 else -_linux.errno_now())
     finally:
         for job in jobs:
