@@ -113,10 +113,11 @@ class ChildSpec(NamedTuple):
     """What the child needs of a ``ContainerSpec``, worked out by the supervisor.
 
     Why not the spec itself: the spawn helper forks for every container, and every
-    page it writes between two clones costs it a copy-on-write fault. Unpickling a
+    page it writes between two clones costs it a copy-on-write fault. Unpacking a
     spec (dataclasses, a frozenset, the limits) and deriving the environment, the PATH
     search and the mount list from it touched a few dozen pages per container; this
-    digest is plain tuples and bytes, made where forking does not make work dearer.
+    digest is plain tuples and bytes (marshal-able: it travels to the helper as a
+    tuple), made where forking does not make work dearer.
     """
 
     #: make / private (a mount namespace of its own)

@@ -8,9 +8,11 @@ with a clean exec, never runs a second thread, and stays small; it does the clon
 
 Protocol (a SOCK_SEQPACKET unix socket, one message per request/reply):
 
-    request:  marshal((rid, child, roles, clone_flags)) + fds by SCM_RIGHTS; roles is
-              ((role, i), ...): the role's fd is fds[i] (an fd serving several roles,
-              as /dev/null for stdin, stdout and stderr, travels once)
+    request:  b"I" + marshal((rid, child, roles, clone_flags)) + fds by SCM_RIGHTS;
+              roles is ((role, i), ...): the role's fd is fds[i] (an fd serving
+              several roles, as /dev/null for stdin, stdout and stderr, travels once).
+              Over 32 kB (a big environment; a message is at most the socket's send
+              buffer): b"F", and the marshalled request is in a memfd, fds[0]
     reply:    struct (rid, pid, errno) + detail (utf-8) + the pidfd (when pid > 0)
 
 ``child`` is ``init.child_spec(spec)`` as a plain tuple: the spec digested by the
@@ -276,9 +278,9 @@ def _serve_batch(
 
     Why in batches: after each clone every page of the helper is shared with the
     child, so each page the helper then writes costs it a fault and a copy. Serving
-    one request at a time, it wrote ~180 pages between two clones (unpickling,
+    one request at a time, it wrote ~180 pages between two clones (unpacking,
     preparing, replying, receiving). Under load the requests queue up: all of them
-    are unpickled and prepared first, the clones then follow each other with next to
+    are unpacked and prepared first, the clones then follow each other with next to
     nothing in between, and the replies go out at the end. With one request waiting
     (no load) this is exactly the one-at-a-time path.
     """

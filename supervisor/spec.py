@@ -2,9 +2,9 @@
 
 ``ContainerSpec`` is built once, validated once (``SpecError`` on bad input, before
 anything is created on the host) and then only read: the supervisor uses it to prepare
-the host side, the spawn helper receives it pickled, and ``init.py`` executes it in the
-child. This module imports only the standard library, because the spawn helper imports
-it and must start fast.
+the host side, ``init.child_spec`` digests it into the plain data the spawn helper
+receives and ``init.py`` executes in the child. This module imports only the standard
+library.
 """
 
 from __future__ import annotations
