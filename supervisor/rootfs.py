@@ -219,15 +219,20 @@ def _start_time(pid: int) -> int | None:
 
 #: state directories already swept by this process
 _swept: set[str] = set()
+#: a container directory without config.json this old (seconds) was abandoned while
+#: being made (its supervisor died within the microseconds before writing it)
+ABANDONED_AFTER = 3600.0
 
 
 def sweep(sdir: str) -> list[str]:
     """Remove the container directories whose supervisor died without removing them
     (it was SIGKILLed: its containers died with it, by PR_SET_PDEATHSIG). A directory
-    whose owner still runs, or without a readable config.json (being made right now),
-    is left alone. Returns the ids removed.
+    whose owner still runs is left alone, and so is one without config.json (being
+    made right now) unless it is older than ``ABANDONED_AFTER``. Returns the ids
+    removed.
     """
     import json
+    import time
 
     containers = os.path.join(sdir, "containers")
     try:
@@ -236,10 +241,20 @@ def sweep(sdir: str) -> list[str]:
         return []
     removed = []
     for cid in ids:
+        cdir = os.path.join(containers, cid)
         try:
-            with open(os.path.join(containers, cid, "config.json")) as f:
+            with open(os.path.join(cdir, "config.json")) as f:
                 owner = json.load(f)["owner"]
             pid, start = int(owner["pid"]), owner["start"]
+        except FileNotFoundError:
+            try:
+                abandoned = time.time() - os.stat(cdir).st_mtime > ABANDONED_AFTER
+            except OSError:
+                continue
+            if abandoned:
+                remove_layout(Layout(cdir))
+                removed.append(cid)
+            continue
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if pid == os.getpid() or (start is not None and _start_time(pid) == start):
@@ -275,11 +290,16 @@ def prepare(spec: ContainerSpec, stack: contextlib.ExitStack) -> Layout | None:
             f"container {spec.short_id} already exists in {os.path.dirname(layout.dir)}"
         ) from None
     stack.callback(remove_layout, layout)
-    for d in (layout.upper, layout.work, layout.rootfs):
-        os.mkdir(d, 0o755)
-    fd = os.open(layout.config, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    # First, and whole or not at all (written aside, then renamed): the owner in
+    # config.json is how a later sweep tells a dead supervisor's directory from one
+    # being made right now.
+    partial = f"{layout.config}.{os.getpid()}.tmp"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with open(fd, "w") as f:
         f.write(spec_json(spec))
+    os.rename(partial, layout.config)
+    for d in (layout.upper, layout.work, layout.rootfs):
+        os.mkdir(d, 0o755)
     return layout
 
 

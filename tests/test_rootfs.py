@@ -208,6 +208,50 @@ def test_prepare_lays_out_the_container_dir_and_the_stack_removes_it(tmp_path: P
     assert not os.path.exists(layout.dir)
 
 
+def test_sweep_tells_dead_owners_from_live_ones_and_abandoned_dirs(tmp_path: Path, state: Path) -> None:
+    containers = state / "containers"
+    image = tmp_path / "image"
+    image.mkdir()
+    for cid, owner, age in (
+        ("dead", {"pid": 999_999_999, "start": 1}, 0),  # above any pid_max: no such process
+        ("mine", {"pid": os.getpid(), "start": None}, 0),
+        ("being-made", None, 0),
+        ("abandoned", None, 2 * rfs.ABANDONED_AFTER),
+    ):
+        cdir = containers / cid
+        (cdir / "upper").mkdir(parents=True)
+        if owner is not None:
+            (cdir / "config.json").write_text(json.dumps({"owner": owner}))
+        if age:
+            old = time.time() - age
+            os.utime(cdir, (old, old))
+    assert sorted(rfs.sweep(str(state))) == ["abandoned", "dead"]
+    assert sorted(os.listdir(containers)) == ["being-made", "mine"]
+    for cid in ("being-made", "mine"):
+        rfs.remove_layout(rfs.Layout(str(containers / cid)))
+
+
+def test_prepare_writes_config_json_whole_and_first(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A supervisor killed half way must never leave a config.json without its owner.
+    image = tmp_path / "image"
+    image.mkdir()
+    spec = rfs.resolve(ContainerSpec(("sh",), rootfs=str(image), state_dir=str(state)))
+    seen = []
+    real_mkdir = os.mkdir
+
+    def mkdir(path: str, mode: int = 0o777) -> None:
+        if os.path.basename(path) in ("upper", "work", "rootfs"):
+            seen.append(json.loads(Path(rfs.Layout.of(spec).config).read_text())["owner"]["pid"])
+        real_mkdir(path, mode)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with contextlib.ExitStack() as stack:
+        rfs.prepare(spec, stack)
+    assert seen == [os.getpid()] * 3
+
+
 def test_prepare_refuses_a_taken_id(tmp_path: Path, state: Path) -> None:
     image = tmp_path / "image"
     image.mkdir()
