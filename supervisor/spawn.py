@@ -537,6 +537,10 @@ class SpawnHelper:
                 return reply, rfds, cancelled
             except self._anyio.get_cancelled_exc_class() as e:
                 cancelled = cancelled or e
+            except StartError as e:  # the helper is gone: a cancellation still goes on
+                if cancelled is not None:
+                    raise cancelled from e
+                raise
 
     async def _kill_and_reap(self, pidfd: int) -> None:
         """SIGKILL a child we will not hand out, and reap it (through native
@@ -549,7 +553,7 @@ class SpawnHelper:
                     break
                 except self._anyio.get_cancelled_exc_class():
                     continue
-            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED | _linux.WALL)
         finally:
             os.close(pidfd)
 
