@@ -23,6 +23,7 @@ from typing import IO, Any
 import anyio
 
 from . import _linux, rootfs
+from ._cancel import to_the_end
 from ._streams import FdStream
 from .errors import CommandNotExecutableError, CommandNotFoundError, NotPermittedError, SpecError, StartError
 from .spawn import get_spawner
@@ -173,30 +174,42 @@ class Container:
         if self.returncode is not None:  # reaped already (the common end)
             return self.returncode
         grace = self.grace if grace is None else grace
+        cancelled: BaseException | None = None
         with anyio.CancelScope(shield=True):
-            if self.returncode is None:
-                if grace > 0 and self.handles(signal.SIGTERM):
-                    self.terminate()
+            if grace > 0 and self.handles(signal.SIGTERM):
+                self.terminate()
+                try:
                     with anyio.move_on_after(grace):
                         await self.wait()
-                if self.returncode is None:
-                    self.kill()
-            status = await self.wait()
+                except anyio.get_cancelled_exc_class() as e:
+                    # asyncio's own Task.cancel() (see _cancel.py): the rest of the
+                    # grace period is skipped, the kill and the reap are not
+                    cancelled = e
+            if self.returncode is None:
+                self.kill()
+            status, later = await to_the_end(self.wait)
+        cancelled = cancelled or later
+        if cancelled is not None:
+            raise cancelled
         return status
 
     async def aclose(self) -> None:
         """Stop the container if it still runs (see ``stop``), reap it, and release
         its streams, pidfd and cgroup. Safe to call more than once; shielded."""
+        cancelled: BaseException | None = None
         with anyio.CancelScope(shield=True):
             if self._closed:
                 return
             try:
-                await self.stop()
+                _, cancelled = await to_the_end(self.stop)
                 if self.cgroup is not None:
-                    await self.cgroup.destroy()
+                    _, later = await to_the_end(self.cgroup.destroy)
+                    cancelled = cancelled or later
             finally:
                 self._closed = True
                 self._stack.close()
+        if cancelled is not None:
+            raise cancelled
 
     async def __aenter__(self) -> Container:
         return self

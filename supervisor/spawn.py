@@ -494,6 +494,8 @@ class SpawnHelper:
         Raises:
             StartError: clone3 failed (errno says why) or the helper is gone.
         """
+        from ._cancel import to_the_end  # not at the top: the helper imports this module
+
         anyio = self._anyio
         unique = list(dict.fromkeys(fds[r] for r in ROLES if r in fds))
         roles = tuple((r, unique.index(fds[r])) for r in ROLES if r in fds)
@@ -510,7 +512,7 @@ class SpawnHelper:
                 finally:
                     if memfd >= 0:
                         os.close(memfd)
-                reply, rfds, cancelled = await self._await_reply_regardless(waiter)
+                (reply, rfds), cancelled = await to_the_end(lambda: self._await_reply(waiter))
             finally:
                 self._waiters.pop(rid, None)
         _rid, pid, err, detail = reply
@@ -525,34 +527,14 @@ class SpawnHelper:
             raise cancelled
         return pid, rfds[0]
 
-    async def _await_reply_regardless(
-        self, waiter: _Waiter
-    ) -> tuple[tuple[Any, ...], list[int], BaseException | None]:
-        """``_await_reply``, through native cancellations: (reply, fds, the first
-        cancellation that arrived meanwhile or None)."""
-        cancelled: BaseException | None = None
-        while True:
-            try:
-                reply, rfds = await self._await_reply(waiter)
-                return reply, rfds, cancelled
-            except self._anyio.get_cancelled_exc_class() as e:
-                cancelled = cancelled or e
-            except StartError as e:  # the helper is gone: a cancellation still goes on
-                if cancelled is not None:
-                    raise cancelled from e
-                raise
-
     async def _kill_and_reap(self, pidfd: int) -> None:
         """SIGKILL a child we will not hand out, and reap it (through native
         cancellations, as above)."""
+        from ._cancel import to_the_end
+
         try:
             _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
-            while True:
-                try:
-                    await self._anyio.wait_readable(pidfd)
-                    break
-                except self._anyio.get_cancelled_exc_class():
-                    continue
+            await to_the_end(lambda: self._anyio.wait_readable(pidfd))
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED | _linux.WALL)
         finally:
             os.close(pidfd)

@@ -429,6 +429,30 @@ async def test_asyncio_task_cancel_while_the_helper_clones(
     assert _child_processes() == set(_helper_pids())
 
 
+async def test_asyncio_task_cancelled_again_during_the_grace_period(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    # A second native Task.cancel() (a second Ctrl-C, a timeout around a timeout)
+    # lands while stop() waits out the grace period: the container is then killed at
+    # once, and still reaped (and its cgroup removed) before the cancellation goes on.
+    if anyio_backend != "asyncio":
+        pytest.skip("native asyncio task cancellation")
+    termed = tmp_path / "termed"
+    argv = ["sh", "-c", f"trap 'touch {termed}' TERM; while :; do sleep 0.01; done"]
+    task = asyncio.ensure_future(run_container(argv, grace=60))
+    while not _processes_running(argv):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    while not termed.exists():  # SIGTERM reached the trap: the grace period runs
+        await asyncio.sleep(0.01)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not _processes_running(argv)
+    assert _child_processes() == set(_helper_pids())
+
+
 async def test_cancel_lets_a_trapping_container_exit_within_grace() -> None:
     script = "trap 'exit 7' TERM; echo ready; sleep 60 & wait"
     with anyio.move_on_after(60) as outer:  # a hang detector only
