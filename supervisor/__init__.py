@@ -126,7 +126,9 @@ async def open_container(
     cancellation (``move_on_after``, ``fail_after``, asyncio ``Task.cancel()``)
     leaves the block through ``aclose()``: SIGTERM, up to ``grace`` seconds, SIGKILL
     (at once if PID 1 has no SIGTERM handler: the kernel would drop the signal), and
-    the reap, all shielded, before the cancellation propagates.
+    the reap, all shielded, before the cancellation propagates. A further asyncio
+    ``Task.cancel()`` meanwhile (which no anyio shield holds off) cuts the grace
+    period short, never the kill and the reap.
 
     Any task may call it, many at once; from another thread use
     ``anyio.from_thread.run(open_container, ...)``. Containers are cloned by a small
