@@ -100,12 +100,11 @@ _SYSCALLS = {
 }
 NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
 
-# PyDLL keeps the GIL held across the call: clone3 must not run while another thread
-# of this process could take the GIL (the spawn helper is single-threaded anyway).
+# The C library through the program's own symbols (dlopen(NULL)): ctypes.util's
+# find_library would load shutil, tempfile, bz2 and lzma into the spawn helper, and
+# every clone copies the page tables of all it has mapped. syscall(2) for the calls
+# glibc has no wrapper for, through PyDLL (the GIL kept: they are quick).
 _pylibc = ctypes.PyDLL(None, use_errno=True)
-# The C library through the program's own symbols (dlopen(NULL)), as for _pylibc:
-# ctypes.util.find_library would load shutil, tempfile, bz2 and lzma into the spawn
-# helper, and every clone copies the page tables of all it has mapped.
 _libc = ctypes.CDLL(None, use_errno=True)
 
 _syscall = _pylibc.syscall
