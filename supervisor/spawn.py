@@ -294,11 +294,10 @@ def _serve_batch(
             flags &= ~_linux.CLONE_NEWNET
             byrole["netns"] = netns
         parsed.append((rid, child, flags, byrole, netns))
-    # Each child drops every fd of the other requests (an --init never execs, and must
-    # not keep another container's pipes) and the helper's own, as close-on-exec
-    # would not drop them for it either.
-    # Every other fd is close-on-exec in the child by then (its last step but one
-    # marks them all), so only a child that may wait before it execs needs this.
+    # A child that never execs (--init) or may wait before it does (the v1 cgroup
+    # sync) first drops every fd of the other requests and the helper's own: it must
+    # not hold another container's pipes. Any other child marks every inherited fd
+    # close-on-exec (its last step but one), which is enough.
     batch_fds = {f for _rid, _child, _flags, byrole, _netns in parsed for f in byrole.values()}
     helpers_own = (*private, *pool.private_fds())
     jobs = []
