@@ -463,17 +463,10 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     return drop_fds, reset, masked, steps, how, plan if child.init else None, plan.errpipe
 
 
-def run_prepared(
-    drop_fds: tuple[int, ...],
-    reset: tuple[int, ...],
-    masked: bool,
-    steps: list[Step],
-    how: ExecCall,
-    init: ChildPlan | None,
-    errpipe: int,
-) -> None:
+def run_prepared(prepared: Prepared) -> None:
     """Execute a ``prepare``d plan in the freshly cloned child. Never returns."""
-    failure = _child(drop_fds, reset, masked, steps, how, init)
+    failure = _child(prepared)
+    errpipe = prepared[-1]
     if isinstance(failure, _StepFailed):
         _report(errpipe, failure.step, failure.err, failure.detail)
     else:
@@ -481,16 +474,10 @@ def run_prepared(
     os._exit(EXIT_SETUP_FAILED)
 
 
-def _child(
-    drop_fds: tuple[int, ...],
-    reset: tuple[int, ...],
-    masked: bool,
-    steps: list[Step],
-    how: ExecCall,
-    init: ChildPlan | None,
-) -> BaseException:
+def _child(prepared: Prepared) -> BaseException:
     """The child's work, up to exec: returns only when it failed, with why. A few
     frames and C calls (see ``prepare``), warmed up in the parent (``warm_up``)."""
+    drop_fds, reset, masked, steps, how, init, _errpipe = prepared
     try:
         for fd in drop_fds:
             try:
@@ -533,4 +520,4 @@ def warm_up() -> None:
     harmless: list[Step] = [("warm up", _linux.raw_fcntl, (0, _F_GETFD, 0), "fcntl(0, F_GETFD)")] * 3
     how = ((b"", b""), _linux.c_string_array((b"warm-up",)), _linux.c_string_array(()), "warm-up")
     for _ in range(_WARM_UP_ROUNDS):
-        _child((), (), False, harmless, how, None)
+        _child(((), (), False, harmless, how, None, -1))

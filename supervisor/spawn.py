@@ -167,7 +167,7 @@ def _clone_prepared(prepared: Prepared, clone_args: bytes) -> int:
     the pid, or -1 with errno set."""
     pid = _linux.raw_clone3(clone_args)
     if pid == 0:
-        run_prepared(*prepared)
+        run_prepared(prepared)
     return pid
 
 
@@ -319,7 +319,7 @@ def _serve_batch(
         for job in jobs:
             pid = syscall(nr, job[2], size)
             if pid == 0:
-                run_prepared(*job[4])  # never returns
+                run_prepared(job[4])  # never returns
             pids.append(pid if pid > 0 else -_linux.errno_now())
     finally:
         for job in jobs:
