@@ -334,8 +334,7 @@ def _reply_batch(sock: _socket.socket, results: list[tuple[int, int, int, int]])
     try:
         for rid, flags, pidfd, pid in results:
             if pid < 0:
-                detail = f"clone3(flags={flags:#x}) failed: {os.strerror(-pid)}".encode()
-                _send_fds(sock, _REPLY.pack(rid, 0, -pid) + detail, [])
+                _send_fds(sock, _REPLY.pack(rid, 0, -pid) + _clone_failed(flags, -pid).encode(), [])
             else:
                 _send_fds(sock, _REPLY.pack(rid, pid, 0), [pidfd])
     finally:
@@ -602,6 +601,11 @@ class SpawnHelper:
                 owner.event.set()
 
 
+def _clone_failed(flags: int, err: int) -> str:
+    """What a failed clone3 says (the helper sends it, the direct clone raises it)."""
+    return f"clone3(flags={flags:#x}) failed: {os.strerror(err)}"
+
+
 def _clone_error(err: int, detail: str) -> StartError | NotPermittedError:
     if err == errno.EPERM:
         return NotPermittedError(
@@ -643,7 +647,7 @@ class DirectSpawner:
         pid = _clone_prepared(prepared, clone_args)
         if pid < 0:
             err = _linux.errno_now()
-            raise _clone_error(err, f"clone3(flags={flags:#x}) failed: {os.strerror(err)}")
+            raise _clone_error(err, _clone_failed(flags, err))
         return pid, pidfd.value
 
 
