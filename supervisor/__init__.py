@@ -12,11 +12,13 @@ Linux and root.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    NOT_PERMITTED,
     CommandNotExecutableError,
     CommandNotFoundError,
     ContainerFailedError,
@@ -25,7 +27,7 @@ from .errors import (
     SpecError,
     StartError,
 )
-from .spec import ContainerSpec, Limits, Mount
+from .spec import DEFAULT_GRACE, DEVNULL, PIPE, STDOUT, ContainerSpec, Limits, Mount
 
 __version__ = "0.1.0"
 
@@ -48,10 +50,6 @@ __all__ = [
     "open_container",
     "run_container",
 ]
-
-PIPE = -1
-DEVNULL = -3
-STDOUT = -2
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,8 @@ async def open_container(
             object), ``DEVNULL``, ``None`` (share this process's), an fd or a file
             object; ``stderr=STDOUT`` merges it into stdout.
         winsize: ``(rows, cols)`` of the pty when ``tty=True``.
-        grace: seconds between SIGTERM and SIGKILL on stop/cancel (default 5).
+        grace: seconds between SIGTERM and SIGKILL on stop/cancel (default 10,
+            as ``docker stop``).
         options: any ``ContainerSpec`` field: ``hostname``, ``env`` (mapping or
             pairs), ``cwd``, ``tty``, ``namespaces``, ``init``, ``limits``,
             ``rootfs`` / ``image``, ``read_only``, ``mounts`` (``Mount`` objects),
@@ -134,11 +133,12 @@ async def open_container(
     ``anyio.from_thread.run(open_container, ...)``. Containers are cloned by a small
     helper process that belongs to the running event loop and ends with it.
     """
-    from .container import DEFAULT_GRACE, start_container
-
     if grace is not None and not grace >= 0:
         raise SpecError(f"grace must be a number of seconds >= 0, not {grace!r}")
     spec = _make_spec(command, options)
+    _check_permitted()  # before the lazy imports: they may be unreadable to this user
+    from .container import start_container
+
     return await start_container(
         spec,
         stdin=stdin,
@@ -146,16 +146,12 @@ async def open_container(
         stderr=stderr,
         winsize=winsize,
         grace=DEFAULT_GRACE if grace is None else grace,
-        cgroup_factory=_cgroup_factory(spec),
     )
 
 
-def _cgroup_factory(spec: ContainerSpec) -> Any:
-    # One cgroup per container (see cgroups.py: always in cgroup v2 when there is
-    # one, in v1 hierarchies only for the limits that need them).
-    from .cgroups import create_cgroup
-
-    return create_cgroup
+def _check_permitted() -> None:
+    if os.geteuid() != 0:
+        raise NotPermittedError(NOT_PERMITTED)
 
 
 async def run_container(
@@ -179,7 +175,7 @@ async def run_container(
         stdout, stderr: ``PIPE`` (collected into the result), ``DEVNULL``, ``None``
             (this process's), an fd or a file; ``stderr=STDOUT`` merges.
         check: raise ``ContainerFailedError`` on a non-zero exit status.
-        grace: seconds between SIGTERM and SIGKILL on cancellation (default 5).
+        grace: seconds between SIGTERM and SIGKILL on cancellation (default 10).
         options: ``ContainerSpec`` fields (``hostname``, ``env``, ``cwd``, ...).
 
     Returns:

@@ -38,15 +38,20 @@ a mydocker process makes below a parent removes those whose owner is dead
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import functools
 import os
 import posixpath
+import re
 import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
+from . import wire
 from .errors import SpecError, StartError
 from .spec import ContainerSpec, Limits, cpu_list
 
@@ -76,6 +81,18 @@ class CgroupFS:
 
     #: whether v2 cgroups have ``cgroup.kill`` (Linux 5.14); found out on first use
     has_kill_file: bool | None = None
+    _owner: Owner | None = None
+    _owner_pid = -1
+
+    def owner(self) -> Owner:
+        """This process as an owner of container cgroups on this cgroupfs (made on
+        first use; its markers are removed at exit)."""
+        if self._owner is None or self._owner_pid != os.getpid():
+            import atexit
+
+            self._owner, self._owner_pid = Owner(), os.getpid()
+            atexit.register(self._owner.release, self)
+        return self._owner
 
     def mkdir(self, path: str) -> None:
         """Make a cgroup."""
@@ -113,9 +130,24 @@ class CgroupFS:
         """Names in a cgroup directory."""
         return os.listdir(path)
 
-    def open_dir(self, path: str) -> int:
-        """An O_PATH fd of a cgroup directory, for CLONE_INTO_CGROUP."""
-        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    def subdirs(self, path: str) -> list[str]:
+        """The names of the cgroups right below a cgroup directory."""
+        with os.scandir(path) as it:
+            return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+
+    def open_dir(self, path: str, lockable: bool = False) -> int:
+        """An fd of a cgroup directory: O_PATH for CLONE_INTO_CGROUP, or one that
+        ``flock`` takes (``lockable``)."""
+        mode = os.O_RDONLY if lockable else os.O_PATH
+        return os.open(path, mode | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def same_dir(self, fd: int, path: str) -> bool:
+        """Whether ``path`` is still the directory open as ``fd``."""
+        try:
+            a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 # ---------------------------------------------------------------- layout
@@ -160,7 +192,7 @@ class Hierarchy:
 
 
 @dataclass(frozen=True)
-class Layout:
+class CgroupLayout:
     """The cgroup hierarchies of this host, as the supervisor sees them."""
 
     v2: Hierarchy | None
@@ -234,7 +266,7 @@ def parse_proc_cgroup(text: str) -> tuple[str | None, dict[frozenset[str], str]]
     return v2, v1
 
 
-def detect_layout(proc_cgroup: str, mountinfo: str, fs: CgroupFS | None = None) -> Layout:
+def detect_layout(proc_cgroup: str, mountinfo: str, fs: CgroupFS | None = None) -> CgroupLayout:
     """The layout described by a /proc/self/cgroup and a /proc/self/mountinfo text."""
     v2_path, v1_paths = parse_proc_cgroup(proc_cgroup)
     mounts = parse_mountinfo(mountinfo)
@@ -253,13 +285,13 @@ def detect_layout(proc_cgroup: str, mountinfo: str, fs: CgroupFS | None = None) 
                 v1.append(h)
                 break
     v1.sort(key=lambda h: h.mountpoint)
-    return Layout(v2, tuple(v1), fs or CgroupFS())
+    return CgroupLayout(v2, tuple(v1), fs or CgroupFS())
 
 
-_layout: Layout | None = None
+_layout: CgroupLayout | None = None
 
 
-def current_layout() -> Layout:
+def current_layout() -> CgroupLayout:
     """This process's layout, read once (we never move ourselves)."""
     global _layout
     if _layout is None:
@@ -345,8 +377,100 @@ def needed_controllers(limits: Limits) -> dict[str, str]:
     return out
 
 
-def cgroup_name(spec: ContainerSpec, owner: int | None = None) -> str:
-    """``mydocker-<id>-<owner pid>``: the container's cgroup in every hierarchy.
+# ---------------------------------------------------------------- owners
+
+#: a container's cgroup: ``mydocker-<id>-<owner token>``
+_CONTAINER_NAME = re.compile(r"mydocker-([0-9A-Za-z_.]+)-([0-9a-f]{16})")
+#: an owner's marker: ``mydocker-owner-<owner token>``
+_MARKER_PREFIX = f"{PREFIX}owner-"
+_MARKER_NAME = re.compile(r"mydocker-owner-([0-9a-f]{16})")
+
+
+class Owner:
+    """This process as the owner of container cgroups, provably alive to others.
+
+    A pid names no process for sure: it is reused, and it means nothing in another
+    PID namespace. So each process that makes container cgroups has a random token,
+    carried in their names (``mydocker-<id>-<token>``), and holds an exclusive
+    ``flock`` on a marker cgroup of its own (``mydocker-owner-<token>``, empty: a
+    directory in cgroupfs) in every parent it makes them in. The kernel drops the
+    lock when the owner dies however it dies, so anyone who shares the cgroup tree,
+    in whatever PID or mount namespace, can tell a live owner from a dead one by
+    trying to take it (``sweep_dead``).
+    """
+
+    def __init__(self) -> None:
+        self.token = os.urandom(8).hex()
+        self._markers: dict[str, int] = {}
+
+    def name(self, container_id: str) -> str:
+        """The cgroup name of a container of ours."""
+        return f"{PREFIX}{container_id}-{self.token}"
+
+    def claim(self, fs: CgroupFS, parent: str) -> None:
+        """Hold our marker in ``parent`` (made and locked on first use).
+
+        Raises:
+            OSError: the marker cannot be made (the caller's mkdir would fail too).
+        """
+        if parent in self._markers:
+            return
+        path = posixpath.join(parent, _MARKER_PREFIX + self.token)
+        for _ in range(3):
+            with contextlib.suppress(FileExistsError):
+                fs.mkdir(path)
+            fd = fs.open_dir(path, lockable=True)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # A sweeper may have taken it between our mkdir and our lock, and
+                # removed it: then we hold the lock of a directory that is gone.
+                if fs.same_dir(fd, path):
+                    self._markers[parent] = fd
+                    return
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        raise OSError(errno.EAGAIN, f"cannot hold {path}: it keeps disappearing")
+
+    def release(self, fs: CgroupFS) -> None:
+        """Remove our markers (at exit; any left is swept as a dead owner's)."""
+        for parent, fd in list(self._markers.items()):
+            with contextlib.suppress(OSError):
+                fs.rmdir(posixpath.join(parent, _MARKER_PREFIX + self.token))
+            os.close(fd)
+            del self._markers[parent]
+
+    def marker_fds(self) -> tuple[int, ...]:
+        """The fds holding our markers (none may reach a container)."""
+        return tuple(self._markers.values())
+
+
+def owner(fs: CgroupFS | None = None) -> Owner:
+    """The ``Owner`` this process is on ``fs`` (default: the host's cgroupfs)."""
+    return (current_layout().fs if fs is None else fs).owner()
+
+
+def _owner_alive(fs: CgroupFS, parent: str, token: str) -> bool:
+    """Whether the owner with ``token`` holds its marker in ``parent``. A missing
+    marker is a dead owner's (it made the marker before any container)."""
+    try:
+        fd = fs.open_dir(posixpath.join(parent, _MARKER_PREFIX + token), lockable=True)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: leave it alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # drops our lock too
+    return False
+
+
+def cgroup_name(spec: ContainerSpec, token: str) -> str:
+    """``mydocker-<id>-<owner token>``: the container's cgroup in every hierarchy.
 
     Raises:
         SpecError: the id would not make a plain directory name.
@@ -355,29 +479,12 @@ def cgroup_name(spec: ContainerSpec, owner: int | None = None) -> str:
     # The same test as "every character is alphanumeric, '_' or '.'", in C: a
     # per-character generator cost more than the rest of this function per container.
     rest = ident.replace("_", "").replace(".", "")
-    if not ident or (rest and not rest.isalnum()) or ident.startswith("."):
+    if not ident or (rest and not (rest.isascii() and rest.isalnum())) or ident.startswith("."):
         raise SpecError(f"invalid container id for a cgroup name: {ident!r} (letters, digits, '_' and '.')")
-    return f"{PREFIX}{ident}-{os.getpid() if owner is None else owner}"
+    return f"{PREFIX}{ident}-{token}"
 
 
-def _owner_of(name: str) -> int | None:
-    if not name.startswith(PREFIX):
-        return None
-    tail = name.rpartition("-")[2]
-    return int(tail) if tail.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-# ---------------------------------------------------------------- one container
+# ---------------------------------------------------------------- killing and removing
 
 
 def _os_error(step: str, e: OSError) -> StartError:
@@ -387,28 +494,199 @@ def _os_error(step: str, e: OSError) -> StartError:
     return StartError(step, e.errno or 0, detail)
 
 
-class ContainerCgroup:
-    """The cgroup directories of one container; made by ``create_cgroup``.
+def _procs(fs: CgroupFS, d: str) -> list[int]:
+    try:
+        return [int(p) for p in fs.read(posixpath.join(d, "cgroup.procs")).split()]
+    except (OSError, ValueError):
+        return []
 
-    The interface ``start_container`` uses: ``child_fds()`` before the clone,
-    ``attach(pid)`` right after it, ``kill()``, ``oom_killed()`` and ``await
-    destroy()`` at the end.
+
+def kill_all(fs: CgroupFS, d: str) -> None:
+    """SIGKILL every process in cgroup ``d`` and below it.
+
+    cgroup v2's ``cgroup.kill`` does it atomically (a fork bomb cannot outrun it).
+    Without it (v1, or a kernel before 5.14) each pid read from ``cgroup.procs`` is
+    opened as a pidfd first and signalled only if it is still in the cgroup after
+    that: a pid reused by another process between the read and the kill is never
+    signalled (the pidfd pins the process; the second read proves membership).
+    Callers repeat until the cgroup is empty.
+    """
+    kill_file = posixpath.join(d, "cgroup.kill")
+    if fs.has_kill_file is not False and fs.exists(kill_file):
+        try:
+            fs.write(kill_file, "1")
+            return
+        except OSError:
+            pass
+    for sub in fs.subdirs(d):
+        kill_all(fs, posixpath.join(d, sub))
+    for pid in _procs(fs, d):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if pid in _procs(fs, d):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+
+
+def remove_tree(fs: CgroupFS, d: str) -> bool:
+    """rmdir cgroup ``d`` and every cgroup below it, deepest first (a container with
+    CAP_SYS_ADMIN, or a cgroup namespace and a writable cgroupfs, can make some);
+    True when ``d`` is gone. EBUSY (processes still in it) leaves the rest."""
+    try:
+        subs = fs.subdirs(d)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        subs = []
+    for sub in subs:
+        remove_tree(fs, posixpath.join(d, sub))
+    try:
+        fs.rmdir(d)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def _kill_and_remove(fs: CgroupFS, path: str, wait: float = 0.2) -> bool:
+    """Best effort for a leftover: kill what runs in it, then remove it and all below
+    it; True if gone."""
+    deadline = time.monotonic() + wait
+    while True:
+        if remove_tree(fs, path):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        kill_all(fs, path)
+        time.sleep(0.002)
+
+
+# ---------------------------------------------------------------- one container
+
+
+class Cgroup(Protocol):
+    """What ``start_container`` and ``Container`` need of a container's cgroup."""
+
+    @property
+    def dirs(self) -> list[str]:
+        """Its directories (their parents are where the spawn helper cleans up)."""
+        ...
+
+    def child_fds(self) -> dict[str, int]:
+        """The fds the clone needs (``wire.ROLES``: "cgroup", "sync")."""
+        ...
+
+    def attach(self, pid: int) -> None:
+        """Place the just-cloned child and let it go on."""
+        ...
+
+    def kill(self) -> None:
+        """SIGKILL every process of the container."""
+        ...
+
+    def oom_killed(self) -> bool:
+        """Whether the memory limit's OOM killer struck."""
+        ...
+
+    def discard(self) -> None:
+        """Remove a cgroup that never held a running container (synchronous)."""
+        ...
+
+    async def destroy(self) -> None:
+        """Kill what is left, wait until empty, remove everything (shielded)."""
+        ...
+
+
+class ContainerCgroup:
+    """The cgroup directories of one container (a ``Cgroup``).
+
+    ``ContainerCgroup(spec, layout)`` makes them: the cgroup v2 directory (grouping,
+    ``cgroup.kill``, ``CLONE_INTO_CGROUP``; the limits too on pure v2) and one v1
+    directory per hierarchy a limit needs; nothing is left if that fails. Then:
+    ``child_fds()`` before the clone, ``attach(pid)`` right after it, ``kill()``,
+    ``oom_killed()`` and ``await destroy()`` at the end.
+
+    Raises (when made):
+        SpecError: a limit impossible on this host (``--cpuset-cpus 99``, more
+            ``--cpus`` than CPUs) or a ``cgroup_parent`` that does not exist.
+        StartError: a controller a limit needs is not available, or the kernel
+            refused a value.
     """
 
-    def __init__(self, layout: Layout, name: str) -> None:
-        self.name = name
-        self._fs = layout.fs
+    def __init__(self, spec: ContainerSpec, layout: CgroupLayout) -> None:
+        self._fs = fs = layout.fs
+        self.name = cgroup_name(spec, fs.owner().token)
         #: the v2 directory (grouping, cgroup.kill, CLONE_INTO_CGROUP; limits on pure v2)
         self.v2_dir: str | None = None
         #: the v1 directories, one per hierarchy a limit needs
         self.v1_dirs: list[str] = []
         self._memory: tuple[int, str] | None = None  # (version, dir) to read OOM kills from
-        self._has_kill_file = False
         self._cgroup_fd = -1
         self._sync_r = -1
         self._sync_w = -1
         self._oom: bool | None = None
         self._destroyed = False
+        plan = _plan(spec, layout)
+        try:
+            if plan.v2 is not None:
+                self._make_v2(spec, plan)
+            for h, ctrls in plan.v1.items():
+                self._make_v1(spec, h, plan.parents[h], ctrls, plan.needed)
+            if self.v1_dirs:
+                self._sync_r, self._sync_w = os.pipe2(os.O_CLOEXEC)
+        except BaseException as e:
+            self.discard()
+            if isinstance(e, OSError):
+                raise _os_error("cgroups", e) from None
+            raise
+
+    def _make_v2(self, spec: ContainerSpec, plan: _Plan) -> None:
+        fs, parent, wanted = self._fs, plan.v2 or "", plan.v2_needed
+        if wanted:
+            _enable_v2_controllers(fs, parent, wanted)
+        d = posixpath.join(parent, self.name)
+        try:
+            fs.owner().claim(fs, parent)  # first: our marker there says we live
+            fs.mkdir(d)
+        except OSError as e:
+            # A read-only or foreign cgroup2 mount (e.g. inside another container):
+            # grouping is a bonus, so a container without v2 limits goes without.
+            if wanted or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            return
+        self.v2_dir = d
+        if fs.has_kill_file is None:  # a kernel feature (5.14): asked once per cgroupfs
+            fs.has_kill_file = fs.exists(posixpath.join(d, "cgroup.kill"))
+        _apply(fs, d, [w for w in limit_writes(spec.limits, 2) if w.controller in wanted], plan.needed)
+        if "memory" in wanted:
+            self._memory = (2, d)
+        self._cgroup_fd = fs.open_dir(d)
+
+    def _make_v1(
+        self, spec: ContainerSpec, h: Hierarchy, parent: str, ctrls: dict[str, str], needed: dict[str, str]
+    ) -> None:
+        fs = self._fs
+        d = posixpath.join(parent, self.name)
+        fs.owner().claim(fs, parent)
+        fs.mkdir(d)
+        self.v1_dirs.append(d)
+        if "cpuset" in h.controllers:
+            # A new v1 cpuset has no CPUs and no memory nodes: no task could join.
+            mems = fs.read(posixpath.join(parent, "cpuset.mems")).strip()
+            cpus = spec.limits.cpuset_cpus or fs.read(posixpath.join(parent, "cpuset.cpus")).strip()
+            fs.write(posixpath.join(d, "cpuset.mems"), mems)
+            fs.write(posixpath.join(d, "cpuset.cpus"), cpus)
+        writes = [w for w in limit_writes(spec.limits, 1) if w.controller in h.controllers]
+        _apply(fs, d, [w for w in writes if w.file != "cpuset.cpus"], needed)
+        if "memory" in ctrls:
+            self._memory = (1, d)
 
     @property
     def dirs(self) -> list[str]:
@@ -450,20 +728,11 @@ class ContainerCgroup:
             for d in self.v1_dirs:
                 self._fs.write(posixpath.join(d, "cgroup.procs"), str(pid))
             if self._sync_w >= 0:
-                os.write(self._sync_w, b"1")
+                wire.release(self._sync_w)
         except OSError as e:
             raise _os_error("place the container in its cgroup", e) from None
         finally:
             self._close_sync()
-
-    def _procs(self) -> list[int]:
-        pids: list[int] = []
-        for d in self.dirs:
-            try:
-                pids += [int(p) for p in self._fs.read(posixpath.join(d, "cgroup.procs")).split()]
-            except (OSError, ValueError):
-                pass
-        return pids
 
     def populated(self) -> bool:
         """Whether any process (zombies aside) is still in the container's cgroups."""
@@ -475,27 +744,18 @@ class ContainerCgroup:
                         return line.split()[1] != "0"
             except FileNotFoundError:
                 pass
-        return bool(self._procs())
+        return any(_procs(self._fs, d) for d in self.dirs)
 
     def kill(self) -> None:
-        """SIGKILL every process in the container's cgroups.
-
-        v2 ``cgroup.kill`` does it atomically (a fork bomb cannot outrun it); without
-        it the pids are signalled one by one, and ``destroy`` repeats until empty.
-        """
+        """SIGKILL every process in the container's cgroups (``kill_all``)."""
         if self._destroyed:
             return
-        if self._has_kill_file and self.v2_dir is not None:
-            try:
-                self._fs.write(posixpath.join(self.v2_dir, "cgroup.kill"), "1")
-                return
-            except OSError:
-                pass
-        for pid in self._procs():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        if self.v2_dir is not None:
+            kill_all(self._fs, self.v2_dir)
+            if self._fs.has_kill_file:
+                return  # cgroup.kill: the v1 directories hold the same processes
+        for d in self.v1_dirs:
+            kill_all(self._fs, d)
 
     def _read_oom(self) -> bool:
         if self._memory is None:
@@ -518,16 +778,9 @@ class ContainerCgroup:
         return self._oom
 
     def _remove(self) -> list[str]:
-        """rmdir every directory still there; returns those that are busy."""
-        busy = []
-        for d in reversed(self.dirs):
-            try:
-                self._fs.rmdir(d)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                busy.append(d)
-        return busy
+        """Remove every directory still there (and whatever appeared below them);
+        returns those that are busy."""
+        return [d for d in reversed(self.dirs) if not remove_tree(self._fs, d)]
 
     async def destroy(self) -> None:
         """Kill everything left in the container's cgroups, wait until they are
@@ -564,120 +817,124 @@ class ContainerCgroup:
         self._destroyed = True
 
     def discard(self) -> None:
-        """Synchronous ``destroy`` for a cgroup that never held a process: close the
-        fds and remove the directories (used when making it failed half way, or the
-        clone did). A no-op after ``destroy``."""
+        """Synchronous ``destroy`` for a cgroup whose container never ran: close the
+        fds, kill whatever is there (a child whose spawn reply was lost), and remove
+        the directories. A no-op after ``destroy``."""
         if self._destroyed:
             return
         self._close_child_fds()
         self._close_sync()
-        self._remove()
+        if self._remove():
+            self.kill()
+            _given_up.extend(d for d in self._remove() if d not in _given_up)
         self._destroyed = True
-
-
-def _has_kill_file(fs: CgroupFS, d: str) -> bool:
-    # A kernel feature (5.14): ask once per cgroupfs, not once per container.
-    if fs.has_kill_file is None:
-        fs.has_kill_file = fs.exists(posixpath.join(d, "cgroup.kill"))
-    return fs.has_kill_file
 
 
 #: directories ``destroy`` had to give up; the next ``create_cgroup`` retries them
 _given_up: list[str] = []
-#: (layout, cgroup_parent) already swept for leftovers by this process
-_swept: set[tuple[int, str | None]] = set()
+#: parents already swept for leftovers by this process
+_swept: set[str] = set()
 
 
-def _kill_and_remove(fs: CgroupFS, path: str, wait: float = 0.2) -> bool:
-    """Best effort for a leftover: kill what runs in it, then rmdir; True if gone."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fs.rmdir(path)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError as e:
-            if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                return False
-        try:
-            if fs.exists(posixpath.join(path, "cgroup.kill")):
-                fs.write(posixpath.join(path, "cgroup.kill"), "1")
-            else:
-                for pid in fs.read(posixpath.join(path, "cgroup.procs")).split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except (OSError, ValueError):
-                        pass
-        except OSError:
-            pass
-        time.sleep(0.002)
-
-
-def sweep_leftovers(fs: CgroupFS, parents: Iterable[str]) -> list[str]:
-    """Remove the ``mydocker-*`` directories below ``parents`` whose owning supervisor
-    is dead (it was SIGKILLed); returns those removed. Only our own naming is touched.
+def sweep_dead(fs: CgroupFS, parents: Iterable[str]) -> list[str]:
+    """Remove what dead owners left below ``parents`` (they were SIGKILLed): their
+    containers' cgroups, with whatever still runs there, and their markers. Only our
+    own naming is touched, and only where the owner is provably gone (``Owner``).
+    Returns the container cgroups removed.
     """
     removed = []
     for parent in parents:
         try:
-            names = fs.listdir(parent)
+            names = fs.subdirs(parent)
         except OSError:
             continue
+        dead: dict[str, bool] = {}
         for name in names:
-            owner = _owner_of(name)
-            if owner is None or owner == os.getpid() or _alive(owner):
+            m = _CONTAINER_NAME.fullmatch(name)
+            if m is None or _MARKER_NAME.fullmatch(name):
                 continue
-            path = posixpath.join(parent, name)
-            if _kill_and_remove(fs, path):
-                removed.append(path)
+            token = m.group(2)
+            if token not in dead:
+                dead[token] = token != fs.owner().token and not _owner_alive(fs, parent, token)
+            if dead[token]:
+                path = posixpath.join(parent, name)
+                if _kill_and_remove(fs, path):
+                    removed.append(path)
+        for name in names:
+            m = _MARKER_NAME.fullmatch(name)
+            if m is not None and m.group(1) != fs.owner().token and not _owner_alive(fs, parent, m.group(1)):
+                remove_tree(fs, posixpath.join(parent, name))
     return removed
 
 
-def cgroups_of(owner: int, layout: Layout | None = None) -> list[str]:
-    """The container cgroups of supervisor ``owner`` below our own cgroups (v2 first)."""
-    layout = current_layout() if layout is None else layout
+def leftovers(fs: CgroupFS, parents: Iterable[str]) -> list[str]:
+    """What nobody will remove below ``parents``: container cgroups of this process
+    (a test asks after its containers are gone) or of dead owners, and dead owners'
+    markers."""
     found = []
-    for h in ([layout.v2] if layout.v2 else []) + list(layout.v1):
-        parent = h.parent_dir(None)
+    for parent in parents:
         try:
-            names = layout.fs.listdir(parent) if parent else []
+            names = fs.subdirs(parent)
         except OSError:
             continue
-        found += [posixpath.join(parent, n) for n in names if _owner_of(n) == owner]  # type: ignore[arg-type]
+        for name in names:
+            m = _CONTAINER_NAME.fullmatch(name)
+            marker = _MARKER_NAME.fullmatch(name)
+            if marker is not None:
+                if marker.group(1) != fs.owner().token and not _owner_alive(fs, parent, marker.group(1)):
+                    found.append(posixpath.join(parent, name))
+            elif m is not None:
+                token = m.group(2)
+                if token == fs.owner().token or not _owner_alive(fs, parent, token):
+                    found.append(posixpath.join(parent, name))
     return found
 
 
-def _dying(pid: int, pidfd: int) -> bool:
-    """Whether process ``pid`` (also open as ``pidfd``) has died or is dying."""
+def parents_of(layout: CgroupLayout, cgroup_parent: str | None = None) -> list[str]:
+    """The directories container cgroups go in, in every hierarchy (v2 first)."""
+    hs = ([layout.v2] if layout.v2 else []) + list(layout.v1)
+    return [p for p in (h.parent_dir(cgroup_parent) for h in hs) if p is not None]
+
+
+def clean_up_after(supervisor_pidfd: int, parents: Iterable[str], layout: CgroupLayout | None = None) -> None:
+    """Remove the container cgroups of a supervisor that died without tearing down.
+
+    The spawn helper calls this when its supervisor's socket closes, for the parents
+    its requests named. If the supervisor was SIGKILLed, its containers' PID 1 died
+    with it (``PR_SET_PDEATHSIG``), but processes that left PID 1's namespace
+    (``--pid host``) live on, and the directories stay: ``sweep_dead`` kills and
+    removes them now, not at some later run. A supervisor that closed the socket
+    itself is alive (its markers are held): nothing of its is touched.
+    """
+    import select
+
+    layout = current_layout() if layout is None else layout
+    if not _dying(supervisor_pidfd):
+        return
+    # Dying is not yet dead: its files (the markers' locks) close on the way out.
+    select.select([supervisor_pidfd], [], [], 2.0)
+    sweep_dead(layout.fs, parents)
+
+
+def _dying(pidfd: int) -> bool:
+    """Whether the process open as ``pidfd`` has died or is dying: it has, or will
+    in a moment, have closed its files (and so dropped its markers' locks)."""
     import select
 
     if select.select([pidfd], [], [], 0)[0]:
         return True
     try:
+        # the pid as our PID namespace sees it, from the pidfd itself: no reuse race
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            pid = next((int(line.split()[1]) for line in f if line.startswith("Pid:")), -1)
+        if pid <= 0:
+            return True
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+    except (OSError, ValueError, StopIteration):
         return True
     # state, and flags & PF_EXITING (<linux/sched.h>): set before it closes its files
     return fields[0] in ("Z", "X") or bool(int(fields[6]) & 0x4)
-
-
-def clean_up_after(owner: int, owner_pidfd: int, layout: Layout | None = None) -> None:
-    """Remove the container cgroups of a supervisor that died without tearing down.
-
-    The spawn helper calls this when its supervisor's socket closes. If the supervisor
-    was SIGKILLed (it is dying: its files close on the way out), its containers died
-    with it (``PR_SET_PDEATHSIG``), but their directories would stay until the next
-    mydocker sweeps them. A supervisor that closed the socket itself is alive: then
-    nothing is touched, at once (any directories left are still its own). Only the
-    default parent is looked at.
-    """
-    if not _dying(owner, owner_pidfd):
-        return
-    layout = current_layout() if layout is None else layout
-    for d in cgroups_of(owner, layout):
-        _kill_and_remove(layout.fs, d, wait=2.0)
 
 
 def _available_cpus(fs: CgroupFS, parent: str, version: int) -> frozenset[int] | None:
@@ -760,24 +1017,24 @@ def _apply(fs: CgroupFS, d: str, writes: list[Write], flags: dict[str, str]) -> 
         fs.write(path, w.value)
 
 
-def create_cgroup(spec: ContainerSpec, layout: Layout | None = None) -> ContainerCgroup | None:
-    """Make the cgroup directories of a container (the default ``cgroup_factory``).
+class _Plan(NamedTuple):
+    """Where a container's cgroups go, worked out (and checked) before any is made."""
 
-    Returns None when the host offers nothing to make one with (no cgroup v2, no
-    limits, or a read-only cgroup v2 and no limits).
+    #: the flag that first needs each controller
+    needed: dict[str, str]
+    #: the parent directory in each hierarchy used
+    parents: dict[Hierarchy, str]
+    #: the v2 parent, or None without cgroup v2
+    v2: str | None
+    v2_needed: dict[str, str]
+    #: the v1 hierarchies used, with the controllers each is needed for
+    v1: dict[Hierarchy, dict[str, str]]
 
-    Raises:
-        SpecError: a limit impossible on this host (``--cpuset-cpus 99``, more
-            ``--cpus`` than CPUs) or a ``cgroup_parent`` that does not exist.
-        StartError: a controller a limit needs is not available, or the kernel
-            refused a value; nothing is left behind.
-    """
-    layout = current_layout() if layout is None else layout
+
+def _plan(spec: ContainerSpec, layout: CgroupLayout) -> _Plan:
     fs = layout.fs
     limits = spec.limits
     needed = needed_controllers(limits)
-    name = cgroup_name(spec)
-
     # Which hierarchy each needed controller lives in: a v1 one if it is bound there
     # (then v2 cannot have it), else v2.
     v1_needed: dict[Hierarchy, dict[str, str]] = {}
@@ -792,9 +1049,6 @@ def create_cgroup(spec: ContainerSpec, layout: Layout | None = None) -> Containe
             raise StartError(
                 "cgroups", 0, f"{flag} needs the '{controller}' cgroup controller, which is not mounted"
             )
-    if layout.v2 is None and not v1_needed:
-        return None
-
     parents: dict[Hierarchy, str] = {}
     for h in ([layout.v2] if layout.v2 is not None else []) + list(v1_needed):
         parent = h.parent_dir(spec.cgroup_parent)
@@ -809,65 +1063,31 @@ def create_cgroup(spec: ContainerSpec, layout: Layout | None = None) -> Containe
         fs,
         (cpuset_h.version, parents[cpuset_h]) if limits.cpuset_cpus and cpuset_h in parents else None,
     )
+    v2 = parents[layout.v2] if layout.v2 is not None else None
+    return _Plan(needed, parents, v2, v2_needed, v1_needed)
 
+
+def create_cgroup(spec: ContainerSpec, layout: CgroupLayout | None = None) -> ContainerCgroup | None:
+    """Make the cgroup directories of a container (the default cgroup factory of
+    ``start_container``; see ``ContainerCgroup``).
+
+    Returns None when the host offers nothing to make one with (no cgroup v2 and no
+    limits, or a read-only cgroup v2 and no limits). The first time a parent is used
+    in this process, what dead owners left there is swept.
+
+    Raises:
+        SpecError, StartError: as ``ContainerCgroup``; nothing is left behind.
+    """
+    layout = current_layout() if layout is None else layout
+    if layout.v2 is None and not needed_controllers(spec.limits):
+        return None
+    fs = layout.fs
     if _given_up:
         _given_up[:] = [d for d in _given_up if not _kill_and_remove(fs, d, wait=0)]
-    if (id(layout), spec.cgroup_parent) not in _swept:
+    parents = parents_of(layout, spec.cgroup_parent)
+    if parents and parents[0] not in _swept:
         # Leftovers may sit in any hierarchy, not only those this container needs.
-        _swept.add((id(layout), spec.cgroup_parent))
-        everywhere = [
-            h.parent_dir(spec.cgroup_parent) for h in ([layout.v2] if layout.v2 else []) + list(layout.v1)
-        ]
-        sweep_leftovers(fs, [p for p in everywhere if p is not None])
-
-    cg = ContainerCgroup(layout, name)
-    step = "cgroups"
-    try:
-        if layout.v2 is not None:
-            parent = parents[layout.v2]
-            if v2_needed:
-                _enable_v2_controllers(fs, parent, v2_needed)
-            d = posixpath.join(parent, name)
-            step = f"create cgroup {d}"
-            try:
-                fs.mkdir(d)
-            except OSError as e:
-                # A read-only or foreign cgroup2 mount (e.g. inside another container):
-                # grouping is a bonus, so a container without v2 limits goes without.
-                if v2_needed or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                    raise
-            else:
-                cg.v2_dir = d
-                step = f"set limits in {d}"
-                _apply(fs, d, [w for w in limit_writes(limits, 2) if w.controller in v2_needed], needed)
-                if "memory" in v2_needed:
-                    cg._memory = (2, d)
-                cg._has_kill_file = _has_kill_file(fs, d)
-                cg._cgroup_fd = fs.open_dir(d)
-        for h, ctrls in v1_needed.items():
-            parent = parents[h]
-            d = posixpath.join(parent, name)
-            step = f"create cgroup {d}"
-            fs.mkdir(d)
-            cg.v1_dirs.append(d)
-            step = f"set limits in {d}"
-            if "cpuset" in h.controllers:
-                # A new v1 cpuset has no CPUs and no memory nodes: no task could join.
-                mems = fs.read(posixpath.join(parent, "cpuset.mems")).strip()
-                cpus = limits.cpuset_cpus or fs.read(posixpath.join(parent, "cpuset.cpus")).strip()
-                fs.write(posixpath.join(d, "cpuset.mems"), mems)
-                fs.write(posixpath.join(d, "cpuset.cpus"), cpus)
-            writes = [w for w in limit_writes(limits, 1) if w.controller in h.controllers]
-            _apply(fs, d, [w for w in writes if w.file != "cpuset.cpus"], needed)
-            if "memory" in ctrls:
-                cg._memory = (1, d)
-        if cg.v1_dirs:
-            cg._sync_r, cg._sync_w = os.pipe2(os.O_CLOEXEC)
-    except BaseException as e:
-        cg.discard()
-        if isinstance(e, OSError):
-            raise _os_error(step, e) from None
-        raise
-    if not cg.dirs:
-        return None
-    return cg
+        _swept.add(parents[0])
+        sweep_dead(fs, parents)
+    cg = ContainerCgroup(spec, layout)
+    return cg if cg.dirs else None

@@ -15,30 +15,30 @@ import errno
 import os
 import signal
 import socket
-import subprocess
 from collections.abc import Callable
 from types import TracebackType
 from typing import IO, Any
 
 import anyio
 
-from . import _linux, rootfs
+from . import _linux, mounts, rootfs, spawn, wire
 from ._cancel import to_the_end
 from ._streams import FdStream
-from .errors import CommandNotExecutableError, CommandNotFoundError, NotPermittedError, SpecError, StartError
-from .spawn import get_spawner
-from .spec import ContainerSpec
-
-PIPE = subprocess.PIPE
-DEVNULL = subprocess.DEVNULL
-STDOUT = subprocess.STDOUT
+from .cgroups import Cgroup, create_cgroup
+from .errors import (
+    NOT_PERMITTED,
+    CommandNotExecutableError,
+    CommandNotFoundError,
+    NotPermittedError,
+    SpecError,
+    StartError,
+)
+from .init import child_spec
+from .spec import DEFAULT_GRACE, DEVNULL, PIPE, STDOUT, ContainerSpec
 
 #: what a stdio argument may be: PIPE, DEVNULL, STDOUT (stderr only), None
 #: (inherit this process's fd), an fd number, or an object with ``fileno()``
 StdioArg = int | IO[Any] | None
-
-#: seconds between SIGTERM and SIGKILL when a container is stopped or cancelled
-DEFAULT_GRACE = 5.0
 
 
 def _exit_status(info: os.waitid_result) -> tuple[int, int | None]:
@@ -88,7 +88,7 @@ class Container:
         stdout: FdStream | None,
         stderr: FdStream | None,
         grace: float,
-        cgroup: Any = None,
+        cgroup: Cgroup | None = None,
     ) -> None:
         self.spec = spec
         self.pid = pid
@@ -294,21 +294,20 @@ async def _receive_console(
     """
     while True:
         try:
-            _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
+            master = wire.receive_console(sock)
             break
         except BlockingIOError:
             await anyio.wait_readable(sock)
-    if not fds:
+    if master is None:
         return
-    os.set_inheritable(fds[0], False)  # SCM_RIGHTS fds arrive without close-on-exec
-    pty = FdStream(fds[0], eof_on_eio=True)
+    pty = FdStream(master, eof_on_eio=True)
     container._stack.callback(pty.close)
     container.stdout = pty
     container.stdin = pty if attach_stdin else None
     if winsize:
-        _linux.set_winsize(fds[0], *winsize)
+        _linux.set_winsize(master, *winsize)
     with contextlib.suppress(OSError):  # the child died meanwhile: the error pipe says why
-        sock.send(b"1")
+        wire.console_ready(sock)
 
 
 async def _read_errpipe(fd: int) -> bytes:
@@ -332,14 +331,13 @@ async def start_container(
     stderr: StdioArg = PIPE,
     winsize: tuple[int, int] | None = None,
     grace: float = DEFAULT_GRACE,
-    cgroup_factory: Callable[[ContainerSpec], Any] | None = None,
+    cgroup_factory: Callable[[ContainerSpec], Cgroup | None] | None = None,
 ) -> Container:
     """Start a container and return it once its command is running.
 
     ``cgroup_factory(spec)`` makes the container's cgroup (default:
-    ``cgroups.create_cgroup``; a factory returning None gives no cgroup). The object
-    it returns provides ``child_fds()``, ``attach(pid)``, ``kill()``,
-    ``oom_killed()``, ``discard()`` and ``async destroy()``.
+    ``cgroups.create_cgroup``; a factory returning None gives no cgroup): a
+    ``cgroups.Cgroup``.
 
     Raises:
         CommandNotFoundError, CommandNotExecutableError: exec failed (127 / 126).
@@ -350,14 +348,17 @@ async def start_container(
     If cancelled while starting, the child (if any) is killed and reaped first.
     """
     if os.geteuid() != 0:
-        raise NotPermittedError("mydocker must run as root (namespaces need CAP_SYS_ADMIN)")
+        raise NotPermittedError(NOT_PERMITTED)
     # Image, rootfs and volume paths are checked before anything exists on the host.
     spec = rootfs.resolve(spec)
     stack = contextlib.ExitStack()
     child_side = contextlib.ExitStack()  # fds only the child keeps: closed after the clone
     try:
         # The container's directory (overlay layers): removed when the stack closes.
-        rootfs.prepare(spec, stack)
+        dirs = rootfs.make_container_dir(spec, stack)
+        fs_ops: tuple[tuple[str, str, tuple[object, ...]], ...] = ()
+        if dirs is not None and "mount" in spec.namespaces:
+            fs_ops = tuple((op.step, op.fn.__name__, op.args) for op in mounts.child_ops(spec, dirs))
         fds: dict[str, int] = {}
         streams: dict[str, FdStream | None] = {"stdin": None, "stdout": None, "stderr": None}
         console: socket.socket | None = None
@@ -397,16 +398,13 @@ async def start_container(
         errpipe.callback(os.close, err_r)
         child_side.callback(os.close, err_w)
         fds["errpipe"] = err_w
-        if cgroup_factory is None:
-            from .cgroups import create_cgroup
-
-            cgroup_factory = create_cgroup
-        cgroup = cgroup_factory(spec)
+        cgroup = (cgroup_factory or create_cgroup)(spec)
         if cgroup is not None:
             # Removes the directories if the clone fails; a no-op after destroy().
             stack.callback(cgroup.discard)
             fds.update(cgroup.child_fds())
-        pid, pidfd = await get_spawner().spawn(spec, fds)
+        parents = tuple(os.path.dirname(d) for d in cgroup.dirs) if cgroup is not None else ()
+        pid, pidfd = await spawn.spawn(child_spec(spec, fs_ops), spawn.clone_flags(spec), fds, parents)
     except BaseException:
         child_side.close()
         stack.close()
@@ -440,7 +438,5 @@ async def start_container(
         with anyio.CancelScope(shield=True):
             container.kill()
             await container.aclose()
-        step, _, rest = report.decode(errors="replace").partition("\0")
-        err_s, _, detail = rest.partition("\0")
-        raise _start_error(step, int(err_s or 0), detail)
+        raise _start_error(*wire.decode_failure(report))
     return container

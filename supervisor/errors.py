@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 
-_EPERM_HINT = "are you root? mydocker needs CAP_SYS_ADMIN to create namespaces"
+#: what every "needs privileges" failure says
+NOT_PERMITTED = "mydocker must run as root: creating namespaces needs CAP_SYS_ADMIN"
 
 
 class MydockerError(Exception):
@@ -37,7 +38,7 @@ class StartError(MydockerError):
         self.detail = detail
         text = detail or (os.strerror(errno) if errno else "failed")
         if errno == _errno.EPERM:
-            text += f" ({_EPERM_HINT})"
+            text += f" ({NOT_PERMITTED})"
         super().__init__(f"{step}: {text}")
 
 

@@ -115,17 +115,9 @@ def list_images(state_dir: str) -> list[Image]:
 
 def _users(state_dir: str, rootfs: str) -> list[str]:
     """Ids of the containers (in the state directory) whose lower layer is ``rootfs``."""
-    containers = os.path.join(state_dir, "containers")
-    users = []
-    with contextlib.suppress(FileNotFoundError):
-        for cid in os.listdir(containers):
-            try:
-                with open(os.path.join(containers, cid, "config.json")) as f:
-                    if json.load(f)["spec"]["rootfs"] == rootfs:
-                        users.append(cid)
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-    return users
+    from .state import container_configs
+
+    return [cid for cid, spec in container_configs(state_dir) if spec.get("rootfs") == rootfs]
 
 
 def remove_image(name: str, state_dir: str) -> None:
@@ -134,10 +126,10 @@ def remove_image(name: str, state_dir: str) -> None:
     Raises:
         SpecError: no such image, or a container still uses it.
     """
-    from .rootfs import sweep
+    from .state import sweep_dead
 
     rootfs = image_rootfs(name, state_dir)
-    sweep(state_dir)  # containers of a SIGKILLed supervisor do not hold the image
+    sweep_dead(state_dir)  # containers of a SIGKILLed supervisor do not hold the image
     users = _users(state_dir, rootfs)
     if users:
         raise SpecError(f"image {name} is in use by container {users[0][:12]}")

@@ -16,11 +16,10 @@ import errno
 import os
 from _operator import itemgetter
 
-from . import _linux
+from . import _linux, wire
 
-# What typing.TYPE_CHECKING is, without importing typing: the spawn helper loads this
-# module, and typing (~1 MB of the helper's memory) would make each of its clones
-# dearer (their page tables are copied by every clone, torn down by every exec).
+# What typing.TYPE_CHECKING is, without importing typing (typing is ~1 MB; helper.py
+# says what the spawn helper may load).
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
@@ -86,11 +85,10 @@ else:
     class NamedTuple(metaclass=_NamedTupleMeta):
         pass
 
-# rootfs (and through it spec and dataclasses) is imported only where a root
-# filesystem is used: the spawn helper, which forks for every container, stays
-# smaller without them (its page tables are copied by every clone and torn down by
-# every exec). A container with a root filesystem has them loaded in the helper by
-# the time it is cloned: ``prepare`` imports it for its CHILD_FUNCTIONS.
+# mounts (and through it spec and dataclasses) is imported only where a root
+# filesystem is used (helper.py: what the helper may load). A container with a root
+# filesystem has it loaded in the helper by the time it is cloned: ``prepare``
+# imports it for its CHILD_FUNCTIONS.
 
 #: exit status of a child that failed before exec (the supervisor reports the
 #: error from the pipe; the status only matters if nobody reads it)
@@ -104,8 +102,8 @@ ExecArgs = tuple[tuple[bytes, ...], tuple[bytes, ...], tuple[bytes, ...], str]
 #: (made by ``prepare`` in the parent)
 ExecCall = tuple[tuple[bytes, ...], object, object, str]
 
-#: a filesystem step of a root filesystem (rootfs.child_ops) as it travels to the
-#: spawn helper: (name, the function's name in ``rootfs.CHILD_FUNCTIONS``, args)
+#: a filesystem step of a root filesystem (mounts.child_ops) as it travels to the
+#: spawn helper: (name, the function's name in ``mounts.CHILD_FUNCTIONS``, args)
 FsOpRef = tuple[str, str, tuple[object, ...]]
 
 
@@ -156,16 +154,11 @@ def _exec_args(argv: tuple[str, ...], env: dict[str, str]) -> ExecArgs:
     return candidates, tuple(map(fse, argv)), tuple(fse(f"{k}={v}") for k, v in env.items()), prog
 
 
-def child_spec(spec: ContainerSpec) -> ChildSpec:
-    """Digest a (resolved) spec for the child (see ``ChildSpec``)."""
+def child_spec(spec: ContainerSpec, fs_ops: tuple[FsOpRef, ...] = ()) -> ChildSpec:
+    """Digest a (resolved) spec for the child (see ``ChildSpec``); ``fs_ops`` are its
+    root filesystem's steps (``mounts.child_ops``), in the form they travel in."""
     ns = spec.namespaces
     mount = "mount" in ns
-    fs_ops: tuple[FsOpRef, ...] = ()
-    if mount and spec.rootfs is not None:
-        from . import rootfs
-
-        # overlay root, /proc, /dev, /sys, volumes, masks, pivot_root (rootfs.py)
-        fs_ops = tuple((op.step, op.fn.__name__, op.args) for op in rootfs.child_ops(spec))
     return ChildSpec(
         mount=mount,
         mount_proc=mount and spec.rootfs is None and "pid" in ns,
@@ -203,20 +196,28 @@ class ChildPlan(NamedTuple):
     netns: int = -1
 
 
+def child_plan(child: ChildSpec, fds: dict[str, int], reset: tuple[int, ...] | None) -> ChildPlan:
+    """The plan of a child whose fds (by ``wire.ROLES``, plus the helper's own
+    "netns") are numbered as in the process that clones it."""
+    return ChildPlan(
+        child=child,
+        stdin=fds["stdin"],
+        stdout=fds["stdout"],
+        stderr=fds["stderr"],
+        errpipe=fds["errpipe"],
+        sync=fds.get("sync", -1),
+        reset_signals=reset,
+        console=fds.get("console", -1),
+        netns=fds.get("netns", -1),
+    )
+
+
 class _StepFailed(Exception):
     def __init__(self, step: str, err: int, detail: str = "") -> None:
         super().__init__(step)
         self.step = step
         self.err = err
         self.detail = detail
-
-
-def _report(fd: int, step: str, err: int, detail: str) -> None:
-    msg = f"{step}\0{err}\0{detail}".encode(errors="surrogateescape")
-    try:
-        os.write(fd, msg[:4000])
-    except OSError:
-        pass
 
 
 def _call(name: str, fn: Callable[..., int], *args: object) -> int:
@@ -282,7 +283,7 @@ def _namespace_steps(child: ChildSpec, net_ready: bool) -> list[Step]:
         # First of all: nothing we mount may propagate back to the host.
         steps.append(_MAKE_ROOT_PRIVATE)
         if child.fs_ops:
-            from .rootfs import CHILD_FUNCTIONS  # loaded in the parent, before the clone
+            from .mounts import CHILD_FUNCTIONS  # loaded in the parent, before the clone
 
             steps += [(name, CHILD_FUNCTIONS[fn], args, None) for name, fn, args in child.fs_ops]
         if child.mount_proc:
@@ -316,9 +317,9 @@ def _stdio_steps(plan: ChildPlan) -> list[Step]:
 def _console_stdio(plan: ChildPlan) -> None:
     """With ``-t`` and a root filesystem: the pty is made in the child, after
     pivot_root, so its stdio steps cannot be worked out before the clone."""
-    from . import rootfs  # loaded already (see the imports): no import runs in the child
+    from . import mounts  # loaded already (see the imports): no import runs in the child
 
-    slave = _call("open the container's terminal", rootfs.open_console, plan.console)
+    slave = _call("open the container's terminal", mounts.open_console, plan.console)
     _run_steps(_stdio_steps(plan._replace(stdin=slave, stdout=slave, stderr=slave)))
 
 
@@ -383,7 +384,7 @@ def _run_as_init(plan: ChildPlan, how: ExecCall) -> None:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
             _exec(how)
         except _StepFailed as e:
-            _report(plan.errpipe, e.step, e.err, e.detail)
+            wire.report_failure(plan.errpipe, e.step, e.err, e.detail)
         os._exit(127)
     os.close(plan.errpipe)
     os.close(gate_r)
@@ -411,16 +412,24 @@ def _run_as_init(plan: ChildPlan, how: ExecCall) -> None:
 def _wait_until_placed(sync: int) -> None:
     # Wait until the supervisor has put us into our cgroups (v1): we must not run the
     # command outside its limits. EOF without a byte means: give up.
-    if os.read(sync, 1) != b"1":
+    if not wire.wait_released(sync):
         os._exit(EXIT_SETUP_FAILED)
-    os.close(sync)
 
 
-if TYPE_CHECKING:
-    #: everything the child does, worked out before the clone by ``prepare``:
-    #: (fds to close first, signals to reset, whether the signal mask needs clearing,
-    #: the steps, the exec, the ``--init`` plan or None, the error pipe)
-    Prepared = tuple[tuple[int, ...], tuple[int, ...], bool, list[Step], ExecCall, ChildPlan | None, int]
+class Prepared(NamedTuple):
+    """Everything the child does, worked out before the clone by ``prepare``."""
+
+    #: fds to close first (the helper's own, other requests')
+    drop_fds: tuple[int, ...]
+    #: signals to reset to their default
+    reset: tuple[int, ...]
+    #: whether the signal mask needs clearing
+    masked: bool
+    steps: list[Step]
+    exec: ExecCall
+    #: the ``--init`` plan, or None
+    init: ChildPlan | None
+    errpipe: int
 
 
 def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
@@ -460,17 +469,16 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         steps.append((f"chdir {child.cwd}", _linux.raw_chdir, (cwd,), f"chdir({child.cwd!r})"))
     candidates, argv, envp, prog = child.exec
     how = (candidates, _linux.c_string_array(argv), _linux.c_string_array(envp), prog)
-    return drop_fds, reset, masked, steps, how, plan if child.init else None, plan.errpipe
+    return Prepared(drop_fds, reset, masked, steps, how, plan if child.init else None, plan.errpipe)
 
 
 def run_prepared(prepared: Prepared) -> None:
     """Execute a ``prepare``d plan in the freshly cloned child. Never returns."""
     failure = _child(prepared)
-    errpipe = prepared[-1]
     if isinstance(failure, _StepFailed):
-        _report(errpipe, failure.step, failure.err, failure.detail)
+        wire.report_failure(prepared.errpipe, failure.step, failure.err, failure.detail)
     else:
-        _report(errpipe, "init", 0, f"{type(failure).__name__}: {failure}")
+        wire.report_failure(prepared.errpipe, "init", 0, f"{type(failure).__name__}: {failure}")
     os._exit(EXIT_SETUP_FAILED)
 
 
@@ -520,4 +528,4 @@ def warm_up() -> None:
     harmless: list[Step] = [("warm up", _linux.raw_fcntl, (0, _F_GETFD, 0), "fcntl(0, F_GETFD)")] * 3
     how = ((b"", b""), _linux.c_string_array((b"warm-up",)), _linux.c_string_array(()), "warm-up")
     for _ in range(_WARM_UP_ROUNDS):
-        _child(((), (), False, harmless, how, None, -1))
+        _child(Prepared((), (), False, harmless, how, None, -1))

@@ -15,6 +15,16 @@ from dataclasses import dataclass, field, replace
 
 from .errors import SpecError
 
+#: stdio arguments of the library (``subprocess``'s values): a pipe to the container,
+#: /dev/null, and stderr into stdout
+PIPE = -1
+STDOUT = -2
+DEVNULL = -3
+
+#: seconds between SIGTERM and SIGKILL when a container is stopped or cancelled
+#: (docker's ``stop`` timeout)
+DEFAULT_GRACE = 10.0
+
 #: docker's default PATH inside a container
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -95,22 +95,19 @@ def _settle(check: object, timeout: float = 5.0) -> None:
 
 def _cgroup_leftovers() -> set[str]:
     """Container cgroups below ours (every hierarchy) that nobody will remove: made by
-    this process, or by a mydocker that is gone. Others' (live) ones are not ours."""
+    this process, or by a mydocker that is gone (and their owners' markers). Others'
+    (live) ones are not ours."""
     from supervisor import cgroups
 
     layout = cgroups.current_layout()
-    found = set()
-    for h in ([layout.v2] if layout.v2 else []) + list(layout.v1):
-        parent = h.parent_dir(None)
-        try:
-            names = os.listdir(parent) if parent else []
-        except OSError:
-            continue
-        for name in names:
-            owner = cgroups._owner_of(name)
-            if owner is not None and (owner == os.getpid() or not cgroups._alive(owner)):
-                found.add(f"{parent}/{name}")
-    return found
+    return set(cgroups.leftovers(layout.fs, cgroups.parents_of(layout)))
+
+
+def _owner_fds() -> set[int]:
+    """The fds this process holds its cgroup owner markers with (for its lifetime)."""
+    from supervisor import cgroups
+
+    return set(cgroups.owner().marker_fds())
 
 
 @pytest.fixture(autouse=True)
@@ -119,11 +116,11 @@ def host_unchanged() -> Iterator[None]:
     container cgroup."""
     mounts, fds, cgroups = _mounts(), _fds(), _cgroup_leftovers()
     yield
-    _settle(lambda: not _children() and _fds() <= fds and not _cgroup_leftovers() - cgroups)
+    _settle(lambda: not _children() and _fds() - _owner_fds() <= fds and not _cgroup_leftovers() - cgroups)
     leftover = _cgroup_leftovers() - cgroups
     assert not leftover, f"cgroups left behind: {sorted(leftover)}"
     assert _mounts() == mounts, "the host's mount table changed"
-    leaked = _fds() - fds
+    leaked = _fds() - _owner_fds() - fds
     assert not leaked, f"fds leaked: {[_describe_fd(fd) for fd in leaked]}"
     assert not _children(), f"child processes left behind: {_children()}"
     assert os.path.exists("/proc/1/status"), "the host's /proc is broken"

@@ -34,17 +34,28 @@ PY = sys.executable
 MEMORY_HOG = "b = []\nwhile True: b.append(b'x' * (1 << 20))"
 
 
-def our_dirs(owner: int | None = None) -> list[str]:
-    """Every mydocker-* cgroup below our own cgroups (of ``owner``, if given)."""
+def our_dirs() -> list[str]:
+    """The container cgroups of this process below our own cgroups."""
     layout = cgroups.current_layout()
-    out = []
-    for h in ([layout.v2] if layout.v2 else []) + list(layout.v1):
-        parent = h.parent_dir(None)
-        assert parent is not None
-        for name in os.listdir(parent):
-            if cgroups._owner_of(name) is not None and (owner is None or cgroups._owner_of(name) == owner):
-                out.append(f"{parent}/{name}")
-    return out
+    token = cgroups.owner().token
+    return [
+        f"{parent}/{name}"
+        for parent in cgroups.parents_of(layout)
+        for name in os.listdir(parent)
+        if name.startswith("mydocker-") and name.endswith(f"-{token}")
+    ]
+
+
+def other_dirs() -> list[str]:
+    """The container cgroups of other mydocker processes (live or dead) below ours."""
+    layout = cgroups.current_layout()
+    token = cgroups.owner().token
+    return [
+        f"{parent}/{name}"
+        for parent in cgroups.parents_of(layout)
+        for name in os.listdir(parent)
+        if name.startswith("mydocker-") and not name.startswith("mydocker-owner-") and not name.endswith(token)
+    ]
 
 
 def gone_or_zombie(pid: int) -> bool:
@@ -207,7 +218,7 @@ def test_leftovers_of_a_killed_mydocker_are_cleaned_by_the_next_run() -> None:
     proc.wait()
     proc.stdout.close()
     try:
-        left = our_dirs(owner=proc.pid)
+        left = other_dirs()
         assert left and any("/memory/" in d for d in left)  # v2 and the v1 memory cgroup
         assert not gone_or_zombie(daemon)
         r = run_cli("run", "true")
@@ -297,11 +308,11 @@ async def test_api_failed_placement_is_a_start_error_leaving_nothing(
         real_write(self, path, value)
 
     monkeypatch.setattr(cgroups.CgroupFS, "write", refuse_procs)
-    before = our_dirs(os.getpid())
+    before = our_dirs()
     with pytest.raises(StartError, match="place the container in its cgroup") as err:
         await run_container(["sh", "-c", "echo ran > /dev/stderr"], limits=Limits(pids=10))
     assert err.value.errno == 13
-    assert our_dirs(os.getpid()) == before
+    assert our_dirs() == before
 
 
 @pytest.mark.anyio
@@ -336,12 +347,12 @@ async def test_api_writes_only_inside_the_containers_own_cgroups(
 
 @pytest.mark.anyio
 async def test_api_cancelled_while_starting_leaves_no_cgroup(anyio_backend: str) -> None:
-    before = our_dirs(os.getpid())
+    before = our_dirs()
     for _ in range(5):
         with anyio.CancelScope() as scope:
             scope.cancel()  # cancelled at the first checkpoint inside the start
             await run_container(["sleep", "100"], limits=Limits(memory=64 << 20, pids=8))
-        assert our_dirs(os.getpid()) == before
+        assert our_dirs() == before
 
 
 def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service() -> None:
@@ -363,7 +374,7 @@ def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service() -> None:
     assert proc.stdout is not None
     daemon = int(proc.stdout.readline())
     try:
-        left = our_dirs(owner=proc.pid)
+        left = other_dirs()
         assert len(left) == 2  # v2 and the v1 memory cgroup
         proc.kill()
         proc.wait()

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from supervisor import cgroups
@@ -186,11 +187,14 @@ V2_FILES = {
 class FakeCgroupFS(cgroups.CgroupFS):
     """A cgroup v2 tree in a tmpdir, with the kernel's rules the driver relies on."""
 
+    made: list[FakeCgroupFS] = []
+
     def __init__(self, root: Path, controllers: str = "cpuset cpu memory pids", swap: bool = True) -> None:
         self.root = root
         self.swap = swap
         self.kills: list[str] = []
         self._fill(root, controllers)
+        FakeCgroupFS.made.append(self)
 
     def _fill(self, d: Path, controllers: str) -> None:
         files = {
@@ -213,7 +217,8 @@ class FakeCgroupFS(cgroups.CgroupFS):
 
     def rmdir(self, path: str) -> None:
         p = Path(path)
-        if p.joinpath("cgroup.procs").read_text().strip():
+        # busy while it holds processes or has cgroups below it, as the kernel says
+        if p.joinpath("cgroup.procs").read_text().strip() or any(f.is_dir() for f in p.iterdir()):
             raise OSError(errno.EBUSY, "Device or resource busy", path)
         for f in p.iterdir():
             f.unlink()
@@ -247,7 +252,22 @@ class FakeCgroupFS(cgroups.CgroupFS):
         d.joinpath("cgroup.events").write_text(f"populated {int(bool(pids))}\nfrozen 0\n")
 
 
-def v2_layout(tmp_path: Path, own: str = "/", **kw: object) -> tuple[cgroups.Layout, FakeCgroupFS]:
+@pytest.fixture(autouse=True)
+def _release_fake_owners() -> Iterator[None]:
+    """Each fake cgroupfs's owner markers go at the end of the test (a real process's
+    go at its exit)."""
+    yield
+    while FakeCgroupFS.made:
+        fs = FakeCgroupFS.made.pop()
+        fs.owner().release(fs)
+
+
+def cgroups_in(d: Path) -> list[str]:
+    """The cgroups right below ``d``, our owner's marker left out."""
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("mydocker-owner-"))
+
+
+def v2_layout(tmp_path: Path, own: str = "/", **kw: object) -> tuple[cgroups.CgroupLayout, FakeCgroupFS]:
     root = tmp_path / "cg"
     root.mkdir()
     fs = FakeCgroupFS(root, **kw)  # type: ignore[arg-type]
@@ -272,7 +292,7 @@ async def test_v2_limits_are_written_and_everything_removed(tmp_path: Path, anyi
     spec = ContainerSpec(["true"], limits=limits, cgroup_parent="ctrs")
     cg = cgroups.create_cgroup(spec, layout)
     assert cg is not None
-    d = parent / cgroups.cgroup_name(spec)
+    d = parent / cgroups.cgroup_name(spec, fs.owner().token)
     assert cg.dirs == [str(d)] and not cg.v1_dirs
     assert (parent / "cgroup.subtree_control").read_text().split() == ["cpu", "cpuset", "memory", "pids"]
     assert (d / "memory.max").read_text() == f"{64 << 20}\n"
@@ -314,7 +334,7 @@ def test_v2_no_internal_process_rule_is_explained(tmp_path: Path) -> None:
     fs.set_procs(svc, [str(os.getpid())])  # the supervisor itself lives there
     with pytest.raises(StartError, match=r"holds processes.*--cgroup-parent"):
         cgroups.create_cgroup(ContainerSpec(["true"], limits=Limits(pids=10)), layout)
-    assert sorted(p.name for p in svc.iterdir() if p.is_dir()) == []
+    assert cgroups_in(svc) == []
 
 
 def test_v2_missing_controller_or_swap_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
@@ -330,7 +350,7 @@ def test_v2_missing_controller_or_swap_is_an_error_and_leaves_nothing(tmp_path: 
         cgroups.create_cgroup(
             ContainerSpec(["true"], limits=Limits(memory=64 << 20, memory_swap=1 << 30)), layout
         )
-    assert [p.name for p in root.iterdir() if p.is_dir()] == []
+    assert cgroups_in(root) == []
 
 
 def test_cpuset_outside_the_parents_cpus_is_a_spec_error(tmp_path: Path) -> None:
@@ -341,19 +361,47 @@ def test_cpuset_outside_the_parents_cpus_is_a_spec_error(tmp_path: Path) -> None
         cgroups.create_cgroup(ContainerSpec(["true"], cgroup_parent="/nope"), layout)
 
 
-def test_leftovers_of_a_dead_supervisor_are_swept(tmp_path: Path) -> None:
+def test_leftovers_of_a_dead_owner_are_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
     _, fs = v2_layout(tmp_path, own="/")
-    root = tmp_path / "cg"
-    dead = subprocess.Popen(["true"])
-    dead.wait()  # its pid is free now: a supervisor that was SIGKILLed
-    for name in (f"mydocker-aaa-{dead.pid}", f"mydocker-bbb-{os.getpid()}", "mydocker-ccc-1", "other"):
-        fs.mkdir(str(root / name))
-    fs.set_procs(root / f"mydocker-aaa-{dead.pid}", ["99999999"])  # an escaped daemon
-    removed = cgroups.sweep_leftovers(fs, [str(root)])
-    assert removed == [str(root / f"mydocker-aaa-{dead.pid}")]
-    assert fs.kills == removed
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [
-        f"mydocker-bbb-{os.getpid()}",
-        "mydocker-ccc-1",
-        "other",
-    ]
+    root = str(tmp_path / "cg")
+    live, dead = cgroups.Owner(), cgroups.Owner()
+    live.claim(fs, root)  # another mydocker, in whatever PID namespace: it holds its lock
+    dead.claim(fs, root)
+    names = {
+        "live": cgroups.cgroup_name(ContainerSpec(["true"], id="a" * 64), live.token),
+        "dead": cgroups.cgroup_name(ContainerSpec(["true"], id="b" * 64), dead.token),
+        "no marker": f"mydocker-{'c' * 64}-{'0' * 16}",  # its owner's marker is gone: dead too
+        "ours": cgroups.cgroup_name(ContainerSpec(["true"], id="d" * 64), fs.owner().token),
+    }
+    for name in names.values():
+        fs.mkdir(f"{root}/{name}")
+    fs.mkdir(f"{root}/{names['dead']}/made-inside")  # a cgroup the container made below its own
+    fs.set_procs(Path(root) / names["dead"], ["99999999"])  # an escaped daemon
+    for odd in ("mydocker-x-99999999999999999999", "mydocker-x-\u00b2", "mydocker-", "other"):
+        fs.mkdir(f"{root}/{odd}")  # not our naming: never touched, never a traceback
+    os.close(dead.marker_fds()[0])  # the dead owner was SIGKILLed: the kernel dropped its lock
+    removed = cgroups.sweep_dead(fs, [root])
+    assert sorted(removed) == sorted([f"{root}/{names['dead']}", f"{root}/{names['no marker']}"])
+    assert f"{root}/{names['dead']}" in fs.kills
+    left = cgroups_in(Path(root))
+    assert names["live"] in left and names["ours"] in left
+    assert f"mydocker-owner-{dead.token}" not in os.listdir(root)  # its marker went too
+    assert {"mydocker-x-99999999999999999999", "mydocker-x-\u00b2", "mydocker-", "other"} <= set(left)
+    live.release(fs)
+    assert cgroups.sweep_dead(fs, [root]) == [f"{root}/{names['live']}"]  # now it is gone too
+    fs.rmdir(f"{root}/{names['ours']}")
+
+
+@pytest.mark.anyio
+async def test_destroy_removes_cgroups_made_below_the_container_deepest_first(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    layout, fs = v2_layout(tmp_path, own="/")
+    cg = cgroups.create_cgroup(ContainerSpec(["true"]), layout)
+    assert cg is not None and cg.v2_dir is not None
+    fs.mkdir(f"{cg.v2_dir}/a")
+    fs.mkdir(f"{cg.v2_dir}/a/b")
+    with anyio.fail_after(cgroups.DESTROY_TIMEOUT / 2):  # a hang detector, not a time
+        await cg.destroy()
+    assert not os.path.exists(cg.v2_dir)
+    assert cgroups._given_up == []

@@ -19,6 +19,7 @@ import pytest
 
 from supervisor import ContainerSpec, SpecError, StartError, open_container, run_container
 from supervisor import rootfs as rfs
+from supervisor.state import STATE_DIR_ENV
 from supervisor.spec import Mount
 
 from . import busybox as bb
@@ -64,54 +65,6 @@ def one_line_error(res: subprocess.CompletedProcess[bytes]) -> str:
 
 
 # ------------------------------------------------------------------ pure units (no root)
-
-
-def spec_for(**kw: object) -> ContainerSpec:
-    return ContainerSpec(command=("sh",), rootfs="/images/bb", state_dir="/state", **kw)  # type: ignore[arg-type]
-
-
-def test_op_list_order() -> None:
-    spec = spec_for(
-        read_only=True,
-        mounts=(Mount("/data/sub", "/h1"), Mount("/data", type="tmpfs"), Mount("/x", "/h2", read_only=True)),
-    )
-    steps = [op.step for op in rfs.child_ops(spec)]
-    assert steps[0] == "mount overlay of /images/bb"
-    assert steps[-2:] == ["make the root filesystem read-only", "pivot_root"]
-    order = {s: i for i, s in enumerate(steps)}
-    assert order["mount /proc"] < order["mount /dev"] < order["bind /dev/null"] < order["mount /dev/pts"]
-    assert order["mount /sys"] < order["mask /sys/firmware"]
-    assert order["mount /proc"] < order["mask /proc/kcore"] < order["make /proc/sys read-only"]
-    # a parent mount comes before the mounts below it, whatever the order given
-    assert order["mount tmpfs /data"] < order["mount volume /h1:/data/sub"]
-    overlay = rfs.child_ops(spec)[0]
-    layout = rfs.Layout.of(spec)
-    assert overlay.args == ("/images/bb", layout.upper, layout.work, layout.rootfs)
-    assert layout.dir == f"/state/containers/{spec.id}"
-
-
-def test_op_list_without_options() -> None:
-    steps = [op.step for op in rfs.child_ops(spec_for(namespaces={"mount", "pid"}))]
-    assert "make the root filesystem read-only" not in steps
-    assert "mount /dev/mqueue" not in steps  # no IPC namespace of its own
-    assert not [s for s in steps if s.startswith(("mount volume", "mount tmpfs"))]
-
-
-def test_resolve_in_never_leaves_the_root(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    (root / "abs").symlink_to("/etc")
-    (root / "up").symlink_to("../../../..")
-    (root / "loop").symlink_to("loop")
-    (root / "rel").symlink_to("etc")
-    r = str(root)
-    assert rfs.resolve_in(r, "/abs/passwd") == f"{r}/etc/passwd"
-    assert rfs.resolve_in(r, "/up/tmp/x") == f"{r}/tmp/x"
-    assert rfs.resolve_in(r, "/../../x") == f"{r}/x"
-    assert rfs.resolve_in(r, "rel/new/dir") == f"{r}/etc/new/dir"
-    with pytest.raises(OSError) as e:
-        rfs.resolve_in(r, "/loop/x")
-    assert e.value.errno == errno.ELOOP
 
 
 @pytest.mark.parametrize(
@@ -183,84 +136,6 @@ def test_host_side_checks_create_nothing(tmp_path: Path) -> None:
         with pytest.raises(SpecError, match=words):
             rfs.resolve(spec)
     assert not sdir.exists()
-
-
-def test_state_dir_default_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(rfs.STATE_DIR_ENV, raising=False)
-    assert rfs.state_dir() == "/var/lib/mydocker"
-    monkeypatch.setenv(rfs.STATE_DIR_ENV, "/srv/md")
-    assert rfs.state_dir() == "/srv/md"
-    assert rfs.state_dir("/x") == "/x"
-
-
-def test_prepare_lays_out_the_container_dir_and_the_stack_removes_it(tmp_path: Path, state: Path) -> None:
-    image = tmp_path / "image"
-    image.mkdir()
-    spec = rfs.resolve(ContainerSpec(("sh",), rootfs=str(image), state_dir=str(state), env={"A": "1"}))
-    with contextlib.ExitStack() as stack:
-        layout = rfs.prepare(spec, stack)
-        assert layout is not None
-        assert sorted(os.listdir(layout.dir)) == ["config.json", "rootfs", "upper", "work"]
-        config = json.loads(Path(layout.config).read_text())
-        assert config["spec"]["id"] == spec.id and config["spec"]["rootfs"] == str(image)
-        assert config["spec"]["env"] == [["A", "1"]]
-        assert os.stat(layout.dir).st_mode & 0o777 == 0o700
-    assert not os.path.exists(layout.dir)
-
-
-def test_sweep_tells_dead_owners_from_live_ones_and_abandoned_dirs(tmp_path: Path, state: Path) -> None:
-    containers = state / "containers"
-    image = tmp_path / "image"
-    image.mkdir()
-    for cid, owner, age in (
-        ("dead", {"pid": 999_999_999, "start": 1}, 0),  # above any pid_max: no such process
-        ("mine", {"pid": os.getpid(), "start": None}, 0),
-        ("being-made", None, 0),
-        ("abandoned", None, 2 * rfs.ABANDONED_AFTER),
-    ):
-        cdir = containers / cid
-        (cdir / "upper").mkdir(parents=True)
-        if owner is not None:
-            (cdir / "config.json").write_text(json.dumps({"owner": owner}))
-        if age:
-            old = time.time() - age
-            os.utime(cdir, (old, old))
-    assert sorted(rfs.sweep(str(state))) == ["abandoned", "dead"]
-    assert sorted(os.listdir(containers)) == ["being-made", "mine"]
-    for cid in ("being-made", "mine"):
-        rfs.remove_layout(rfs.Layout(str(containers / cid)))
-
-
-def test_prepare_writes_config_json_whole_and_first(
-    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A supervisor killed half way must never leave a config.json without its owner.
-    image = tmp_path / "image"
-    image.mkdir()
-    spec = rfs.resolve(ContainerSpec(("sh",), rootfs=str(image), state_dir=str(state)))
-    seen = []
-    real_mkdir = os.mkdir
-
-    def mkdir(path: str, mode: int = 0o777) -> None:
-        if os.path.basename(path) in ("upper", "work", "rootfs"):
-            seen.append(json.loads(Path(rfs.Layout.of(spec).config).read_text())["owner"]["pid"])
-        real_mkdir(path, mode)
-
-    monkeypatch.setattr(os, "mkdir", mkdir)
-    with contextlib.ExitStack() as stack:
-        rfs.prepare(spec, stack)
-    assert seen == [os.getpid()] * 3
-
-
-def test_prepare_refuses_a_taken_id(tmp_path: Path, state: Path) -> None:
-    image = tmp_path / "image"
-    image.mkdir()
-    spec = rfs.resolve(ContainerSpec(("sh",), rootfs=str(image), state_dir=str(state)))
-    with contextlib.ExitStack() as stack:
-        rfs.prepare(spec, stack)
-        with contextlib.ExitStack() as other, pytest.raises(SpecError, match="already exists"):
-            rfs.prepare(spec, other)
-        assert os.path.exists(rfs.Layout.of(spec).config)  # the first one's is untouched
 
 
 # ------------------------------------------------------------------ root: the CLI with busybox
@@ -411,7 +286,7 @@ def test_proc_and_sys_are_masked_and_read_only(busybox: Path, state: Path) -> No
 def test_state_dir_from_the_environment(busybox: Path, state: Path) -> None:
     res = run_cli(
         "run", "--rootfs", str(busybox), "cat", "/proc/self/mountinfo",
-        env={**os.environ, rfs.STATE_DIR_ENV: str(state)},
+        env={**os.environ, STATE_DIR_ENV: str(state)},
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert f"upperdir={state}/containers/" in out(res)
@@ -495,7 +370,7 @@ async def test_api_container_dir_exists_while_running_and_goes_after(
         ["sh", "-c", "read x; echo $x > /f; cat /f"], rootfs=str(busybox), state_dir=str(state)
     ) as c:
         cdir = state / "containers" / c.spec.id
-        assert sorted(os.listdir(cdir)) == ["config.json", "rootfs", "upper", "work"]
+        assert sorted(os.listdir(cdir)) == ["config.json", "lock", "rootfs", "upper", "work"]
         assert c.spec.rootfs == str(busybox) and c.spec.state_dir == str(state)
         assert c.stdin is not None and c.stdout is not None
         await c.stdin.send(b"hello\n")

@@ -470,7 +470,7 @@ def test_output_to_a_closed_pipe_ends_the_container(backend: str) -> None:
 
 
 def test_raw_mode_is_restored_after_an_exception() -> None:
-    from supervisor.tty import raw_mode
+    from supervisor.cli.tty import raw_mode
 
     master, slave = os.openpty()
     try:
@@ -488,7 +488,7 @@ def test_raw_mode_is_restored_after_an_exception() -> None:
 
 
 def test_raw_mode_on_something_that_is_not_a_terminal_does_nothing() -> None:
-    from supervisor.tty import raw_mode
+    from supervisor.cli.tty import raw_mode
 
     r, w = os.pipe()
     try:
@@ -503,7 +503,7 @@ def test_raw_mode_on_something_that_is_not_a_terminal_does_nothing() -> None:
 async def test_raw_mode_is_restored_on_cancellation(anyio_backend: str) -> None:
     import anyio
 
-    from supervisor.tty import raw_mode
+    from supervisor.cli.tty import raw_mode
 
     master, slave = os.openpty()
     try:
@@ -519,7 +519,7 @@ async def test_raw_mode_is_restored_on_cancellation(anyio_backend: str) -> None:
 
 @pytest.mark.anyio
 async def test_stdin_reader_handles_every_kind_of_stdin(anyio_backend: str, tmp_path: Path) -> None:
-    from supervisor.tty import StdinReader
+    from supervisor.cli.tty import StdinReader
 
     async def read_all(fd: int) -> tuple[str, bytes]:
         reader, got = StdinReader(fd), b""
@@ -550,7 +550,7 @@ async def test_stdin_reader_handles_every_kind_of_stdin(anyio_backend: str, tmp_
 async def test_stdout_writer_leaves_a_shared_pipe_blocking(anyio_backend: str) -> None:
     import anyio
 
-    from supervisor.tty import StdoutWriter
+    from supervisor.cli.tty import StdoutWriter
 
     r, w = os.pipe()
     data = os.urandom(1 << 20)  # far more than a pipe holds: the writer must wait
@@ -607,7 +607,7 @@ async def test_run_tty_in_process_leaks_nothing(anyio_backend: str) -> None:
     """The tty path on this very event loop, with stdout a pipe (re-opened privately);
     host_unchanged checks that no fd or child is left behind."""
     from supervisor.spec import ContainerSpec
-    from supervisor.tty import run_tty
+    from supervisor.cli.tty import run_tty
 
     spec = ContainerSpec(command=("sh", "-c", "echo in-process; exit 6"), tty=True)
     r, w = os.pipe()

@@ -33,15 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import _linux
-from ._streams import FdStream
-from .cli import FORWARDED_SIGNALS
-from .container import DEVNULL, PIPE, start_container
-from .runner import SignalForwarder, drops_default_signals, report_oom, say
-from .spec import ContainerSpec
+from .. import _linux
+from .._streams import FdStream
+from ..container import start_container
+from ..spec import DEVNULL, PIPE, ContainerSpec
+from .signals import FORWARDED_SIGNALS, SignalForwarder, drops_default_signals, report_oom, say
 
 if TYPE_CHECKING:
-    from .container import Container
+    from ..container import Container
 
 #: the pty's size when mydocker has no terminal to copy it from (CI, pipes)
 DEFAULT_WINSIZE = (24, 80)

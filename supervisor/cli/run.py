@@ -1,78 +1,14 @@
-"""The ``mydocker`` command line: builds a ContainerSpec, runs it, exits with its status.
-
-Errors are printed once, as one line (``mydocker: ...``), with exit status 125 for
-mydocker's own failures, 126/127 for a command that cannot run (docker's codes);
-``--debug`` adds the traceback. Start-up time matters (it is most of
-``mydocker run /bin/true``): anyio and the container machinery are imported only
-when a container is really run.
-"""
+"""``mydocker run``: the flags, the ContainerSpec they build, and the foreground run."""
 
 from __future__ import annotations
 
-import signal
+import os
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from . import __version__
-from .errors import MydockerError, SpecError
-
-EXIT_MYDOCKER = 125
-
-#: signals mydocker passes on to the container's PID 1 (docker's sig-proxy)
-FORWARDED_SIGNALS = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
-
-#: a second SIGINT within this many seconds kills a container that ignores the first
-SECOND_INTERRUPT_WINDOW = 3.0
-
-
-def _fail(message: str, code: int = EXIT_MYDOCKER) -> NoReturn:
-    click.echo(f"mydocker: {message}", err=True)
-    sys.exit(code)
-
-
-class _Group(click.Group):
-    """A group whose usage errors are one line and exit 125, as docker's are."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        debug = "--debug" in sys.argv[1:2]
-        kwargs["standalone_mode"] = False
-        try:
-            return super().main(args, prog_name, **kwargs)
-        except click.exceptions.Exit as e:
-            sys.exit(e.exit_code)
-        except click.exceptions.Abort:
-            _fail("aborted")
-        except click.UsageError as e:
-            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            _fail(f"{e.format_message()}{hint}")
-        except click.ClickException as e:
-            _fail(e.format_message())
-        except MydockerError as e:
-            if debug:
-                raise
-            _fail(str(e), e.exit_code)
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except OSError as e:
-            if debug:
-                raise
-            _fail(str(e))
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-v", "--version", prog_name="mydocker")
-@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-def main(debug: bool) -> None:
-    """mydocker: run commands in Linux containers (namespaces, cgroups, a pty)."""
+from ..errors import SpecError
 
 
 def _parse_namespaces(network: str, pid: str, uts: str, ipc: str) -> frozenset[str]:
@@ -106,8 +42,6 @@ def _filesystem_options(
     Host paths are made absolute against the current directory (docker refuses a
     relative -v host path; resolving it is friendlier and just as unambiguous).
     """
-    import os
-
     if rootfs is not None and image is not None:
         raise SpecError("give either --rootfs or --image, not both")
     mounts = []
@@ -126,7 +60,7 @@ def _filesystem_options(
     }
 
 
-@main.command(
+@click.command(
     context_settings={"allow_interspersed_args": False},
     short_help="Run a command in a new container.",
 )
@@ -216,7 +150,7 @@ def run(
     Exit status: the command's; 128+N if killed by signal N; 125 if mydocker
     failed; 126 if COMMAND cannot be executed; 127 if it was not found.
     """
-    from .spec import ContainerSpec, Limits, Mount, parse_env
+    from ..spec import ContainerSpec, Limits, Mount, parse_env
 
     if command and command[0] == "--":
         command = command[1:]
@@ -242,77 +176,6 @@ def run(
         ),
         cgroup_parent=cgroup_parent,
     )
-    from .runner import run_cli
+    from .foreground import run_cli
 
     sys.exit(run_cli(spec, interactive=interactive, grace=stop_timeout))
-
-
-@main.group(short_help="Import, list and remove images.")
-@click.option(
-    "--state-dir",
-    metavar="DIR",
-    help="Images and layers (default: $MYDOCKER_STATE_DIR or /var/lib/mydocker).",
-)
-@click.pass_context
-def image(ctx: click.Context, state_dir: str | None) -> None:
-    """Root filesystem images: `mydocker run --image NAME COMMAND` runs one.
-
-    A busybox image to start with: scripts/busybox-image.sh DIR busybox.tar, then
-    `mydocker image import busybox busybox.tar`.
-    """
-    from .rootfs import state_dir as resolve_state_dir
-
-    ctx.obj = resolve_state_dir(state_dir)
-
-
-@image.command("import")
-@click.option(
-    "--allow-devices", is_flag=True, help="Create device nodes found in the tarball (default: skip them)."
-)
-@click.argument("name")
-@click.argument("tarball")
-@click.pass_obj
-def image_import(state_dir: str, allow_devices: bool, name: str, tarball: str) -> None:
-    """Unpack TARBALL (a root filesystem; '-' reads stdin) as image NAME."""
-    from .images import import_image
-
-    source: Any = sys.stdin.buffer if tarball == "-" else tarball
-    img = import_image(name, source, state_dir, allow_devices=allow_devices)
-    note = f" ({img.skipped} device nodes or special files skipped)" if img.skipped else ""
-    click.echo(f"{img.name}{note}")
-
-
-@image.command("ls")
-@click.option("-q", "--quiet", is_flag=True, help="Only names.")
-@click.pass_obj
-def image_ls(state_dir: str, quiet: bool) -> None:
-    """List the imported images."""
-    import time
-
-    from .images import list_images
-
-    images = list_images(state_dir)
-    if quiet:
-        for img in images:
-            click.echo(img.name)
-        return
-    click.echo(f"{'NAME':<24} {'CREATED':<20} {'SIZE':>10}")
-    for img in images:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(img.created))
-        click.echo(f"{img.name:<24} {created:<20} {img.size / 1e6:>8.1f}MB")
-
-
-@image.command("rm")
-@click.argument("names", nargs=-1, required=True)
-@click.pass_obj
-def image_rm(state_dir: str, names: tuple[str, ...]) -> None:
-    """Remove images."""
-    from .images import remove_image
-
-    for name in names:
-        remove_image(name, state_dir)
-        click.echo(name)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,5 @@
+"""``python -m supervisor.cli``: the ``mydocker`` command."""
+
+from . import main
+
+main()

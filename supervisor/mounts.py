@@ -1,0 +1,472 @@
+"""The child's filesystem: the ordered mount operations of a container with a root filesystem.
+
+Inside the child (``init.py``, after ``/`` was made recursively private) the root
+filesystem is set up by an ordered list of small operations, bubblewrap-style:
+``child_ops(spec, dirs)`` *builds* the list from the spec (pure, testable without
+root) and init *runs* it, reporting the name of a failing step over the error pipe:
+
+    overlay(image, upper, work) at the container's mount point
+    /proc, /dev (tmpfs + host device nodes + devpts + shm), /sys read-only
+    volumes and tmpfs mounts (parents before children)
+    masked and read-only /proc and /sys paths
+    read-only root (--read-only)
+    pivot_root into it, detach the old root
+    (with -t, then open_console: a pty in the container's devpts, master sent back)
+
+Every mount happens in the child's own mount namespace, so it disappears with the
+container: the host's mount table never changes. Paths inside the container are
+resolved with ``resolve_in`` (symlinks are followed as if the image were ``/``), so
+an image cannot make a mount or a ``mkdir`` land outside of it.
+
+Built in the supervisor, run in the child: the spawn helper loads this module before
+the clone (after ``pivot_root`` the child can import nothing), so it imports only
+what the child needs, and nothing of the host's stores (``state``, ``images``,
+``rootfs``): where the container's directories are comes in as ``ContainerDirs``.
+Every call that touches the kernel goes through ``SYSCALLS`` (tests record them).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import _linux, wire
+from .spec import ContainerSpec, Mount
+
+#: host device nodes bind-mounted into the container's /dev (docker's set)
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+#: docker's masked paths: hidden behind /dev/null (files) or an empty read-only tmpfs
+MASKED_PATHS = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+
+#: docker's read-only paths
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+_NOSUID_NODEV_NOEXEC = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
+#: the per-mount flags a read-only remount must keep (statvfs f_flag bits equal MS_*)
+_KEEP_FLAGS = _NOSUID_NODEV_NOEXEC | 1024 | 2048 | 4096  # | MS_NOATIME | MS_NODIRATIME | MS_RELATIME
+
+
+@dataclass(frozen=True)
+class ContainerDirs:
+    """The host paths a container's root filesystem is made of."""
+
+    #: the image: the overlay's read-only lower layer
+    lower: str
+    #: the overlay's writable layer and its work directory
+    upper: str
+    work: str
+    #: where the merged root is mounted (in the child's namespace only)
+    mountpoint: str
+
+
+# ------------------------------------------------------------------ the calls
+
+
+class Kernel:
+    """Every call the filesystem steps make that reaches the kernel.
+
+    Tests replace ``KERNEL`` with a recording fake (youki's ``TestHelperSyscall``
+    idea), so the steps' logic is checked without root.
+    """
+
+    def mount(
+        self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None
+    ) -> None:
+        """mount(2)."""
+        _linux.mount(source, target, fstype, flags, data)
+
+    def umount(self, target: str, flags: int) -> None:
+        """umount2(2)."""
+        _linux.umount(target, flags)
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        """pivot_root(2)."""
+        _linux.pivot_root(new_root, put_old)
+
+    def chdir(self, path: str) -> None:
+        """chdir(2)."""
+        os.chdir(path)
+
+    def open(self, path: str, flags: int) -> int:
+        """open(2) of a host path (close-on-exec)."""
+        return os.open(path, flags | os.O_CLOEXEC)
+
+    def open_in(self, root_fd: int, path: str, flags: int) -> int:
+        """openat2(2) of ``path`` inside the directory ``root_fd`` as if it were ``/``:
+        symlinks, absolute ones too, and ``..`` never leave it; no magic links."""
+        return _linux.openat2(
+            root_fd, path, flags | os.O_CLOEXEC, _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS
+        )
+
+    def mkdir_at(self, dir_fd: int, name: str) -> None:
+        """mkdirat(2), mode 0755."""
+        os.mkdir(name, 0o755, dir_fd=dir_fd)
+
+    def create_at(self, dir_fd: int, name: str) -> None:
+        """An empty file (a mount point for a file), never through a symlink."""
+        os.close(
+            os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+                dir_fd=dir_fd,
+            )
+        )
+
+    def readlink_at(self, dir_fd: int, name: str) -> str:
+        """readlinkat(2)."""
+        return os.readlink(name, dir_fd=dir_fd)
+
+    def symlink_at(self, target: str, dir_fd: int, name: str) -> None:
+        """symlinkat(2)."""
+        os.symlink(target, name, dir_fd=dir_fd)
+
+    def is_dir(self, fd: int) -> bool:
+        """Whether the open ``fd`` is a directory."""
+        return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+    def mount_flags(self, fd: int) -> int:
+        """The mount flags (statvfs f_flag, which equal MS_*) of the mount ``fd`` is on."""
+        return os.fstatvfs(fd).f_flag
+
+    def make_read_only(self, fd: int, recursive: bool) -> None:
+        """mount_setattr(2) MOUNT_ATTR_RDONLY on the mount ``fd`` is the root of."""
+        _linux.mount_setattr_rdonly_fd(fd, recursive)
+
+    def close(self, fd: int) -> None:
+        """close(2)."""
+        os.close(fd)
+
+    def openpty(self) -> tuple[int, int]:
+        """A pty pair (through the ``/dev/ptmx`` of the current root)."""
+        return os.openpty()
+
+    def ttyname(self, fd: int) -> str:
+        """The path of the terminal on ``fd``."""
+        return os.ttyname(fd)
+
+
+#: the calls the steps make (tests swap in a fake)
+KERNEL = Kernel()
+
+
+# ------------------------------------------------------------------ paths in the root
+
+
+def fd_path(fd: int) -> str:
+    """The magic link of an open fd: mounting onto it mounts onto exactly the file or
+    directory that was opened, whatever has happened to its path since (runc's
+    answer to CVE-2021-30465, a symlink swapped in between a check and a mount)."""
+    return f"/proc/self/fd/{fd}"
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
+
+
+def open_target(root: str, path: str, *, directory: bool = True, create: bool = True) -> int:
+    """An ``O_PATH`` fd of ``path`` inside ``root``, resolved as if ``root`` were
+    ``/`` (openat2 ``RESOLVE_IN_ROOT``), creating what is missing when ``create``
+    (directories, and the last component as a directory or an empty file; a
+    dangling symlink on the way is followed, inside the root, and its target made).
+
+    Every component is looked up again from the root after each creation, so a path
+    that a symlink leads through stays inside the root, and what is created is
+    created in a directory held open, never by a host path.
+
+    Raises:
+        OSError: ENOENT (not ``create``), ENOTDIR (a component exists and is not a
+            directory), ELOOP (too many symlinks).
+    """
+    k = KERNEL
+    root_fd = k.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        parts = _parts(path)
+        links = 0
+        i = 0
+        while True:
+            last = i == len(parts)
+            flags = os.O_PATH | (os.O_DIRECTORY if directory or not last else 0)
+            where = "/".join(parts[:i]) or "."
+            try:
+                fd = k.open_in(root_fd, where, flags)
+            except FileNotFoundError:
+                if not create or i == 0:
+                    raise
+                parent = k.open_in(root_fd, "/".join(parts[: i - 1]) or ".", os.O_PATH | os.O_DIRECTORY)
+                try:
+                    if last and not directory:
+                        k.create_at(parent, parts[i - 1])
+                    else:
+                        k.mkdir_at(parent, parts[i - 1])
+                except FileExistsError:
+                    # A dangling symlink: make what it points to, inside the root.
+                    links += 1
+                    if links > 40:
+                        raise OSError(
+                            errno.ELOOP, f"too many symlinks resolving {path!r} in {root!r}"
+                        ) from None
+                    target = k.readlink_at(parent, parts[i - 1])
+                    base = [] if target.startswith("/") else parts[: i - 1]
+                    parts = [*base, *_parts(target), *parts[i:]]
+                    i = 0
+                    continue
+                finally:
+                    k.close(parent)
+                fd = k.open_in(root_fd, where, flags)
+            except NotADirectoryError:
+                raise OSError(errno.ENOTDIR, f"{path!r} in {root!r}: {where!r} is not a directory") from None
+            if last:
+                return fd
+            k.close(fd)
+            i += 1
+    finally:
+        k.close(root_fd)
+
+
+# ------------------------------------------------------------------ child operations
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of the child's filesystem setup: ``fn(*args)``, reported as ``step``."""
+
+    step: str
+    fn: Callable[..., None]
+    args: tuple[object, ...] = ()
+
+    def run(self) -> None:
+        """Execute the step (raises OSError on failure)."""
+        self.fn(*self.args)
+
+
+def _overlay(lower: str, upper: str, work: str, target: str) -> None:
+    # host paths mydocker made (the state directory is root's): no resolving needed
+    KERNEL.mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+
+
+def _mount_in(root: str, path: str, fstype: str, flags: int, data: str | None) -> None:
+    fd = open_target(root, path)
+    try:
+        KERNEL.mount(fstype, fd_path(fd), fstype, flags, data)
+    finally:
+        KERNEL.close(fd)
+
+
+def _bind_in(root: str, source: str, path: str, read_only: bool = False) -> None:
+    k = KERNEL
+    # The source is a host path the user named (a volume) or a device node: what it
+    # is now is what gets mounted, even if its path changes meanwhile.
+    src = k.open(source, os.O_PATH)
+    try:
+        is_dir = k.is_dir(src)
+        fd = open_target(root, path, directory=is_dir)
+        try:
+            k.mount(fd_path(src), fd_path(fd), None, _linux.MS_BIND | _linux.MS_REC, None)
+        finally:
+            k.close(fd)
+    finally:
+        k.close(src)
+    if read_only:
+        _make_read_only(root, path, recursive=is_dir)
+
+
+def _make_read_only(root: str, path: str, recursive: bool = False) -> None:
+    # Opened again: the fd of a mount point taken before the mount names what is
+    # under the mount, not the mount.
+    k = KERNEL
+    fd = open_target(root, path, directory=False, create=False)
+    try:
+        if recursive:
+            try:
+                # one call for the mount and every submount under it (Linux 5.12)
+                k.make_read_only(fd, recursive=True)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOSYS, errno.EINVAL):
+                    raise
+        keep = k.mount_flags(fd) & _KEEP_FLAGS
+        k.mount(None, fd_path(fd), None, _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | keep, None)
+    finally:
+        k.close(fd)
+
+
+def _mask(root: str, path: str) -> None:
+    k = KERNEL
+    try:
+        fd = open_target(root, path, directory=False, create=False)
+    except FileNotFoundError:
+        return  # not on this kernel: nothing to hide
+    try:
+        if k.is_dir(fd):
+            flags = _linux.MS_RDONLY | _NOSUID_NODEV_NOEXEC
+            k.mount("tmpfs", fd_path(fd), "tmpfs", flags, "size=0,mode=755")
+        else:
+            k.mount("/dev/null", fd_path(fd), None, _linux.MS_BIND, None)
+    finally:
+        k.close(fd)
+
+
+def _read_only_path(root: str, path: str) -> None:
+    k = KERNEL
+    try:
+        fd = open_target(root, path, directory=False, create=False)
+    except FileNotFoundError:
+        return
+    try:
+        k.mount(fd_path(fd), fd_path(fd), None, _linux.MS_BIND | _linux.MS_REC, None)
+    finally:
+        k.close(fd)
+    _make_read_only(root, path)
+
+
+def _symlink_in(root: str, link_target: str, path: str) -> None:
+    parts = _parts(path)
+    parent = open_target(root, "/".join(parts[:-1]))
+    try:
+        KERNEL.symlink_at(link_target, parent, parts[-1])
+    finally:
+        KERNEL.close(parent)
+
+
+def _pivot_root(new_root: str) -> None:
+    # pivot_root(".", ".") stacks the old root on top of the new one, so no put_old
+    # directory is needed (the root may be read-only); detaching it then leaves no
+    # host path reachable. runc does the same.
+    k = KERNEL
+    k.chdir(new_root)
+    k.pivot_root(".", ".")
+    k.umount(".", _linux.MNT_DETACH)
+    k.chdir("/")
+
+
+def open_console(sock_fd: int) -> int:
+    """In the child, after ``pivot_root``: make the container's terminal, the docker way.
+
+    The pty is opened in the container's own devpts (so ``tty`` names a path that
+    exists inside, ``/dev/pts/0``), its slave is bound onto ``/dev/console``, and the
+    master is sent to the supervisor over ``sock_fd`` (``wire.send_console``), which
+    sizes the terminal before the child goes on. Returns the slave fd (to become
+    stdin/out/err).
+
+    Raises:
+        OSError: the pty cannot be made, or the supervisor went away.
+    """
+    k = KERNEL
+    master, slave = k.openpty()  # /dev/ptmx -> pts/ptmx: the new devpts instance
+    try:
+        _bind_in("/", k.ttyname(slave), "/dev/console")
+        wire.send_console(sock_fd, master)
+    except BaseException:
+        k.close(slave)
+        raise
+    finally:
+        k.close(master)
+    return slave
+
+
+#: the functions a child's filesystem steps may call, by name: a request to the spawn
+#: helper names them (it is marshalled, and cannot carry functions)
+CHILD_FUNCTIONS: dict[str, Callable[..., None]] = {
+    f.__name__: f
+    for f in (
+        _overlay,
+        _mount_in,
+        _bind_in,
+        _make_read_only,
+        _mask,
+        _read_only_path,
+        _symlink_in,
+        _pivot_root,
+    )
+}
+
+
+def _depth(m: Mount) -> int:
+    return len([p for p in os.path.normpath(m.target).split("/") if p])
+
+
+def child_ops(spec: ContainerSpec, dirs: ContainerDirs) -> list[Op]:
+    """The ordered filesystem operations of a container with a root filesystem made
+    of ``dirs``. The terminal of ``-t`` comes after them: ``open_console``."""
+    root = dirs.mountpoint
+    ops = [
+        Op(f"mount overlay of {dirs.lower}", _overlay, (dirs.lower, dirs.upper, dirs.work, root)),
+        Op("mount /proc", _mount_in, (root, "/proc", "proc", _NOSUID_NODEV_NOEXEC, None)),
+        Op(
+            "mount /dev",
+            _mount_in,
+            (root, "/dev", "tmpfs", _linux.MS_NOSUID | _linux.MS_STRICTATIME, "mode=755,size=65536k"),
+        ),
+    ]
+    ops += [Op(f"bind /dev/{d}", _bind_in, (root, f"/dev/{d}", f"/dev/{d}")) for d in DEVICES]
+    ops += [
+        Op(
+            "mount /dev/pts",
+            _mount_in,
+            (
+                root,
+                "/dev/pts",
+                "devpts",
+                _linux.MS_NOSUID | _linux.MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620",
+            ),
+        ),
+        Op("symlink /dev/ptmx", _symlink_in, (root, "pts/ptmx", "/dev/ptmx")),
+        Op(
+            "mount /dev/shm",
+            _mount_in,
+            (root, "/dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+        ),
+    ]
+    if "ipc" in spec.namespaces:
+        ops.append(
+            Op("mount /dev/mqueue", _mount_in, (root, "/dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC, None))
+        )
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        ops.append(Op(f"symlink /dev/{name}", _symlink_in, (root, target, f"/dev/{name}")))
+    ops.append(
+        Op("mount /sys", _mount_in, (root, "/sys", "sysfs", _linux.MS_RDONLY | _NOSUID_NODEV_NOEXEC, None))
+    )
+    for m in sorted(spec.mounts, key=_depth):  # parents before children
+        if m.type == "tmpfs":
+            flags = _linux.MS_NOSUID | _linux.MS_NODEV | (_linux.MS_RDONLY if m.read_only else 0)
+            ops.append(
+                Op(
+                    f"mount tmpfs {m.target}",
+                    _mount_in,
+                    (root, m.target, "tmpfs", flags, m.options or "mode=1777"),
+                )
+            )
+        else:
+            ops.append(
+                Op(f"mount volume {m.source}:{m.target}", _bind_in, (root, m.source, m.target, m.read_only))
+            )
+    ops += [Op(f"mask {p}", _mask, (root, p)) for p in MASKED_PATHS]
+    ops += [Op(f"make {p} read-only", _read_only_path, (root, p)) for p in READONLY_PATHS]
+    if spec.read_only:
+        ops.append(Op("make the root filesystem read-only", _make_read_only, (root, "/")))
+    ops.append(Op("pivot_root", _pivot_root, (root,)))
+    return ops

@@ -1,0 +1,255 @@
+"""The host's state directory: where mydocker keeps images and containers' files.
+
+    <state dir>/images/<name>/...             imported images (images.py)
+    <state dir>/containers/<id>/config.json   the spec (for ps / rm / commit)
+                                /lock         held (flock) by the owner while it lives
+                                /upper /work  the overlay's writable layer
+                                /rootfs       mount point of the merged root (empty on the host)
+
+Runs in the supervisor only (the CLI, a service, later the daemon).
+
+Who owns a container's directory: the process holding an exclusive ``flock`` on its
+``lock`` file. The kernel drops the lock when that process dies, however it dies, so
+a sweeper that can take the lock knows the owner is gone, whatever PID namespace
+either of them is in and however pids were reused since. A directory is made under
+a temporary name (``.new-<id>``), lock taken and ``config.json`` written, and only
+then renamed into place: a directory named like a container always has a lock file.
+The sweep removes only what it can prove mydocker made and its owner left: an entry
+named like a container (or a temporary one), a real directory (never a symlink,
+never followed), with a lock file it can take. Everything is done relative to
+directory fds opened with ``O_NOFOLLOW``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+from dataclasses import dataclass
+
+from .spec import ContainerSpec
+
+#: environment variable that overrides the default state directory
+STATE_DIR_ENV = "MYDOCKER_STATE_DIR"
+DEFAULT_STATE_DIR = "/var/lib/mydocker"
+
+#: a container's directory, and one being made
+_CONTAINER_NAME = re.compile(r"(\.new-)?[0-9a-f]{64}")
+_NEW = ".new-"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def state_dir(explicit: str | None = None) -> str:
+    """The state directory: ``explicit``, else ``$MYDOCKER_STATE_DIR``, else /var/lib/mydocker."""
+    return os.path.abspath(explicit or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+def containers_dir(sdir: str) -> str:
+    """Where the containers' directories live."""
+    return os.path.join(sdir, "containers")
+
+
+@dataclass(frozen=True)
+class ContainerDir:
+    """Where one container's files live under the state directory."""
+
+    dir: str
+
+    @classmethod
+    def of(cls, spec: ContainerSpec) -> ContainerDir:
+        """The directory of a resolved spec (``state_dir`` filled in)."""
+        return cls(os.path.join(containers_dir(state_dir(spec.state_dir)), spec.id))
+
+    @property
+    def config(self) -> str:
+        """The container's spec, as JSON."""
+        return os.path.join(self.dir, "config.json")
+
+    @property
+    def upper(self) -> str:
+        """The overlay's upper (writable) layer."""
+        return os.path.join(self.dir, "upper")
+
+    @property
+    def work(self) -> str:
+        """The overlay's work directory."""
+        return os.path.join(self.dir, "work")
+
+    @property
+    def rootfs(self) -> str:
+        """The mount point of the merged root (in the child's namespace only)."""
+        return os.path.join(self.dir, "rootfs")
+
+
+def spec_json(spec: ContainerSpec) -> str:
+    """The spec as JSON (what ``config.json`` holds)."""
+    import dataclasses
+    import json
+
+    def default(o: object) -> object:
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        return str(o)
+
+    return json.dumps({"version": 2, "spec": dataclasses.asdict(spec)}, default=default, indent=1)
+
+
+def _open_containers(sdir: str, create: bool) -> int:
+    """An fd of ``<sdir>/containers``, which must be a real directory (a symlink there
+    is refused: ELOOP)."""
+    path = containers_dir(sdir)
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(path, mode=0o711)
+    return os.open(path, _DIR_FLAGS)
+
+
+class OwnedDir:
+    """A container's directory made by ``make``, and the lock that says we own it."""
+
+    def __init__(self, where: ContainerDir, lock_fd: int) -> None:
+        self.where = where
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def make(cls, spec: ContainerSpec) -> OwnedDir:
+        """Make the directory of a resolved spec: locked, ``config.json`` written,
+        ``upper``, ``work`` and ``rootfs`` made, under a temporary name, then renamed
+        into place. Nothing is left on failure.
+
+        Raises:
+            FileExistsError: a container with this id already has a directory.
+            OSError: the state directory cannot be written (or ``containers`` is a
+                symlink: ELOOP).
+        """
+        sdir = state_dir(spec.state_dir)
+        cfd = _open_containers(sdir, create=True)
+        tmp = _NEW + spec.id
+        lock_fd = -1
+        try:
+            os.mkdir(tmp, 0o700, dir_fd=cfd)
+            try:
+                dfd = os.open(tmp, _DIR_FLAGS, dir_fd=cfd)
+                try:
+                    lock_fd = os.open(
+                        "lock", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dfd
+                    )
+                    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                    fd = os.open(
+                        "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dfd
+                    )
+                    with open(fd, "w") as f:
+                        f.write(spec_json(spec))
+                    for d in ("upper", "work", "rootfs"):
+                        os.mkdir(d, 0o755, dir_fd=dfd)
+                finally:
+                    os.close(dfd)
+                if os.path.lexists(os.path.join(containers_dir(sdir), spec.id)):
+                    raise FileExistsError(errno.EEXIST, f"container {spec.short_id} already exists")
+                os.rename(tmp, spec.id, src_dir_fd=cfd, dst_dir_fd=cfd)
+            except BaseException:
+                _remove_entry(cfd, tmp)
+                raise
+        except BaseException:
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            raise
+        finally:
+            os.close(cfd)
+        return cls(ContainerDir.of(spec), lock_fd)
+
+    def remove(self) -> None:
+        """Remove the directory (best effort, never raises), then give up the lock."""
+        if self._lock_fd < 0:
+            return
+        try:
+            cfd = os.open(os.path.dirname(self.where.dir), _DIR_FLAGS)
+        except OSError:
+            pass
+        else:
+            try:
+                _remove_entry(cfd, os.path.basename(self.where.dir))
+            finally:
+                os.close(cfd)
+        os.close(self._lock_fd)
+        self._lock_fd = -1
+
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    """Remove ``name`` below ``dir_fd`` whole, never following a symlink (best effort:
+    overlayfs leaves work/work with mode 000, which root removes anyway)."""
+    import shutil
+
+    with contextlib.suppress(OSError):
+        shutil.rmtree(name, dir_fd=dir_fd)
+
+
+def _owner_gone(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` is a container directory whose lock nobody holds."""
+    try:
+        dfd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False  # not a directory, a symlink, gone: not ours to judge
+    try:
+        lock = os.open("lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+    except OSError:
+        return False  # no lock file: mydocker did not make it (or is making it right now)
+    finally:
+        os.close(dfd)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: its owner lives
+    finally:
+        os.close(lock)  # drops our lock too
+    return True
+
+
+def sweep_dead(sdir: str) -> list[str]:
+    """Remove the container directories whose owner died without removing them (it
+    was SIGKILLed: its containers died with it). Returns the names removed."""
+    try:
+        cfd = _open_containers(sdir, create=False)
+    except OSError:
+        return []  # none yet, or not a real directory: nothing we may touch
+    removed = []
+    try:
+        for name in os.listdir(cfd):
+            if _CONTAINER_NAME.fullmatch(name) and _owner_gone(cfd, name):
+                _remove_entry(cfd, name)
+                removed.append(name)
+    finally:
+        os.close(cfd)
+    return removed
+
+
+def container_configs(sdir: str) -> list[tuple[str, dict[str, object]]]:
+    """``(id, config.json's spec)`` of every container directory (unreadable ones
+    are left out)."""
+    import json
+
+    try:
+        cfd = _open_containers(sdir, create=False)
+    except OSError:
+        return []
+    out = []
+    try:
+        for name in os.listdir(cfd):
+            if not _CONTAINER_NAME.fullmatch(name) or name.startswith(_NEW):
+                continue
+            try:
+                dfd = os.open(name, _DIR_FLAGS, dir_fd=cfd)
+                try:
+                    fd = os.open("config.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                finally:
+                    os.close(dfd)
+                with open(fd) as f:
+                    out.append((name, json.load(f)["spec"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    finally:
+        os.close(cfd)
+    return out
