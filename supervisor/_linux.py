@@ -447,8 +447,9 @@ def identity_calls_before_seccomp(bounding: int, last_cap: int) -> list[RawCall]
 
     Args:
         bounding: the container's bounding set (a mask, bit N = capability N).
-        last_cap: the kernel's last capability (``cap_last_cap()``): every
-            capability up to it that is not in ``bounding`` is dropped.
+        last_cap: the kernel's last capability (``cap_last_cap()``, which the
+            supervisor reads once: ``capabilities.last_cap()``): every capability
+            up to it that is not in ``bounding`` is dropped.
 
     A seccomp filter loaded next still has CAP_SYS_ADMIN, if the supervisor had it:
     the bounding set limits what an execve or a capset may give, not what the

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from . import _linux
 from .errors import SpecError
 
 #: capability numbers, <linux/capability.h> (Linux 5.9: CAP_CHECKPOINT_RESTORE = 40)
@@ -102,8 +103,7 @@ def last_cap() -> int:
     read once."""
     global _last_cap
     if _last_cap is None:
-        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
-            _last_cap = int(f.read())
+        _last_cap = _linux.cap_last_cap()
     return _last_cap
 
 
