@@ -389,3 +389,215 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
     import fcntl
 
     fcntl.ioctl(fd, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+# ---------------------------------------------------------------- capabilities and identity
+#
+# The child's last steps before exec: capability sets, groups, gid and uid, as raw
+# calls (see "raw calls" above) whose arguments are all made here, before the clone.
+
+# <linux/prctl.h>
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# <linux/capability.h>: 64-bit sets, in two struct __user_cap_data_struct
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+# setgroups, setresgid and setresuid go to the kernel by number, not through glibc's
+# wrappers. glibc applies a credential change to every thread of the process (POSIX
+# says credentials are per process, Linux keeps them per thread): unless it believes
+# the process single-threaded, it signals each thread it knows of (SIGSETXID) and
+# waits for all of them. Our child is a raw clone3 copy of the spawn helper: glibc
+# was told nothing of the clone, so its thread list and "single-threaded" flag are the
+# helper's (the supervisor's, when it clones directly, where anyio may have started
+# worker threads), with thread ids of the parent. The broadcast would then wait for
+# threads that do not exist in the child, or signal the parent's. The child has one
+# thread, so the bare syscall changes the whole process, which is what we want.
+_ID_SYSCALLS = {
+    "x86_64": {"setgroups": 116, "setresuid": 117, "setresgid": 119, "capset": 126},
+    "aarch64": {"setgroups": 159, "setresuid": 147, "setresgid": 149, "capset": 91},
+}
+NR_ID = _ID_SYSCALLS.get(os.uname().machine, _ID_SYSCALLS["x86_64"])
+
+
+def capbset_drop_call(cap: int) -> RawCall:
+    """prctl(PR_CAPBSET_DROP, cap) as a raw call: take ``cap`` out of the bounding
+    set (needs CAP_SETPCAP in the effective set)."""
+    return raw_prctl, (PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(PR_CAPBSET_DROP, {cap})"
+
+
+def keepcaps_call(keep: bool) -> RawCall:
+    """prctl(PR_SET_KEEPCAPS, keep) as a raw call."""
+    return raw_prctl, (PR_SET_KEEPCAPS, int(keep), 0, 0, 0), f"prctl(PR_SET_KEEPCAPS, {int(keep)})"
+
+
+def ambient_clear_call() -> RawCall:
+    """prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL) as a raw call."""
+    return (
+        raw_prctl,
+        (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+        "prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)",
+    )
+
+
+def capset_call(effective: int, permitted: int, inheritable: int = 0) -> RawCall:
+    """capset(2) of this thread's three sets (64-bit masks) as a raw call.
+
+    The header (version 3, pid 0: this thread) and the two data structs (caps 0-31,
+    then 32-63) are ctypes buffers made here; the kernel writes to the header only
+    when it refuses the version, and capset reads the data.
+    """
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    low, high = 0xFFFFFFFF, 32
+    data = (ctypes.c_uint32 * 6)(
+        effective & low,
+        permitted & low,
+        inheritable & low,
+        effective >> high & low,
+        permitted >> high & low,
+        inheritable >> high & low,
+    )
+    text = f"capset(effective={effective:#x}, permitted={permitted:#x}, inheritable={inheritable:#x})"
+    return raw_syscall, (NR_ID["capset"], header, data), text
+
+
+def setgroups_call(gids: tuple[int, ...]) -> RawCall:
+    """setgroups(2) as a raw syscall (see ``_ID_SYSCALLS``); () clears the list."""
+    array = (ctypes.c_uint32 * len(gids))(*gids) if gids else None
+    return raw_syscall, (NR_ID["setgroups"], len(gids), array), f"setgroups({list(gids)})"
+
+
+def setresgid_call(gid: int) -> RawCall:
+    """setresgid(gid, gid, gid) as a raw syscall (see ``_ID_SYSCALLS``)."""
+    return raw_syscall, (NR_ID["setresgid"], gid, gid, gid), f"setresgid({gid}, {gid}, {gid})"
+
+
+def setresuid_call(uid: int) -> RawCall:
+    """setresuid(uid, uid, uid) as a raw syscall (see ``_ID_SYSCALLS``)."""
+    return raw_syscall, (NR_ID["setresuid"], uid, uid, uid), f"setresuid({uid}, {uid}, {uid})"
+
+
+def cap_last_cap() -> int:
+    """The highest capability number the running kernel knows."""
+    with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+        return int(f.read())
+
+
+def identity_calls_before_seccomp(bounding: int, last_cap: int) -> list[RawCall]:
+    """The child's capability calls that come before a seccomp filter is loaded.
+
+    Args:
+        bounding: the container's bounding set (a mask, bit N = capability N).
+        last_cap: the kernel's last capability (``cap_last_cap()``, which the
+            supervisor reads once: ``capabilities.last_cap()``): every capability
+            up to it that is not in ``bounding`` is dropped.
+
+    A seccomp filter loaded next still has CAP_SYS_ADMIN, if the supervisor had it:
+    the bounding set limits what an execve or a capset may give, not what the
+    effective set holds now. See ``identity_calls_after_seccomp`` for the order.
+    """
+    calls = [capbset_drop_call(cap) for cap in range(min(last_cap, 63) + 1) if not bounding >> cap & 1]
+    calls.append(keepcaps_call(True))
+    return calls
+
+
+def identity_calls_after_seccomp(
+    effective: int,
+    permitted: int,
+    uid: int,
+    gid: int,
+    groups: tuple[int, ...],
+    pdeathsig: int = 0,
+) -> list[RawCall]:
+    """The child's identity and capability calls after the seccomp filter, in order.
+
+    The order is runc's (libcontainer/init_linux.go, finalizeNamespace and
+    setupUser), and each step needs what the later ones take away:
+
+    before the filter (``identity_calls_before_seccomp``):
+      1. PR_CAPBSET_DROP for each capability outside the bounding set: needs
+         CAP_SETPCAP in the effective set, which steps 5 and 7 remove.
+      2. PR_SET_KEEPCAPS 1: so that step 5, when the uid becomes non-zero, keeps
+         the permitted set (the kernel would clear it); step 7 then sets exactly
+         the sets asked for, whatever the uid.
+    then:
+      3. setgroups: needs CAP_SETGID, gone from the effective set after step 5
+         for a non-root uid. It comes first so that no moment runs with the new
+         gid but the supervisor's supplementary groups.
+      4. setresgid: needs CAP_SETGID as well, so before step 5.
+      5. setresuid: the last identity change (for a non-root uid the kernel clears
+         the effective set here; KEEPCAPS kept the permitted one).
+      6. PR_SET_KEEPCAPS 0: nothing later should keep capabilities over a uid
+         change (execve clears the flag too; runc clears it explicitly).
+      7. capset: effective, permitted, and an empty inheritable set. Last, because
+         it removes CAP_SETUID, CAP_SETGID and CAP_SETPCAP that 1 to 5 need. For
+         root, execve then makes the permitted and effective sets the bounding set
+         (root's programs count as having every file capability); for another uid
+         they become empty unless the program has file capabilities or is setuid.
+      8. PR_CAP_AMBIENT_CLEAR_ALL: ambient capabilities would survive the execve
+         even into a non-root, non-setuid program. Step 7 already empties them (an
+         ambient capability must be permitted and inheritable); this says it.
+      9. PR_SET_PDEATHSIG again (if ``pdeathsig``): the kernel forgets the parent
+         death signal when the effective uid or gid changes (steps 4 and 5).
+
+    The seccomp filter must allow setgroups, setresgid, setresuid, prctl and capset
+    (docker's default profile does).
+    """
+    calls = [
+        setgroups_call(groups),
+        setresgid_call(gid),
+        setresuid_call(uid),
+        keepcaps_call(False),
+        capset_call(effective, permitted, 0),
+        ambient_clear_call(),
+    ]
+    if pdeathsig:
+        rearm = (PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0)
+        calls.append((raw_prctl, rearm, f"prctl(PR_SET_PDEATHSIG, {pdeathsig})"))
+    return calls
+
+
+# ---------------------------------------------------------------- openat2
+#
+# <linux/openat2.h>: how a path inside a container's root filesystem is opened from
+# the host without a symlink or ".." taking it out of that root (SECURITY.md: docker
+# cp, runc CVE-2021-30465).
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+NR_OPENAT2 = 437  # the same on x86_64 and aarch64 (it came after the tables were unified)
+
+
+class OpenHow(ctypes.Structure):
+    """struct open_how, <linux/openat2.h> (OPEN_HOW_SIZE_VER0: 24 bytes)."""
+
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2) (Linux 5.6, no glibc wrapper): a new fd, or OSError naming the call.
+
+    With ``RESOLVE_IN_ROOT``, ``path`` is resolved as if ``dirfd`` were ``/``: an
+    absolute symlink or a ``..`` lands inside it, never above it. Unlike open(2),
+    openat2 refuses unknown ``flags`` bits (EINVAL) instead of ignoring them.
+    """
+    how = OpenHow(flags=flags, mode=mode, resolve=resolve)
+    fd = _syscall(
+        ctypes.c_long(NR_OPENAT2),
+        ctypes.c_int(dirfd),
+        _b(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd < 0:
+        _raise(f"openat2({dirfd}, {path!r}, {flags:#o}, {mode:#o}, resolve={resolve:#x})")
+    return int(fd)
