@@ -58,9 +58,6 @@ MOUNT_ATTR_RDONLY = 0x00000001
 AT_RECURSIVE = 0x8000
 AT_EMPTY_PATH = 0x1000
 AT_FDCWD = -100
-# <linux/openat2.h>
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
@@ -92,7 +89,6 @@ _SYSCALLS = {
         "setns": 308,
         "unshare": 272,
         "mount_setattr": 442,
-        "openat2": 437,
     },
     "aarch64": {
         "clone3": 435,
@@ -101,7 +97,6 @@ _SYSCALLS = {
         "setns": 268,
         "unshare": 97,
         "mount_setattr": 442,
-        "openat2": 437,
     },
 }
 NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
@@ -208,28 +203,6 @@ def mount_setattr_rdonly_fd(fd: int, recursive: bool = True) -> None:
     )
     if r != 0:
         _raise(f"mount_setattr({fd}, '', MOUNT_ATTR_RDONLY, {'AT_RECURSIVE' if recursive else 0})")
-
-
-class OpenHow(ctypes.Structure):
-    """struct open_how, <linux/openat2.h> (OPEN_HOW_SIZE_VER0: 24 bytes)."""
-
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-    """openat2(2) (Linux 5.6): an fd, or OSError naming the call (with errno's
-    class: FileNotFoundError, NotADirectoryError, ...)."""
-    how = OpenHow(flags=flags, mode=mode, resolve=resolve)
-    fd = _syscall(
-        ctypes.c_long(NR["openat2"]),
-        ctypes.c_int(dir_fd),
-        _b(path),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        _raise(f"openat2({dir_fd}, {path!r}, {flags:#x}, resolve={resolve:#x})")
-    return fd
 
 
 def setns(fd: int, nstype: int = 0) -> None:
