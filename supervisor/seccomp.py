@@ -27,10 +27,10 @@ Measured on the 2-core development machine (x86_64, kernel 6.18, libseccomp 2.5.
 docker's default profile for docker's default capabilities, with its three ABIs
 (x86_64, i386, x32): compiling costs ~16 ms of CPU the first time (~3 ms for x86_64
 alone; the time is libseccomp's, adding rules and generating the program) and ~0.3 us
-from the cache. The program has 1246 instructions with SCMP_FLTATR_CTL_OPTIMIZE 2
-(libseccomp's binary tree of syscall numbers), of which a syscall runs 15 on average
-(24 at most), against 1001 instructions as libseccomp's default list, where a syscall
-runs 159 on average and up to 612 (personality, socket and clone come last): the
+from the cache. The program has 1258 instructions with SCMP_FLTATR_CTL_OPTIMIZE 2
+(libseccomp's binary tree of syscall numbers), of which a syscall runs 20 on average
+(29 at most), against 1013 instructions as libseccomp's default list, where a syscall
+runs 164 on average and up to 617 (personality, socket and clone come last): the
 tree. A getppid() costs ~210 ns from Python without a filter and ~50-80 ns more with
 it (seccomp's BPF is JIT-compiled; the tree and the list do not differ measurably for
 a syscall early in the list).
@@ -40,7 +40,9 @@ the default action is dropped (libseccomp refuses it); a syscall name this libse
 does not know is skipped; several conditions on the same argument become separate
 rules (OR), as runc does; ``includes``/``excludes`` are matched against the
 container's capabilities, the native architecture (docker's names: ``amd64``,
-``arm64``, ...) and the running kernel.
+``arm64``, ...) and the running kernel; and, as runc does, a syscall newer than every
+syscall the profile names gets ENOSYS instead of the default action, so that a C
+library falls back to an older call (``clone3`` → ``clone``) instead of failing.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import errno as _errno
 import functools
 import json
 import os
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -796,10 +799,21 @@ def _lib() -> _Lib:
 
 # ---------------------------------------------------------------- the compiler
 
-# <linux/filter.h>: a program is an array of struct sock_filter {u16 code; u8 jt, jf; u32 k}
-_INSN_SIZE = 8
+# <linux/filter.h>, <linux/bpf_common.h>: the few classic BPF instructions of the
+# ENOSYS stub. A program is an array of struct sock_filter {u16 code; u8 jt, jf; u32 k}.
+_INSN = struct.Struct("=HBBI")
+_LD_W_ABS, _JA, _JEQ_K, _JGT_K, _JSET_K, _RET_K = 0x20, 0x05, 0x15, 0x25, 0x45, 0x06
+# struct seccomp_data: the syscall number, then the AUDIT_ARCH_* of the calling ABI
+_NR_OFFSET, _ARCH_OFFSET = 0, 4
+# <linux/audit.h>; x32 shares x86_64's AUDIT_ARCH and marks its numbers with bit 30
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_X32_SYSCALL_BIT = 0x40000000
+# libseccomp's token of x32 (every other token is the architecture's AUDIT_ARCH_*)
+_SCMP_ARCH_X32 = 0x4000003E
+_SCMP_ARCH_S390, _SCMP_ARCH_S390X = 0x16, 0x80000016
 #: the kernel's limit on a filter's length (BPF_MAXINSNS)
 _MAX_INSNS = 4096
+_ALLOW_LIKE = (Action.ALLOW, Action.LOG, Action.TRACE)
 
 
 def _action_code(action: Action, errno: int | None) -> int:
@@ -857,7 +871,7 @@ def _compile_cached(profile: Profile, caps: frozenset[str]) -> bytes:
             f"{profile.default_action.value}"
         )
     try:
-        _add_arches(lib, ctx, profile)
+        tokens = _add_arches(lib, ctx, profile)
         # Only seccomp_load reads it (we export, never load): set so that this context
         # can never turn on no_new_privs behind the runtime's back, which decides it.
         lib.attr_set(ctx, _FLTATR_CTL_NNP, 0)
@@ -870,22 +884,29 @@ def _compile_cached(profile: Profile, caps: frozenset[str]) -> bytes:
         program = _export(lib, ctx, profile)
     finally:
         lib.release(ctx)
-    if len(program) // _INSN_SIZE > _MAX_INSNS:
+    if profile.default_action not in _ALLOW_LIKE:
+        program = _enosys_stub(lib, tokens, rules) + program
+    if len(program) // _INSN.size > _MAX_INSNS:
         raise SpecError(
-            f"{profile.source}: compiles to {len(program) // _INSN_SIZE} BPF instructions, "
+            f"{profile.source}: compiles to {len(program) // _INSN.size} BPF instructions, "
             f"more than the kernel's limit of {_MAX_INSNS}"
         )
     return program
 
 
-def _add_arches(lib: _Lib, ctx: int, profile: Profile) -> None:
+def _add_arches(lib: _Lib, ctx: int, profile: Profile) -> list[int]:
+    tokens = [lib.arch_native()]
     for name in _arches(profile):
         token = lib.arch_resolve_name(name.removeprefix("SCMP_ARCH_").lower().encode())
         if not token:
             raise SpecError(f"{profile.source}: libseccomp {lib.version} does not know architecture {name}")
         rc = lib.arch_add(ctx, token)
-        if rc < 0 and rc != -_errno.EEXIST:  # EEXIST: the native one, added by seccomp_init
+        if rc == -_errno.EEXIST:  # the native one, added by seccomp_init
+            continue
+        if rc < 0:
             raise SpecError(f"{profile.source}: cannot filter architecture {name}: {os.strerror(-rc)}")
+        tokens.append(token)
+    return tokens
 
 
 def _add_rules(lib: _Lib, ctx: int, profile: Profile, rules: Iterable[SyscallRule], default: int) -> int:
@@ -923,3 +944,69 @@ def _export(lib: _Lib, ctx: int, profile: Profile) -> bytes:
         return os.pread(fd, os.fstat(fd).st_size, 0)
     finally:
         os.close(fd)
+
+
+def _enosys_stub(lib: _Lib, tokens: list[int], rules: Iterable[SyscallRule]) -> bytes:
+    """Instructions to put before the program: on each filtered ABI, a syscall whose
+    number is above every syscall the profile names returns ENOSYS.
+
+    Why: the profile cannot list a syscall newer than itself, and EPERM for one makes
+    the C library fail where ENOSYS makes it fall back to the older call it replaces
+    (fchmodat2 -> fchmodat, clone3 -> clone). runc does the same for docker.
+    """
+    names = {name for rule in rules for name in rule.names}
+    # the highest number per ABI; x32's keep their marking bit
+    highest: dict[int, int] = {}
+    for token in tokens:
+        if token in (_SCMP_ARCH_S390, _SCMP_ARCH_S390X):
+            continue  # s390 multiplexes unknown numbers through syscall 0: no plain bound
+        numbers = [lib.resolve_name_arch(token, n.encode()) for n in names]
+        known = [nr for nr in numbers if nr >= 0]
+        if known:
+            highest[token] = max(known)
+    if not highest:
+        return b""
+    # One section per AUDIT_ARCH: load the arch, skip to the next section unless it is
+    # this one, load the number, jump to ENOSYS if it is above the highest, else to
+    # the filter. Labels are resolved to relative jumps at the end.
+    program: list[tuple[int, int | str, int | str, int | str]] = []  # code, jt, jf, k
+    labels: dict[str, int] = {}
+
+    def emit(code: int, k: int | str = 0, jt: int | str = 0, jf: int | str = 0) -> None:
+        program.append((code, jt, jf, k))
+
+    def bound(top: int | None) -> None:
+        if top is None:
+            emit(_JA, k="filter")
+        else:
+            emit(_JGT_K, k=top, jt="enosys", jf="filter")
+
+    x86_64 = {t: n for t, n in highest.items() if t == _AUDIT_ARCH_X86_64 or t == _SCMP_ARCH_X32}
+    sections: list[tuple[int, int | None, int | None]] = []
+    if x86_64:
+        sections.append((_AUDIT_ARCH_X86_64, x86_64.get(_AUDIT_ARCH_X86_64), x86_64.get(_SCMP_ARCH_X32)))
+    sections += [(t, n, None) for t, n in highest.items() if t not in x86_64]
+    for i, (audit_arch, top, x32_top) in enumerate(sections):
+        emit(_LD_W_ABS, k=_ARCH_OFFSET)
+        emit(_JEQ_K, k=audit_arch, jf=f"section{i + 1}")
+        emit(_LD_W_ABS, k=_NR_OFFSET)
+        if audit_arch == _AUDIT_ARCH_X86_64:
+            emit(_JSET_K, k=_X32_SYSCALL_BIT, jt=f"x32_{i}")
+            bound(top)
+            labels[f"x32_{i}"] = len(program)
+            bound(x32_top)
+        else:
+            bound(top)
+        labels[f"section{i + 1}"] = len(program)
+    emit(_JA, k="filter")  # no section's ABI: the filter decides (its bad-arch action)
+    labels["enosys"] = len(program)
+    emit(_RET_K, k=_action_code(Action.ERRNO, _errno.ENOSYS))
+    labels["filter"] = len(program)
+
+    def resolve(x: int | str, pc: int) -> int:
+        return labels[x] - pc - 1 if isinstance(x, str) else x  # jumps are relative to the next
+
+    out = bytearray()
+    for pc, (code, jt, jf, k) in enumerate(program):
+        out += _INSN.pack(code, resolve(jt, pc), resolve(jf, pc), resolve(k, pc))
+    return bytes(out)

@@ -58,7 +58,7 @@ def nr(name: str, arch: int | None = None) -> int:
 def run_bpf(program: bytes, number: int, args: tuple[int, ...] = (), arch: int = AUDIT_ARCH_X86_64) -> int:
     """Run a seccomp program on one syscall, as the kernel would: its return value.
 
-    The classic BPF instructions libseccomp emits: load a word of
+    The classic BPF instructions libseccomp and our stub emit: load a word of
     struct seccomp_data, AND, the conditional jumps, ja and ret; anything else fails.
     """
     data = struct.pack("=iIQ6Q", number, arch, 0, *(list(args) + [0] * 6)[:6])
@@ -442,6 +442,19 @@ def test_default_program_covers_the_i386_and_x32_abis_as_docker() -> None:
         assert run_bpf(program, nr("keyctl", token) | bit, arch=arch) == EPERM
         assert run_bpf(program, nr("unshare", token) | bit, arch=arch) == EPERM
     assert run_bpf(program, nr("getpid"), arch=0xC00000B7) == RET_KILL_THREAD  # aarch64: not filtered here
+
+
+@needs_x86_64
+def test_syscalls_newer_than_the_profile_get_enosys() -> None:
+    program = seccomp.compile_profile(DEFAULT_PROFILE, NO_CAPS)
+    assert run_bpf(program, 1000) == ENOSYS
+    assert run_bpf(program, 1000, arch=AUDIT_ARCH_I386) == ENOSYS
+    assert run_bpf(program, 1000 | X32_BIT) == ENOSYS
+    # a profile that allows by default lets a new syscall through
+    allow = seccomp.parse_profile(
+        {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}
+    )
+    assert run_bpf(seccomp.compile_profile(allow, NO_CAPS), 1000) == RET_ALLOW
 
 
 @needs_x86_64
