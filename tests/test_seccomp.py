@@ -35,6 +35,17 @@ X32_BIT = 0x40000000
 X86_64 = os.uname().machine == "x86_64"
 needs_x86_64 = pytest.mark.skipif(not X86_64, reason="syscall numbers and ABIs of x86_64")
 
+
+def _have_libseccomp() -> bool:
+    try:
+        seccomp._lib()
+    except seccomp.SeccompUnavailableError:
+        return False
+    return True
+
+
+needs_libseccomp = pytest.mark.skipif(not _have_libseccomp(), reason="libseccomp2 is not installed")
+
 # <linux/sched.h>, <linux/socket.h>
 CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x10000000, 0x40000000, 17
 AF_INET, AF_ALG, AF_VSOCK, SOCK_STREAM = 2, 38, 40, 1
@@ -401,6 +412,7 @@ def test_default_profile_allows_each_group_with_its_capability(cap: str, calls: 
         assert call not in without and call in with_cap, call
 
 
+@needs_libseccomp
 @needs_x86_64
 def test_default_program_decides_as_docker() -> None:
     program = seccomp.compile_profile(DEFAULT_PROFILE, DOCKER_CAPS)
@@ -433,6 +445,7 @@ def test_default_program_decides_as_docker() -> None:
     assert run_bpf(program, nr("personality"), (0x0400000,)) == EPERM  # READ_IMPLIES_EXEC
 
 
+@needs_libseccomp
 @needs_x86_64
 def test_default_program_covers_the_i386_and_x32_abis_as_docker() -> None:
     program = seccomp.compile_profile(DEFAULT_PROFILE, NO_CAPS)
@@ -444,6 +457,7 @@ def test_default_program_covers_the_i386_and_x32_abis_as_docker() -> None:
     assert run_bpf(program, nr("getpid"), arch=0xC00000B7) == RET_KILL_THREAD  # aarch64: not filtered here
 
 
+@needs_libseccomp
 @needs_x86_64
 def test_syscalls_newer_than_the_profile_get_enosys() -> None:
     program = seccomp.compile_profile(DEFAULT_PROFILE, NO_CAPS)
@@ -457,6 +471,7 @@ def test_syscalls_newer_than_the_profile_get_enosys() -> None:
     assert run_bpf(seccomp.compile_profile(allow, NO_CAPS), 1000) == RET_ALLOW
 
 
+@needs_libseccomp
 @needs_x86_64
 def test_a_custom_profile_compiles_as_written(tmp_path: Path) -> None:
     data = {
@@ -485,6 +500,7 @@ def test_a_custom_profile_compiles_as_written(tmp_path: Path) -> None:
     assert run_bpf(program, nr("personality"), (3,)) == RET_ALLOW
 
 
+@needs_libseccomp
 def test_compile_is_cached_per_profile_and_capabilities() -> None:
     a = seccomp.compile_profile(DEFAULT_PROFILE, ["CAP_SYS_ADMIN"])
     assert seccomp.compile_profile(DEFAULT_PROFILE, frozenset({"SYS_ADMIN"})) is a
@@ -499,6 +515,7 @@ def test_compile_is_cached_per_profile_and_capabilities() -> None:
     )
 
 
+@needs_libseccomp
 def test_compile_refuses_what_libseccomp_does_not_know() -> None:
     lib = seccomp._lib()
     candidates = ("SCMP_ARCH_LOONGARCH64", "SCMP_ARCH_PARISC64", "SCMP_ARCH_RISCV64")
@@ -524,6 +541,7 @@ def test_no_libseccomp_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None
         seccomp._lib.cache_clear()
 
 
+@needs_libseccomp
 def test_filter_call_holds_the_program() -> None:
     program = seccomp.compile_profile(DEFAULT_PROFILE, NO_CAPS)
     fn, args, text = _linux.seccomp_filter_call(program, 0)
@@ -610,6 +628,7 @@ def _escapes() -> dict[str, object]:
     }
 
 
+@needs_libseccomp
 @pytest.mark.root
 @needs_x86_64
 def test_default_filter_refuses_escapes_in_a_real_process() -> None:
@@ -634,6 +653,7 @@ def test_default_filter_refuses_escapes_in_a_real_process() -> None:
     assert got["mkdir"] == errno.EFAULT  # allowed: the kernel looked at the NULL path
 
 
+@needs_libseccomp
 @pytest.mark.root
 @needs_x86_64
 def test_default_filter_with_cap_sys_admin_allows_namespaces() -> None:
@@ -646,6 +666,7 @@ def test_default_filter_with_cap_sys_admin_allows_namespaces() -> None:
     assert got["clone3"] != errno.ENOSYS
 
 
+@needs_libseccomp
 @pytest.mark.root
 def test_custom_profile_denies_one_syscall_only(tmp_path: Path) -> None:
     path = write_profile(
@@ -682,6 +703,7 @@ def test_custom_profile_denies_one_syscall_only(tmp_path: Path) -> None:
     assert not target.exists()
 
 
+@needs_libseccomp
 @pytest.mark.root
 def test_filter_loads_after_no_new_privs() -> None:
     program = seccomp.compile_profile(DEFAULT_PROFILE, NO_CAPS)
@@ -689,6 +711,7 @@ def test_filter_loads_after_no_new_privs() -> None:
     assert got == {"Seccomp": "2", "NoNewPrivs": "1"}
 
 
+@needs_libseccomp
 @pytest.mark.root
 def test_programs_run_under_the_default_filter(tmp_path: Path) -> None:
     """sh, ls, busybox and python start and work under docker's default profile."""
