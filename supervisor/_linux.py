@@ -62,6 +62,10 @@ AT_FDCWD = -100
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+PR_SET_NO_NEW_PRIVS = 38
+
+# <linux/seccomp.h>
+SECCOMP_SET_MODE_FILTER = 1
 
 # <asm-generic/ioctls.h>, <linux/sockios.h>, <net/if.h>
 TIOCSCTTY = 0x540E
@@ -89,6 +93,7 @@ _SYSCALLS = {
         "setns": 308,
         "unshare": 272,
         "mount_setattr": 442,
+        "seccomp": 317,
     },
     "aarch64": {
         "clone3": 435,
@@ -97,6 +102,7 @@ _SYSCALLS = {
         "setns": 268,
         "unshare": 97,
         "mount_setattr": 442,
+        "seccomp": 277,
     },
 }
 NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
@@ -275,6 +281,39 @@ def close_range_cloexec_call(first: int) -> RawCall:
         raw_syscall,
         (NR["close_range"], first, -1, CLOSE_RANGE_CLOEXEC),
         f"close_range({first}, ~0, CLOSE_RANGE_CLOEXEC)",
+    )
+
+
+def no_new_privs_call() -> RawCall:
+    """prctl(PR_SET_NO_NEW_PRIVS, 1) as a raw call: execve grants no privilege from
+    then on (setuid bits, file capabilities), and seccomp filters load without
+    CAP_SYS_ADMIN."""
+    return raw_prctl, (PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS, 1)"
+
+
+class SockFprog(ctypes.Structure):
+    """struct sock_fprog, <linux/filter.h>: a BPF program's length in instructions
+    and where it is. ``filter`` is a c_char_p so that the structure, assigned the
+    program's bytes, keeps them alive (in its ``_objects``) and points at them
+    without a copy."""
+
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def seccomp_filter_call(program: bytes, flags: int = 0) -> RawCall:
+    """seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog) as a raw call, for a program
+    from ``seccomp.compile_profile``. Build it in the parent, before the clone: the
+    call's arguments hold the ``SockFprog``, which holds the program, for as long as
+    the call is kept. Without no_new_privs the kernel requires CAP_SYS_ADMIN."""
+    if not program or len(program) % 8:
+        raise ValueError(
+            f"a BPF program is a non-empty array of 8-byte instructions, not {len(program)} bytes"
+        )
+    fprog = SockFprog(len(program) // 8, program)
+    return (
+        raw_syscall,
+        (NR["seccomp"], SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(fprog)),
+        f"seccomp(SECCOMP_SET_MODE_FILTER, {flags:#x}, <{len(program) // 8} instructions>)",
     )
 
 
