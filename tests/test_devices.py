@@ -1,16 +1,27 @@
-"""The device cgroup: rules, the BPF program (run here by a small interpreter) and the
-v1 writes, all checked against a model of the kernel's v1 devices cgroup."""
+"""The device cgroup: rules, the BPF program (run here by a small interpreter), the v1
+writes, and, as root, real confinement through cgroup v2 and through cgroup v1.
+
+The v2 root tests run on whatever the host has; on a hybrid host they show that a
+device program on the cgroup2 (``unified``) directory confines a process whose v1
+devices cgroup allows everything.
+"""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
+import json
+import os
 import random
 import struct
+import subprocess
+import sys
+from collections.abc import Iterator
 
 import pytest
 
-from supervisor import devices
+from supervisor import _linux, cgroups, devices
 from supervisor.devices import DEFAULT_RULES, DeviceRule, parse_rule
 from supervisor.errors import SpecError, StartError
 
@@ -395,3 +406,260 @@ def test_program_v1_writes_and_policy_agree_with_the_kernels_v1() -> None:
             assert (run_bpf(code, *req) == 1) is want, (rules, req)
         checked += 1
     assert checked > 300 and refused > 20  # both kinds were exercised
+
+
+# ---------------------------------------------------------------- as root: real cgroups
+
+root = pytest.mark.root
+
+CHILD = r"""
+import json, os, stat, sys
+sys.stdin.buffer.read(1)  # wait until the parent has placed us
+d = sys.argv[1]
+out = {}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = 0
+    except OSError as e:
+        out[name] = e.errno
+def mknod(name, kind, major, minor):
+    attempt("mknod " + name, lambda: os.mknod(os.path.join(d, name), kind | 0o600, os.makedev(major, minor)))
+def open_(name, flags, path=None):
+    attempt(f"open {name} {flags}", lambda: os.close(os.open(path or os.path.join(d, name), flags)))
+mknod("disk", stat.S_IFBLK, 7, 0)  # loop0: a block device that opens when unconfined
+mknod("null", stat.S_IFCHR, 1, 3)
+mknod("mem", stat.S_IFCHR, 1, 1)
+mknod("kmsg", stat.S_IFCHR, 1, 11)
+open_("disk", os.O_RDONLY)
+open_("disk", os.O_WRONLY)
+open_("null", os.O_RDWR)
+open_("mem", os.O_RDONLY)
+open_("kmsg", os.O_RDONLY)
+open_("/dev/null", os.O_RDWR, "/dev/null")
+open_("/dev/zero", os.O_RDONLY, "/dev/zero")
+print(json.dumps(out))
+"""
+
+
+def run_child(tmp: str, cgroup_dirs: list[str]) -> dict[str, int]:
+    """Start a Python child, write its pid into each ``cgroup.procs``, let it make and
+    open device nodes in ``tmp``; its results by check (0 or an errno).
+
+    The block device is loop0 (7:0), not the root disk: a sandbox may refuse opening
+    its mounted root disk on its own (this test host does, EPERM with no device rules
+    at all), which would prove nothing about ours."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, tmp],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        for d in cgroup_dirs:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(proc.pid))
+        out, _ = proc.communicate(b"1", timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for name in ("disk", "null", "mem", "kmsg"):
+            try:
+                os.unlink(os.path.join(tmp, name))
+            except FileNotFoundError:
+                pass
+    assert proc.returncode == 0
+    return json.loads(out)
+
+
+@pytest.fixture
+def node_dir(tmp_path: object) -> str:
+    path = str(tmp_path)
+    if os.statvfs(path).f_flag & os.ST_NODEV:
+        pytest.skip(f"{path} is on a nodev mount: device nodes there never open")
+    return path
+
+
+def make_cgroup(parent: str | None, name: str) -> Iterator[str]:
+    if parent is None:
+        pytest.skip("no such cgroup hierarchy here")
+    d = os.path.join(parent, name)
+    os.mkdir(d)
+    try:
+        yield d
+    finally:
+        # our children are reaped by now (run_child waits); rmdir also detaches programs
+        os.rmdir(d)
+
+
+@pytest.fixture
+def v2_dir() -> Iterator[str]:
+    v2 = cgroups.current_layout().v2
+    yield from make_cgroup(v2.parent_dir(None) if v2 else None, f"mydevtest-{os.getpid()}")
+
+
+@pytest.fixture
+def v1_devices_dir() -> Iterator[str]:
+    h = cgroups.current_layout().v1_for("devices")
+    yield from make_cgroup(h.parent_dir(None) if h else None, f"mydevtest-{os.getpid()}")
+
+
+CONFINED = {
+    "mknod disk": 0,  # creating a block device node is allowed (b *:* m) ...
+    "mknod null": 0,
+    "mknod mem": 0,
+    "mknod kmsg": 0,
+    f"open disk {os.O_RDONLY}": errno.EPERM,  # ... opening it is not
+    f"open disk {os.O_WRONLY}": errno.EPERM,
+    f"open null {os.O_RDWR}": 0,
+    f"open mem {os.O_RDONLY}": errno.EPERM,
+    f"open kmsg {os.O_RDONLY}": errno.EPERM,
+    f"open /dev/null {os.O_RDWR}": 0,
+    f"open /dev/zero {os.O_RDONLY}": 0,
+}
+
+
+@root
+def test_unconfined_control(node_dir: str) -> None:
+    # the same child outside any device rules: the nodes open (so EPERM below is ours);
+    # /dev/mem only if the kernel has it (ENXIO: no driver)
+    if not os.path.exists("/dev/loop0"):
+        pytest.skip("no loop driver: the block device checks would prove nothing")
+    out = run_child(node_dir, [])
+    assert out.pop(f"open mem {os.O_RDONLY}") in (0, errno.ENXIO)
+    assert set(out.values()) == {0}, out
+
+
+@root
+def test_v2_program_confines_the_cgroup(node_dir: str, v2_dir: str) -> None:
+    devices.apply_v2(v2_dir, DEFAULT_RULES)
+    fd = os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags, ids = _linux.bpf_prog_query(fd, _linux.BPF_CGROUP_DEVICE)
+    finally:
+        os.close(fd)
+    assert flags == _linux.BPF_F_ALLOW_MULTI and len(ids) == 1
+    assert run_child(node_dir, [v2_dir]) == CONFINED
+
+
+@root
+def test_v2_program_confines_even_where_v1_devices_allows_all(node_dir: str, v2_dir: str) -> None:
+    # a hybrid host: our v1 devices cgroup allows everything, yet the v2 program decides
+    h = cgroups.current_layout().v1_for("devices")
+    if h is None:
+        pytest.skip("no v1 devices controller: not a hybrid host")
+    own = h.parent_dir(None)
+    assert own is not None
+    with open(os.path.join(own, "devices.list")) as f:
+        if f.read().split("\n")[0] != "a *:* rwm":
+            pytest.skip("our v1 devices cgroup does not allow everything: it would prove nothing")
+    devices.apply_v2(v2_dir, DEFAULT_RULES)
+    assert run_child(node_dir, [v2_dir])[f"open disk {os.O_RDONLY}"] == errno.EPERM
+
+
+@root
+def test_v2_extra_rule_and_privileged(node_dir: str, v2_dir: str) -> None:
+    # privileged attaches nothing at all
+    devices.apply_v2(v2_dir, devices.container_rules(privileged=True))
+    fd = os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert _linux.bpf_prog_query(fd, _linux.BPF_CGROUP_DEVICE)[1] == []
+    finally:
+        os.close(fd)
+    # kmsg allowed by one extra rule; mem still not
+    devices.apply_v2(v2_dir, devices.container_rules(extra=[parse_rule("c 1:11 r")]))
+    out = run_child(node_dir, [v2_dir])
+    assert out[f"open kmsg {os.O_RDONLY}"] == 0 and out[f"open mem {os.O_RDONLY}"] == errno.EPERM
+
+
+@root
+def test_v2_deny_all_refuses_mknod_too(node_dir: str, v2_dir: str) -> None:
+    devices.apply_v2(v2_dir, [])
+    out = run_child(node_dir, [v2_dir])
+    assert out["mknod disk"] == out["mknod null"] == errno.EPERM
+    assert out[f"open /dev/null {os.O_RDWR}"] == errno.EPERM
+
+
+@root
+def test_v2_ancestor_program_still_applies(node_dir: str, v2_dir: str) -> None:
+    """ALLOW_MULTI all the way: a program above ours keeps narrowing (here it refuses
+    /dev/null, which ours allows)."""
+    devices.apply_v2(v2_dir, [devices.ALLOW_ALL, parse_rule("c 1:3 rwm", allow=False)])
+    child = os.path.join(v2_dir, "c")
+    os.mkdir(child)
+    try:
+        devices.apply_v2(child, DEFAULT_RULES)
+        out = run_child(node_dir, [child])
+    finally:
+        os.rmdir(child)
+    assert out[f"open /dev/null {os.O_RDWR}"] == errno.EPERM
+    assert out[f"open /dev/zero {os.O_RDONLY}"] == 0
+    assert out[f"open disk {os.O_RDONLY}"] == errno.EPERM
+
+
+@root
+def test_v1_devices_cgroup_confines(node_dir: str, v1_devices_dir: str) -> None:
+    devices.apply_v1(cgroups.CgroupFS(), v1_devices_dir, DEFAULT_RULES)
+    with open(os.path.join(v1_devices_dir, "devices.list")) as f:
+        listed = f.read().split()
+    assert "c 1:3 rwm".split() == listed[listed.index("1:3") - 1 : listed.index("1:3") + 2]
+    assert run_child(node_dir, [v1_devices_dir]) == CONFINED
+
+
+@root
+def test_verifier_accepts_generated_programs() -> None:
+    rng = random.Random(7)
+    lists = [
+        list(DEFAULT_RULES),
+        [devices.ALLOW_ALL],
+        [],
+        [devices.ALLOW_ALL, parse_rule("b 254:0 w", False)],
+    ]
+    lists += [random_rules(rng) for _ in range(40)]
+    loaded = 0
+    for rules in lists:
+        try:
+            fd = devices.load_program(rules)
+        except SpecError:
+            continue
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        os.close(fd)
+        loaded += 1
+    assert loaded > 20
+
+
+@root
+def test_verifier_log_in_the_error() -> None:
+    exit_only = struct.pack("<BBhi", 0x95, 0, 0, 0)  # r0 never set
+    with pytest.raises(OSError) as e:
+        _linux.bpf_prog_load(_linux.BPF_PROG_TYPE_CGROUP_DEVICE, exit_only, devices.LICENSE)
+    assert e.value.errno == errno.EACCES
+    assert "BPF_PROG_LOAD" in str(e.value) and "R0 !read_ok" in str(e.value)
+
+
+@root
+def test_cache_shares_one_program_and_closes(v2_dir: str) -> None:
+    with devices.ProgramCache() as cache:
+        fd = cache.program_fd(DEFAULT_RULES)
+        assert cache.program_fd([*DEFAULT_RULES, DEFAULT_RULES[2]]) == fd  # the same program
+        assert len(cache) == 1
+        assert cache.program_fd([devices.ALLOW_ALL]) is None  # nothing to load or attach
+        assert len(cache) == 1
+        devices.apply_v2(v2_dir, DEFAULT_RULES, cache)
+        sub = os.path.join(v2_dir, "c")
+        os.mkdir(sub)
+        try:
+            devices.apply_v2(sub, DEFAULT_RULES, cache)
+        finally:
+            os.rmdir(sub)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert len(cache) == 0
+
+
+@root
+def test_apply_v2_errors_name_the_directory() -> None:
+    with pytest.raises(StartError, match="/nonexistent/cg"):
+        devices.apply_v2("/nonexistent/cg", DEFAULT_RULES)
+    with pytest.raises(StartError, match="BPF_PROG_ATTACH"):
+        devices.apply_v2("/", DEFAULT_RULES)  # not a cgroup directory
