@@ -84,6 +84,16 @@ CLOSE_RANGE_CLOEXEC = 1 << 2
 # CLONE_PARENT) is a "clone" child, and waitid only sees it with __WALL or __WCLONE.
 WALL = 0x40000000
 
+# <linux/bpf.h>: the bpf(2) commands, program and attach types that device confinement uses
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_PROG_QUERY = 16
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_OVERRIDE = 1 << 0
+BPF_F_ALLOW_MULTI = 1 << 1
+
 # <asm/unistd_64.h> (x86_64; aarch64 shares the generic numbers below)
 _SYSCALLS = {
     "x86_64": {
@@ -94,6 +104,7 @@ _SYSCALLS = {
         "unshare": 272,
         "mount_setattr": 442,
         "seccomp": 317,
+        "bpf": 321,
     },
     "aarch64": {
         "clone3": 435,
@@ -103,6 +114,7 @@ _SYSCALLS = {
         "unshare": 97,
         "mount_setattr": 442,
         "seccomp": 277,
+        "bpf": 280,
     },
 }
 NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
@@ -613,3 +625,105 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
     if fd < 0:
         _raise(f"openat2({dirfd}, {path!r}, {flags:#o}, {mode:#o}, resolve={resolve:#x})")
     return int(fd)
+
+
+# ---------------------------------------------------------------- bpf(2)
+#
+# union bpf_attr, <linux/bpf.h>, packed per command. The kernel takes a shorter attr
+# than its own (it zero-fills the rest), so each command passes only the fields it
+# uses; the few names below follow the header's.
+
+#: BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size, log_buf,
+#: kern_version, prog_flags, prog_name[16]
+_PROG_LOAD = struct.Struct("=IIQQIIQII16s")
+#: BPF_PROG_ATTACH / BPF_PROG_DETACH: target_fd, attach_bpf_fd, attach_type, attach_flags
+_PROG_ATTACH = struct.Struct("=IIII")
+#: BPF_PROG_QUERY: target_fd, attach_type, query_flags, attach_flags, prog_ids, prog_cnt
+_PROG_QUERY = struct.Struct("=IIIIQI4x")
+
+#: how much of a failed load's verifier log goes into the error (its end says why)
+VERIFIER_LOG_TAIL = 2000
+
+
+def _attr(packed: bytes) -> ctypes.Array[ctypes.c_char]:
+    # exactly the struct's size (create_string_buffer would add a NUL to the length)
+    return ctypes.create_string_buffer(packed, len(packed))
+
+
+def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    return int(_syscall(ctypes.c_long(NR["bpf"]), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr))))
+
+
+def bpf_prog_load(prog_type: int, insns: bytes, license: str, name: str = "") -> int:
+    """bpf(BPF_PROG_LOAD): load a program of 8-byte ``struct bpf_insn``; its fd
+    (the kernel makes every bpf fd close-on-exec).
+
+    The first try asks for no verifier log (writing one costs time on every load);
+    only a failure is retried with a log, so that the error says why.
+
+    Raises:
+        OSError: naming the call, with the end of the verifier log when there is one.
+    """
+    lic = ctypes.create_string_buffer(license.encode())
+    code = ctypes.create_string_buffer(insns, len(insns))
+    count = len(insns) // 8
+
+    def load(log: ctypes.Array[ctypes.c_char] | None) -> int:
+        attr = _attr(
+            _PROG_LOAD.pack(
+                prog_type,
+                count,
+                ctypes.addressof(code),
+                ctypes.addressof(lic),
+                1 if log is not None else 0,
+                len(log) if log is not None else 0,
+                ctypes.addressof(log) if log is not None else 0,
+                0,
+                0,
+                name.encode()[:15],
+            )
+        )
+        return _bpf(BPF_PROG_LOAD, attr)
+
+    fd = load(None)
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    log = ctypes.create_string_buffer(1 << 16)
+    fd = load(log)
+    if fd >= 0:  # a transient failure (ENOMEM, EAGAIN): the retry is as good as a load
+        return fd
+    text = log.value.decode(errors="replace").strip()
+    if len(text) > VERIFIER_LOG_TAIL:
+        text = "..." + text[-VERIFIER_LOG_TAIL:]
+    what = f"bpf(BPF_PROG_LOAD, type {prog_type}, {count} insns, license {license!r})"
+    detail = f"; verifier log: {'; '.join(text.splitlines())}" if text else ""
+    raise OSError(err, f"{what} failed: {os.strerror(err)}{detail}")
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    """bpf(BPF_PROG_ATTACH): attach a loaded program to a cgroup directory fd (O_RDONLY;
+    an O_PATH fd also works where the kernel looks it up with fdget_raw, as 6.18 does)."""
+    attr = _attr(_PROG_ATTACH.pack(target_fd, prog_fd, attach_type, flags))
+    if _bpf(BPF_PROG_ATTACH, attr) != 0:
+        _raise(
+            f"bpf(BPF_PROG_ATTACH, cgroup fd {target_fd}, prog fd {prog_fd}, type {attach_type}, "
+            f"flags {flags:#x})"
+        )
+
+
+def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
+    """bpf(BPF_PROG_DETACH): detach one program from a cgroup directory fd."""
+    attr = _attr(_PROG_ATTACH.pack(target_fd, prog_fd, attach_type, 0))
+    if _bpf(BPF_PROG_DETACH, attr) != 0:
+        _raise(f"bpf(BPF_PROG_DETACH, cgroup fd {target_fd}, prog fd {prog_fd}, type {attach_type})")
+
+
+def bpf_prog_query(target_fd: int, attach_type: int, max_progs: int = 64) -> tuple[int, list[int]]:
+    """bpf(BPF_PROG_QUERY): ``(attach flags, program ids)`` attached directly to a cgroup."""
+    ids = (ctypes.c_uint32 * max_progs)()
+    attr = _attr(_PROG_QUERY.pack(target_fd, attach_type, 0, 0, ctypes.addressof(ids), max_progs))
+    if _bpf(BPF_PROG_QUERY, attr) != 0:
+        _raise(f"bpf(BPF_PROG_QUERY, cgroup fd {target_fd}, type {attach_type})")
+    _fd, _type, _qflags, flags, _ptr, count = _PROG_QUERY.unpack(attr.raw)
+    return flags, list(ids[:count])

@@ -54,7 +54,9 @@ def other_dirs() -> list[str]:
         f"{parent}/{name}"
         for parent in cgroups.parents_of(layout)
         for name in os.listdir(parent)
-        if name.startswith("mydocker-") and not name.startswith("mydocker-owner-") and not name.endswith(token)
+        if name.startswith("mydocker-")
+        and not name.startswith("mydocker-owner-")
+        and not name.endswith(token)
     ]
 
 

@@ -4,9 +4,6 @@ conftest's ``host_unchanged`` checks the host's mount table around every test.""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
 import os
 import shlex
 import shutil
@@ -19,8 +16,8 @@ import pytest
 
 from supervisor import ContainerSpec, SpecError, StartError, open_container, run_container
 from supervisor import rootfs as rfs
-from supervisor.state import STATE_DIR_ENV
 from supervisor.spec import Mount
+from supervisor.state import STATE_DIR_ENV
 
 from . import busybox as bb
 from .busybox import snapshot

@@ -606,8 +606,8 @@ def test_tty_over_a_socket(backend: str) -> None:
 async def test_run_tty_in_process_leaks_nothing(anyio_backend: str) -> None:
     """The tty path on this very event loop, with stdout a pipe (re-opened privately);
     host_unchanged checks that no fd or child is left behind."""
-    from supervisor.spec import ContainerSpec
     from supervisor.cli.tty import run_tty
+    from supervisor.spec import ContainerSpec
 
     spec = ContainerSpec(command=("sh", "-c", "echo in-process; exit 6"), tty=True)
     r, w = os.pipe()
