@@ -133,10 +133,10 @@ async def open_container(
     ``anyio.from_thread.run(open_container, ...)``. Containers are cloned by a small
     helper process that belongs to the running event loop and ends with it.
     """
+    _check_permitted()  # before any lazy import: the package may be unreadable to this user
     if grace is not None and not grace >= 0:
         raise SpecError(f"grace must be a number of seconds >= 0, not {grace!r}")
     spec = _make_spec(command, options)
-    _check_permitted()  # before the lazy imports: they may be unreadable to this user
     from .container import start_container
 
     return await start_container(

@@ -105,6 +105,7 @@ _SYSCALLS = {
         "mount_setattr": 442,
         "seccomp": 317,
         "bpf": 321,
+        "keyctl": 250,
     },
     "aarch64": {
         "clone3": 435,
@@ -115,6 +116,7 @@ _SYSCALLS = {
         "mount_setattr": 442,
         "seccomp": 277,
         "bpf": 280,
+        "keyctl": 219,
     },
 }
 NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
@@ -273,8 +275,21 @@ raw_sethostname = _raw.sethostname
 raw_execve = _raw.execve
 raw_syscall = _raw.syscall
 raw_ioctl = _raw.ioctl
+raw_access = _raw.access
+raw_poll = _raw.poll
 _errno_location = _raw.__errno_location
 _errno_location.restype = ctypes.c_void_p
+
+
+# <linux/keyctl.h>
+KEYCTL_JOIN_SESSION_KEYRING = 1
+# <poll.h>
+POLLIN = 1
+
+
+def pollfd_in(fd: int) -> ctypes.Array[ctypes.c_char]:
+    """A ``struct pollfd`` asking whether ``fd`` is readable (for ``raw_poll``)."""
+    return ctypes.create_string_buffer(struct.pack("ihh", fd, POLLIN, 0), 8)
 
 
 def errno_now() -> int:

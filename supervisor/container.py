@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import anyio
 
-from . import _linux, mounts, rootfs, spawn, wire
+from . import _linux, confine, mounts, rootfs, spawn, wire
 from ._cancel import to_the_end
 from ._streams import FdStream
 from .cgroups import Cgroup, create_cgroup
@@ -349,8 +349,12 @@ async def start_container(
     """
     if os.geteuid() != 0:
         raise NotPermittedError(NOT_PERMITTED)
-    # Image, rootfs and volume paths are checked before anything exists on the host.
+    # Image, rootfs, volume paths, the user and the confinement are worked out before
+    # anything exists on the host.
     spec = rootfs.resolve(spec)
+    user = confine.user_of(spec)
+    confinement = confine.confinement(spec, user)
+    init = confine.init_binary() if spec.init else None
     stack = contextlib.ExitStack()
     child_side = contextlib.ExitStack()  # fds only the child keeps: closed after the clone
     try:
@@ -358,7 +362,9 @@ async def start_container(
         dirs = rootfs.make_container_dir(spec, stack)
         fs_ops: tuple[tuple[str, str, tuple[object, ...]], ...] = ()
         if dirs is not None and "mount" in spec.namespaces:
-            fs_ops = tuple((op.step, op.fn.__name__, op.args) for op in mounts.child_ops(spec, dirs))
+            ops = mounts.child_ops(spec, dirs, init)
+            fs_ops = tuple((op.step, op.fn.__name__, op.args) for op in ops)
+            init = mounts.INIT_PATH if init is not None else None
         fds: dict[str, int] = {}
         streams: dict[str, FdStream | None] = {"stdin": None, "stdout": None, "stderr": None}
         console: socket.socket | None = None
@@ -404,7 +410,8 @@ async def start_container(
             stack.callback(cgroup.discard)
             fds.update(cgroup.child_fds())
         parents = tuple(os.path.dirname(d) for d in cgroup.dirs) if cgroup is not None else ()
-        pid, pidfd = await spawn.spawn(child_spec(spec, fs_ops), spawn.clone_flags(spec), fds, parents)
+        child = child_spec(spec, fs_ops, confinement, confine.environment(spec, user), init)
+        pid, pidfd = await spawn.spawn(child, spawn.clone_flags(spec), fds, parents)
     except BaseException:
         child_side.close()
         stack.close()

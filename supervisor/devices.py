@@ -383,8 +383,7 @@ class ProgramCache:
 
     Owns its fds (close-on-exec, as every bpf fd): ``close()``, or a ``with`` block,
     closes them; attached programs stay alive until their cgroups are removed. The
-    owner is whoever starts the containers, closed when it stops, never a module
-    global: the test suite fails a test that leaves an fd open.
+    process's own cache lives as long as it does (``cgroups.CgroupFS.device_programs``).
     """
 
     def __init__(self) -> None:
@@ -407,6 +406,10 @@ class ProgramCache:
             fd = self._by_code[code] = _load(code)
         self._by_rules[rules] = fd
         return fd
+
+    def fds(self) -> tuple[int, ...]:
+        """The fds of the loaded programs."""
+        return tuple(self._by_code.values())
 
     def __len__(self) -> int:
         """How many programs are loaded."""

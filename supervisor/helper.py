@@ -41,6 +41,7 @@ from .init import (
     ChildSpec,
     NamedTuple,
     Prepared,
+    child_from_wire,
     child_plan,
     prepare,
     run_prepared,
@@ -180,10 +181,10 @@ def _parse(
         if p not in parents:  # not even a reference count written when known
             parents.add(p)
     try:
-        child = ChildSpec._make(child_tuple)
-        if len(child) != len(ChildSpec._fields) or not isinstance(flags, int):
+        child = child_from_wire(child_tuple)
+        if not isinstance(flags, int):
             raise ValueError("a request of another version of mydocker")
-    except (TypeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - one bad request must not end the helper
         return _Refused(rid, errno.EINVAL, f"the spawn helper cannot serve this request: {e}")
     netns = pool.take() if flags & _linux.CLONE_NEWNET else -1
     if netns >= 0:
@@ -200,7 +201,8 @@ def _serve_batch(
     private: tuple[int, ...],
     parents: set[str],
 ) -> None:
-    """Clone one container per request, back to back, then answer them all.
+    """Clone one container per request, back to back, then answer them all
+    (``private``: the helper's socket and the supervisor's pidfd).
 
     Why in batches: after each clone every page of the helper is shared with the
     child, so each page the helper then writes costs it a fault and a copy. Serving
@@ -218,18 +220,20 @@ def _serve_batch(
             refused.append(request)
         elif request is not None:
             parsed.append(request)
-    # A child that never execs (--init) or may wait before it does (the v1 cgroup
-    # sync) first drops every fd of the other requests and the helper's own: it must
-    # not hold another container's pipes. Any other child marks every inherited fd
+    # A child that may wait before its exec (the v1 cgroup sync) first drops every fd
+    # of the other requests and the helper's own: it must not hold another
+    # container's pipes meanwhile. Any other child marks every inherited fd
     # close-on-exec (its last step but one), which is enough.
     batch_fds = {f for _msg, fds in batch for f in fds}
-    helpers_own = (*private, *pool.private_fds())
+    sock_fd, supervisor_fd = private
+    helpers_own = (sock_fd, *pool.private_fds())  # the supervisor's pidfd stays: see init
     jobs: list[_Job] = []
     for rid, child, flags, byrole in parsed:
         try:
+            byrole["supervisor"] = supervisor_fd
             plan = child_plan(child, byrole, reset)
             drop: tuple[int, ...] = ()
-            if child.init or plan.sync >= 0:
+            if plan.sync >= 0:
                 drop = (*helpers_own, *batch_fds.difference(byrole.values()))
             clone_args, pidfd = _linux.clone3_args(flags, 0, byrole.get("cgroup", -1))
             jobs.append(_Job(rid, flags, clone_args, pidfd, prepare(plan, drop), byrole.get("netns", -1)))

@@ -78,6 +78,9 @@ else:
                 "_replace": _replace,
                 "__repr__": __repr__,
             }
+            for key, value in ns.items():  # methods and class attributes
+                if key not in fields and not key.startswith("__"):
+                    body[key] = value
             for i, f in enumerate(fields):
                 body[f] = property(itemgetter(i))
             return type(name, (tuple,), body)
@@ -107,6 +110,25 @@ ExecCall = tuple[tuple[bytes, ...], object, object, str]
 FsOpRef = tuple[str, str, tuple[object, ...]]
 
 
+class Confinement(NamedTuple):
+    """What confines the child, worked out by the supervisor (``confine.py``): plain
+    ints and bytes, applied between the mounts and the exec (``_confine_steps``)."""
+
+    #: capability masks (bit N = capability N)
+    bounding: int
+    effective: int
+    permitted: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    #: the kernel's last capability (every one up to it not in ``bounding`` is dropped)
+    last_cap: int
+    #: the compiled seccomp program (``seccomp.compile_profile``), or None
+    seccomp: bytes | None
+    seccomp_flags: int
+    no_new_privs: bool
+
+
 class ChildSpec(NamedTuple):
     """What the child needs of a ``ContainerSpec``, worked out by the supervisor.
 
@@ -130,8 +152,35 @@ class ChildSpec(NamedTuple):
     net: bool
     tty: bool
     cwd: str | None
-    init: bool
+    #: the init to exec as PID 1 (``--init``: tini, the path in the container), else None
+    init: bytes | None
+    #: the init's own arguments before ``--`` (``-s`` when it is not PID 1)
+    init_args: tuple[bytes, ...]
     exec: ExecArgs
+    #: None: nothing is dropped (for tests of the bare clone path only)
+    confine: Confinement | None
+
+
+def child_to_wire(child: ChildSpec) -> tuple[object, ...]:
+    """A ``ChildSpec`` as plain tuples (marshal takes no tuple subclass)."""
+    conf = child.confine
+    return (*child[:-1], tuple(conf) if conf is not None else None)
+
+
+def child_from_wire(data: tuple[object, ...]) -> ChildSpec:
+    """``child_to_wire``'s tuples back as a ``ChildSpec``.
+
+    Raises:
+        TypeError, ValueError: a tuple of another shape (another mydocker version).
+    """
+    if len(data) != len(ChildSpec._fields):
+        raise ValueError(f"a child of {len(data)} fields, not {len(ChildSpec._fields)}")
+    conf = data[-1]
+    if conf is not None:
+        if not isinstance(conf, tuple) or len(conf) != len(Confinement._fields):
+            raise ValueError("a confinement of another shape")
+        conf = Confinement._make(conf)
+    return ChildSpec._make((*data[:-1], conf))
 
 
 _candidates_cache: dict[tuple[str, str], tuple[bytes, ...]] = {}
@@ -154,9 +203,17 @@ def _exec_args(argv: tuple[str, ...], env: dict[str, str]) -> ExecArgs:
     return candidates, tuple(map(fse, argv)), tuple(fse(f"{k}={v}") for k, v in env.items()), prog
 
 
-def child_spec(spec: ContainerSpec, fs_ops: tuple[FsOpRef, ...] = ()) -> ChildSpec:
-    """Digest a (resolved) spec for the child (see ``ChildSpec``); ``fs_ops`` are its
-    root filesystem's steps (``mounts.child_ops``), in the form they travel in."""
+def child_spec(
+    spec: ContainerSpec,
+    fs_ops: tuple[FsOpRef, ...] = (),
+    confine: Confinement | None = None,
+    env: dict[str, str] | None = None,
+    init: str | None = None,
+) -> ChildSpec:
+    """Digest a (resolved) spec for the child (see ``ChildSpec``): ``fs_ops`` are its
+    root filesystem's steps (``mounts.child_ops``), in the form they travel in;
+    ``confine`` its confinement; ``env`` its environment (default
+    ``spec.full_env()``); ``init`` the path of the init it execs as PID 1."""
     ns = spec.namespaces
     mount = "mount" in ns
     return ChildSpec(
@@ -167,8 +224,10 @@ def child_spec(spec: ContainerSpec, fs_ops: tuple[FsOpRef, ...] = ()) -> ChildSp
         net="net" in ns,
         tty=spec.tty,
         cwd=spec.cwd,
-        init=spec.init,
-        exec=_exec_args(spec.command, spec.full_env()),
+        init=os.fsencode(init) if init is not None else None,
+        init_args=() if "pid" in ns else (b"-s",),  # a subreaper, when it is not PID 1
+        exec=_exec_args(spec.command, spec.full_env() if env is None else env),
+        confine=confine,
     )
 
 
@@ -194,6 +253,9 @@ class ChildPlan(NamedTuple):
     #: a network namespace the spawn helper made ahead of time (lo already up): the
     #: child joins it instead of having clone3 create one
     netns: int = -1
+    #: a pidfd of the process PR_SET_PDEATHSIG watches: if it died before the child
+    #: asked for the signal, nothing would ever send it
+    supervisor: int = -1
 
 
 def child_plan(child: ChildSpec, fds: dict[str, int], reset: tuple[int, ...] | None) -> ChildPlan:
@@ -209,6 +271,7 @@ def child_plan(child: ChildSpec, fds: dict[str, int], reset: tuple[int, ...] | N
         reset_signals=reset,
         console=fds.get("console", -1),
         netns=fds.get("netns", -1),
+        supervisor=fds.get("supervisor", -1),
     )
 
 
@@ -350,63 +413,37 @@ def _exec(how: ExecCall) -> None:
     raise _StepFailed("exec", errno.EACCES if saw_eacces else errno.ENOENT, prog)
 
 
-def _run_as_init(plan: ChildPlan, how: ExecCall) -> None:
-    """``--init``: stay PID 1, run the command as our child, forward and reap.
+def _exec_init(how: ExecCall, init: tuple[bytes, object, object]) -> None:
+    """``--init``: check that the command can be found and run (the same PATH search
+    as ``_exec``, with access(2)), so that a missing command is the same typed error
+    as without an init, then exec the init with the command as its arguments. Never
+    returns."""
+    candidates, _argv, _envp, prog = how
+    path, init_argv, envp = init
+    found = errno.ENOENT
+    for cand in candidates:
+        if _linux.raw_access(cand, _X_OK) == 0:
+            found = 0
+            break
+        err = _linux.errno_now()
+        if err == errno.EACCES:
+            found = errno.EACCES
+        elif err not in (errno.ENOENT, errno.ENOTDIR) or len(candidates) == 1:
+            found = err
+    if found:
+        raise _StepFailed("exec", found, prog)
+    _linux.raw_execve(path, init_argv, envp)
+    raise _StepFailed("exec", _linux.errno_now(), f"{path.decode(errors='replace')} (--init)")
 
-    PID 1 of a namespace ignores every signal it has no handler for, and orphans are
-    re-parented to it: this loop gives the command ordinary signal semantics and keeps
-    zombies from piling up. It exits with the command's status (128+N if killed).
-    """
-    everything = _signal.valid_signals() - {_signal.SIGKILL, _signal.SIGSTOP}
-    _signal.pthread_sigmask(_signal.SIG_BLOCK, everything)
-    # init never execs, so close-on-exec does not clean up for it: drop every fd it
-    # inherited from the process it was cloned from (the pty master, cgroup and
-    # event-loop fds of the supervisor) so the container cannot reach them. Before
-    # the fork, not after: the command could otherwise see them in /proc/1/fd while
-    # init is still being scheduled. The error pipe stays until the command's exec;
-    # the command waits at a gate (EOF on a pipe) until init has closed its copy.
-    os.closerange(3, plan.errpipe)
-    os.closerange(plan.errpipe + 1, 0x7FFFFFFF)
-    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(gate_w)
-            os.read(gate_r, 1)
-            os.close(gate_r)
-            if plan.child.tty:
-                # The command gets a process group of its own and the terminal's
-                # foreground: a typed Ctrl-C then reaches only the command, not also
-                # init (which would pass it on a second time). tcsetpgrp from what is
-                # now a background group is allowed because SIGTTOU is still blocked.
-                _step("setpgid", os.setpgid, 0, 0)
-                _step("tcsetpgrp", os.tcsetpgrp, 0, os.getpgrp())
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-            _exec(how)
-        except _StepFailed as e:
-            wire.report_failure(plan.errpipe, e.step, e.err, e.detail)
-        os._exit(127)
-    os.close(plan.errpipe)
-    os.close(gate_r)
-    os.close(gate_w)
-    while True:
-        info = _signal.sigwaitinfo(everything)
-        if info.si_signo != _signal.SIGCHLD:
-            try:
-                os.kill(pid, info.si_signo)
-            except ProcessLookupError:
-                pass
-            continue
-        while True:
-            try:
-                reaped, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                os._exit(EXIT_SETUP_FAILED)
-            if reaped == 0:
-                break
-            if reaped == pid:
-                code = os.waitstatus_to_exitcode(status)
-                os._exit(128 - code if code < 0 else code)
+
+_X_OK = 1  # <unistd.h>
+
+
+def _supervisor_gone(pollfd: object) -> None:
+    # PR_SET_PDEATHSIG only covers a parent that dies after it was asked for: one that
+    # died in between (its pidfd readable) must not leave us to run on unwatched.
+    if _linux.raw_poll(pollfd, 1, 0) > 0:
+        os._exit(EXIT_SETUP_FAILED)
 
 
 def _wait_until_placed(sync: int) -> None:
@@ -427,8 +464,8 @@ class Prepared(NamedTuple):
     masked: bool
     steps: list[Step]
     exec: ExecCall
-    #: the ``--init`` plan, or None
-    init: ChildPlan | None
+    #: ``--init``: (the init's path, its argv and the environment as C arrays), or None
+    init: tuple[bytes, object, object] | None
     errpipe: int
 
 
@@ -441,7 +478,8 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     own argv, environment, mount arguments and error messages). Here the child gets
     flat lists of ready calls with encoded arguments and only has to make them.
     ``drop_fds`` are closed first thing in the child: fds it must not keep (the
-    helper's own, other requests', or the whole CLI's), as an ``--init`` never execs.
+    helper's own, other requests', or the whole CLI's), as one that waits before
+    its exec (the cgroup v1 sync) may wait long.
     """
     child = plan.child
     reset = signals_to_reset() if plan.reset_signals is None else plan.reset_signals
@@ -451,6 +489,9 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     # If the supervisor dies, so do we (the parent is the supervisor, thanks to
     # CLONE_PARENT); cgroups clean up whatever escapes.
     steps: list[Step] = [_PDEATHSIG]
+    if plan.supervisor >= 0:
+        pollfd = _linux.pollfd_in(plan.supervisor)
+        steps.append(("check the supervisor", _supervisor_gone, (pollfd,), None))
     if plan.sync >= 0:
         steps.append(("wait for the cgroup", _wait_until_placed, (plan.sync,), None))
     if plan.netns >= 0:
@@ -464,12 +505,64 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         steps.append(("open the container's terminal", _console_stdio, (plan,), None))
     else:
         steps += _stdio_steps(plan)
+    if child.confine is not None:
+        steps += confine_steps(child.confine)
     if child.cwd:
+        # after the uid change: the directory is entered as the container's user
         cwd = os.fsencode(child.cwd)
         steps.append((f"chdir {child.cwd}", _linux.raw_chdir, (cwd,), f"chdir({child.cwd!r})"))
     candidates, argv, envp, prog = child.exec
-    how = (candidates, _linux.c_string_array(argv), _linux.c_string_array(envp), prog)
-    return Prepared(drop_fds, reset, masked, steps, how, plan if child.init else None, plan.errpipe)
+    envp_array = _linux.c_string_array(envp)
+    how = (candidates, _linux.c_string_array(argv), envp_array, prog)
+    init = None
+    if child.init is not None:
+        init_argv = _linux.c_string_array((child.init, *child.init_args, b"--", *argv))
+        init = (child.init, init_argv, envp_array)
+    return Prepared(drop_fds, reset, masked, steps, how, init, plan.errpipe)
+
+
+#: the steps of each distinct confinement, built once per process: a few dozen raw
+#: calls whose arguments (error texts, ctypes buffers) would otherwise be made again
+#: for every container, between two clones of the spawn helper
+_confine_cache: dict[Confinement, list[Step]] = {}
+_KEYRING: Step = (
+    "join a new session keyring",
+    _linux.raw_syscall,
+    (_linux.NR["keyctl"], _linux.KEYCTL_JOIN_SESSION_KEYRING, None),
+    "keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)",
+)
+
+
+def confine_steps(conf: Confinement) -> list[Step]:
+    """The child's confinement, in runc's order (``_linux.identity_calls_after_seccomp``
+    says why this order): a session keyring of its own (the session keyring is not
+    namespaced: the caller's keys would be reachable), the bounding set, then the
+    seccomp filter while CAP_SYS_ADMIN is still effective (the kernel wants it, or
+    no_new_privs), then groups, gid, uid and the capability sets. With
+    ``no_new_privs`` the filter comes last instead, right before the exec."""
+    steps = _confine_cache.get(conf)
+    if steps is not None:
+        return steps
+    steps = [_KEYRING]
+    steps += [
+        ("drop capabilities", *c) for c in _linux.identity_calls_before_seccomp(conf.bounding, conf.last_cap)
+    ]
+    load: list[Step] = []
+    if conf.seccomp is not None:
+        load = [("load the seccomp filter", *_linux.seccomp_filter_call(conf.seccomp, conf.seccomp_flags))]
+    if not conf.no_new_privs:
+        steps += load
+    after = _linux.identity_calls_after_seccomp(
+        conf.effective, conf.permitted, conf.uid, conf.gid, conf.groups, pdeathsig=_signal.SIGKILL
+    )
+    steps += [("set the user and capabilities", *c) for c in after]
+    if conf.no_new_privs:
+        steps.append(("set no_new_privs", *_linux.no_new_privs_call()))
+        steps += load
+    if len(_confine_cache) >= 64:
+        _confine_cache.clear()
+    _confine_cache[conf] = steps
+    return steps
 
 
 def run_prepared(prepared: Prepared) -> None:
@@ -504,7 +597,7 @@ def _child(prepared: Prepared) -> BaseException:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
         _run_steps(steps)
         if init is not None:
-            _run_as_init(init, how)
+            _exec_init(how, init)
         _exec(how)
     except BaseException as e:  # noqa: BLE001 - the child must never unwind into the helper
         return e

@@ -30,11 +30,17 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from . import _linux, wire
-from .spec import ContainerSpec, Mount
+from .init import NamedTuple
+
+# What typing.TYPE_CHECKING is, without importing typing (helper.py: what the spawn
+# helper may load; it loads this module, not spec or dataclasses).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .spec import ContainerSpec, Mount
 
 #: host device nodes bind-mounted into the container's /dev (docker's set)
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -55,6 +61,9 @@ MASKED_PATHS = (
     "/sys/devices/virtual/powercap",
 )
 
+#: where ``--init`` finds its init inside a root filesystem (docker's path for tini)
+INIT_PATH = "/sbin/docker-init"
+
 #: docker's read-only paths
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
@@ -63,8 +72,7 @@ _NOSUID_NODEV_NOEXEC = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
 _KEEP_FLAGS = _NOSUID_NODEV_NOEXEC | 1024 | 2048 | 4096  # | MS_NOATIME | MS_NODIRATIME | MS_RELATIME
 
 
-@dataclass(frozen=True)
-class ContainerDirs:
+class ContainerDirs(NamedTuple):
     """The host paths a container's root filesystem is made of."""
 
     #: the image: the overlay's read-only lower layer
@@ -111,9 +119,8 @@ class Kernel:
     def open_in(self, root_fd: int, path: str, flags: int) -> int:
         """openat2(2) of ``path`` inside the directory ``root_fd`` as if it were ``/``:
         symlinks, absolute ones too, and ``..`` never leave it; no magic links."""
-        return _linux.openat2(
-            root_fd, path, flags | os.O_CLOEXEC, _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS
-        )
+        resolve = _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS
+        return _linux.openat2(root_fd, path, flags | os.O_CLOEXEC, resolve=resolve)
 
     def mkdir_at(self, dir_fd: int, name: str) -> None:
         """mkdirat(2), mode 0755."""
@@ -244,8 +251,7 @@ def open_target(root: str, path: str, *, directory: bool = True, create: bool = 
 # ------------------------------------------------------------------ child operations
 
 
-@dataclass(frozen=True)
-class Op:
+class Op(NamedTuple):
     """One step of the child's filesystem setup: ``fn(*args)``, reported as ``step``."""
 
     step: str
@@ -403,10 +409,14 @@ def _depth(m: Mount) -> int:
     return len([p for p in os.path.normpath(m.target).split("/") if p])
 
 
-def child_ops(spec: ContainerSpec, dirs: ContainerDirs) -> list[Op]:
+def child_ops(spec: ContainerSpec, dirs: ContainerDirs, init: str | None = None) -> list[Op]:
     """The ordered filesystem operations of a container with a root filesystem made
-    of ``dirs``. The terminal of ``-t`` comes after them: ``open_console``."""
+    of ``dirs``; ``init`` is the host path of the init bound read-only at
+    ``INIT_PATH``. The terminal of ``-t`` comes after them: ``open_console``.
+
+    ``--privileged`` leaves /sys and /sys/fs/cgroup writable and nothing masked."""
     root = dirs.mountpoint
+    privileged = spec.privileged
     ops = [
         Op(f"mount overlay of {dirs.lower}", _overlay, (dirs.lower, dirs.upper, dirs.work, root)),
         Op("mount /proc", _mount_in, (root, "/proc", "proc", _NOSUID_NODEV_NOEXEC, None)),
@@ -426,7 +436,7 @@ def child_ops(spec: ContainerSpec, dirs: ContainerDirs) -> list[Op]:
                 "/dev/pts",
                 "devpts",
                 _linux.MS_NOSUID | _linux.MS_NOEXEC,
-                "newinstance,ptmxmode=0666,mode=0620",
+                "newinstance,ptmxmode=0666,mode=0620,gid=5",  # group tty, as docker's
             ),
         ),
         Op("symlink /dev/ptmx", _symlink_in, (root, "pts/ptmx", "/dev/ptmx")),
@@ -447,25 +457,25 @@ def child_ops(spec: ContainerSpec, dirs: ContainerDirs) -> list[Op]:
         ("stderr", "/proc/self/fd/2"),
     ):
         ops.append(Op(f"symlink /dev/{name}", _symlink_in, (root, target, f"/dev/{name}")))
-    ops.append(
-        Op("mount /sys", _mount_in, (root, "/sys", "sysfs", _linux.MS_RDONLY | _NOSUID_NODEV_NOEXEC, None))
-    )
+    ro = 0 if privileged else _linux.MS_RDONLY
+    ops.append(Op("mount /sys", _mount_in, (root, "/sys", "sysfs", ro | _NOSUID_NODEV_NOEXEC, None)))
+    # The container's own cgroup (with a cgroup namespace), read-only: a cgroup it
+    # could write would be a way to the host (release_agent on v1, CVE-2022-0492).
+    cgroup_flags = ro | _NOSUID_NODEV_NOEXEC
+    ops.append(Op("mount /sys/fs/cgroup", _mount_in, (root, "/sys/fs/cgroup", "cgroup2", cgroup_flags, None)))
+    if init is not None:
+        ops.append(Op(f"bind the init {init}", _bind_in, (root, init, INIT_PATH, True)))
     for m in sorted(spec.mounts, key=_depth):  # parents before children
         if m.type == "tmpfs":
-            flags = _linux.MS_NOSUID | _linux.MS_NODEV | (_linux.MS_RDONLY if m.read_only else 0)
-            ops.append(
-                Op(
-                    f"mount tmpfs {m.target}",
-                    _mount_in,
-                    (root, m.target, "tmpfs", flags, m.options or "mode=1777"),
-                )
-            )
+            flags, data = m.tmpfs_flags()
+            ops.append(Op(f"mount tmpfs {m.target}", _mount_in, (root, m.target, "tmpfs", flags, data)))
         else:
             ops.append(
                 Op(f"mount volume {m.source}:{m.target}", _bind_in, (root, m.source, m.target, m.read_only))
             )
-    ops += [Op(f"mask {p}", _mask, (root, p)) for p in MASKED_PATHS]
-    ops += [Op(f"make {p} read-only", _read_only_path, (root, p)) for p in READONLY_PATHS]
+    if not privileged:
+        ops += [Op(f"mask {p}", _mask, (root, p)) for p in MASKED_PATHS]
+        ops += [Op(f"make {p} read-only", _read_only_path, (root, p)) for p in READONLY_PATHS]
     if spec.read_only:
         ops.append(Op("make the root filesystem read-only", _make_read_only, (root, "/")))
     ops.append(Op("pivot_root", _pivot_root, (root,)))

@@ -24,7 +24,7 @@ from anyio.lowlevel import RunVar
 from . import _linux, wire
 from ._cancel import to_the_end
 from .errors import NOT_PERMITTED, NotPermittedError, StartError
-from .init import ChildSpec, child_plan, prepare, run_prepared
+from .init import ChildSpec, child_plan, child_to_wire, prepare, run_prepared
 from .spec import ContainerSpec
 
 NAMESPACE_FLAGS = {
@@ -147,7 +147,7 @@ class SpawnHelper:
                 request in hand.
         """
         rid = next(self._ids)
-        message, fdlist, memfd = wire.encode_request(rid, tuple(child), fds, flags, cgroup_parents)
+        message, fdlist, memfd = wire.encode_request(rid, child_to_wire(child), fds, flags, cgroup_parents)
         with anyio.CancelScope(shield=True):
             waiter = _Waiter()
             self._waiters[rid] = waiter
@@ -284,15 +284,21 @@ class DirectSpawner:
         # pipes (the cgroup sync pipe's write end above all, or it would never see
         # EOF if we die or fail to place it). The helper's children have only the
         # fds of their request; give ours the same.
-        keep = {0, 1, 2, *fds.values()}
-        drop = tuple(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd not in keep)
-        # Worked out before the clone, as the helper does: fewer copy-on-write faults.
-        prepared = prepare(child_plan(child, fds, None), drop)
-        flags &= ~_linux.CLONE_PARENT
-        clone_args, pidfd = _linux.clone3_args(flags, 0, fds.get("cgroup", -1))
-        pid = _linux.raw_clone3(clone_args)
-        if pid == 0:
-            run_prepared(prepared)  # never returns
+        me = os.pidfd_open(os.getpid())  # the parent the child checks it still has
+        pid = -1
+        try:
+            keep = {0, 1, 2, me, *fds.values()}
+            drop = tuple(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd not in keep)
+            # Worked out before the clone, as the helper does: fewer copy-on-write faults.
+            prepared = prepare(child_plan(child, {**fds, "supervisor": me}, None), drop)
+            flags &= ~_linux.CLONE_PARENT
+            clone_args, pidfd = _linux.clone3_args(flags, 0, fds.get("cgroup", -1))
+            pid = _linux.raw_clone3(clone_args)
+            if pid == 0:
+                run_prepared(prepared)  # never returns
+        finally:
+            if pid != 0:
+                os.close(me)
         if pid < 0:
             err = _linux.errno_now()
             raise _clone_error(err, wire.clone_failed(flags, err))

@@ -10,6 +10,7 @@ library.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -28,8 +29,16 @@ DEFAULT_GRACE = 10.0
 #: docker's default PATH inside a container
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: the namespaces a container gets unless told otherwise
-DEFAULT_NAMESPACES: frozenset[str] = frozenset({"pid", "mount", "uts", "ipc", "net"})
+#: a hostname the kernel takes (64 bytes) and resolvers do not choke on (RFC 1123
+#: labels, plus '_' as docker's own ids and many hostnames have)
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+#: the namespaces a container gets unless told otherwise (docker's, with a cgroup
+#: namespace as on a cgroup v2 host)
+DEFAULT_NAMESPACES: frozenset[str] = frozenset({"pid", "mount", "uts", "ipc", "net", "cgroup"})
+
+#: ``ContainerSpec.seccomp`` for no filter at all
+UNCONFINED = "unconfined"
 KNOWN_NAMESPACES: frozenset[str] = frozenset({"pid", "mount", "uts", "ipc", "net", "cgroup"})
 
 
@@ -93,18 +102,31 @@ def parse_size(value: str | int, what: str = "size") -> int:
     return int(float(num) * _SIZE_UNITS[unit])
 
 
+#: no CPU number is this high on any kernel (CONFIG_NR_CPUS is at most 8192 today):
+#: checked before a range is expanded, so ``0-300000000`` costs nothing
+MAX_CPU = 1 << 16
+
+
+def _number(text: str) -> int | None:
+    # isdigit() is also true of '²' and other digits int() refuses
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def cpu_list(text: str) -> frozenset[int]:
     """The CPUs of a cpuset list such as ``"0-2,5"``.
 
     Raises:
-        SpecError: a malformed list.
+        SpecError: a malformed list, or a CPU number no host has.
     """
     cpus: set[int] = set()
     for part in text.strip().split(","):
-        lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()) or (sep and int(hi) < int(lo)):
+        lo_s, sep, hi_s = part.strip().partition("-")
+        lo, hi = _number(lo_s), _number(hi_s) if sep else _number(lo_s)
+        if lo is None or hi is None or hi < lo:
             raise SpecError(f"invalid CPU list {text!r} (expected e.g. 0-1,3)")
-        cpus.update(range(int(lo), int(hi if sep else lo) + 1))
+        if hi >= MAX_CPU:
+            raise SpecError(f"invalid CPU list {text!r}: CPU {hi} is beyond any host's CPUs")
+        cpus.update(range(lo, hi + 1))
     return frozenset(cpus)
 
 
@@ -213,6 +235,16 @@ class Limits:
 
 #: the kinds of ``Mount``
 MOUNT_TYPES = ("bind", "tmpfs")
+# <sys/mount.h>: what the tmpfs options turn into (spec imports nothing of _linux)
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_TMPFS_FLAGS = {
+    "exec": 0,
+    "noexec": _MS_NOEXEC,
+    "suid": 0,
+    "nosuid": _MS_NOSUID,
+    "dev": 0,
+    "nodev": _MS_NODEV,
+}
 
 
 @dataclass(frozen=True)
@@ -227,7 +259,9 @@ class Mount:
         type: ``"bind"`` (docker's ``-v HOST:CONTAINER``) or ``"tmpfs"``
             (``--tmpfs PATH``).
         read_only: mount it read-only (a directory with all its submounts).
-        options: tmpfs only: ``size=...`` / ``mode=...`` mount data.
+        options: tmpfs only: comma-separated ``size=``, ``mode=`` and ``exec``,
+            ``suid``, ``dev`` (or their ``no`` forms; docker's default is
+            ``noexec,nosuid,nodev``).
     """
 
     target: str
@@ -253,7 +287,9 @@ class Mount:
 
     @classmethod
     def parse_tmpfs(cls, text: str) -> Mount:
-        """Parse docker's ``--tmpfs PATH[:OPTIONS]`` (``ro``, ``rw``, ``size=``, ``mode=``).
+        """Parse docker's ``--tmpfs PATH[:OPTIONS]``: ``ro``/``rw``, ``exec``/``noexec``,
+        ``suid``/``nosuid``, ``dev``/``nodev``, ``size=``, ``mode=`` (docker's
+        defaults: ``noexec,nosuid,nodev``).
 
         Raises:
             SpecError: on an unknown option.
@@ -264,11 +300,31 @@ class Mount:
         for opt in filter(None, opts.split(",")):
             if opt in ("ro", "rw"):
                 read_only = opt == "ro"
-            elif opt.split("=", 1)[0] in ("size", "mode") and "=" in opt:
+            elif opt in _TMPFS_FLAGS or (opt.split("=", 1)[0] in ("size", "mode") and "=" in opt):
                 data.append(opt)
             else:
-                raise SpecError(f"invalid --tmpfs option {opt!r} in {text!r} (ro, rw, size=, mode=)")
+                raise SpecError(
+                    f"invalid --tmpfs option {opt!r} in {text!r} "
+                    "(ro, rw, exec, noexec, suid, nosuid, dev, nodev, size=, mode=)"
+                )
         return cls(target=target, type="tmpfs", read_only=read_only, options=",".join(data))
+
+    def tmpfs_flags(self) -> tuple[int, str]:
+        """A tmpfs's mount flags (``MS_*``: docker's ``noexec,nosuid,nodev`` unless
+        the options say otherwise; ``MS_RDONLY`` when read-only) and its data
+        (``size=``, ``mode=``; ``mode=1777`` by default)."""
+        flags = {"exec": _MS_NOEXEC, "suid": _MS_NOSUID, "dev": _MS_NODEV}
+        data = []
+        for opt in filter(None, self.options.split(",")):
+            if opt in flags:
+                flags[opt] = 0
+            elif opt.startswith("no") and opt[2:] in flags:
+                flags[opt[2:]] = _TMPFS_FLAGS[opt]
+            else:
+                data.append(opt)
+        if not any(d.startswith("mode=") for d in data):
+            data.append("mode=1777")
+        return sum(flags.values()) | (_MS_RDONLY if self.read_only else 0), ",".join(data)
 
     def validate(self) -> None:
         """Raise ``SpecError`` if the mount is malformed (host paths are checked at start)."""
@@ -301,8 +357,8 @@ class ContainerSpec:
         cwd: working directory inside the container (absolute).
         tty: give the container a pseudo-terminal as stdin/stdout/stderr.
         namespaces: which namespaces are new (the rest are shared with the host).
-        init: run mydocker's minimal init as PID 1, which forwards signals and
-            reaps orphans (docker's ``--init``).
+        init: run an init (tini, as docker's ``--init``) as PID 1, which forwards
+            signals to the command and reaps orphans.
         limits: cgroup resource limits.
         cgroup_parent: cgroup below which the container's cgroup is made (default:
             the supervisor's own cgroup).
@@ -315,6 +371,17 @@ class ContainerSpec:
         mounts: volumes and tmpfs mounts on top of the root filesystem.
         state_dir: where mydocker keeps images and per-container layers (default:
             ``$MYDOCKER_STATE_DIR`` or ``/var/lib/mydocker``).
+        cap_add, cap_drop: capabilities to add to or drop from docker's 14
+            defaults (names with or without ``CAP_``, any case, or ``ALL``).
+        privileged: every capability mydocker holds, no seccomp filter, no masked
+            or read-only paths, all devices (docker's ``--privileged``).
+        seccomp: the seccomp profile: None for docker's default, ``"unconfined"``
+            for none, a path to a docker/OCI profile (JSON), or a
+            ``seccomp.Profile``.
+        no_new_privileges: ``PR_SET_NO_NEW_PRIVS``: no set-uid bit or file
+            capability grants anything (``--security-opt no-new-privileges``).
+        user: ``NAME|UID[:GROUP|GID]``, resolved in the container's own
+            ``/etc/passwd`` and ``/etc/group`` (docker's ``--user``); None: root.
         id: the container id (generated).
     """
 
@@ -333,6 +400,12 @@ class ContainerSpec:
     read_only: bool = False
     mounts: tuple[Mount, ...] = ()
     state_dir: str | None = None
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False
+    seccomp: object = None
+    no_new_privileges: bool = False
+    user: str | None = None
     id: str = field(default_factory=new_id)
 
     def __post_init__(self) -> None:
@@ -341,6 +414,17 @@ class ContainerSpec:
         object.__setattr__(self, "command", tuple(self.command))
         object.__setattr__(self, "namespaces", frozenset(self.namespaces))
         object.__setattr__(self, "mounts", tuple(self.mounts))
+        for name in ("cap_add", "cap_drop"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise SpecError(f"{name} must be a sequence of capability names, not a single string")
+            object.__setattr__(self, name, tuple(value))
+        if self.seccomp in ("builtin", "default"):
+            object.__setattr__(self, "seccomp", None)
+        if isinstance(self.seccomp, str) and self.seccomp != UNCONFINED:
+            from .seccomp import load_profile  # its file read now: bad input before anything starts
+
+            object.__setattr__(self, "seccomp", load_profile(self.seccomp))
         if isinstance(self.limits, Mapping):  # run_container(..., limits={"memory": "64m"})
             object.__setattr__(self, "limits", Limits(**self.limits))
         if isinstance(self.env, Mapping):
@@ -360,8 +444,11 @@ class ContainerSpec:
         if unknown:
             raise SpecError(f"unknown namespace(s): {', '.join(sorted(unknown))}")
         if self.hostname is not None:
-            if not self.hostname or len(self.hostname) > 64 or "\0" in self.hostname:
-                raise SpecError(f"invalid hostname: {self.hostname!r} (1 to 64 characters)")
+            if not _HOSTNAME.fullmatch(self.hostname):
+                raise SpecError(
+                    f"invalid hostname: {self.hostname!r} (1 to 64 letters, digits, '-', '_' and '.', "
+                    "starting with a letter or digit)"
+                )
             if "uts" not in self.namespaces:
                 raise SpecError("--hostname needs a UTS namespace of its own (not --uts host)")
         if self.cwd is not None and not os.path.isabs(self.cwd):
@@ -371,6 +458,33 @@ class ContainerSpec:
                 raise SpecError(f"invalid environment variable: {key!r}")
         self._validate_filesystem()
         self._validate_cgroups()
+        self._validate_confinement()
+
+    def _validate_confinement(self) -> None:
+        from .capabilities import parse_caps  # not in the spawn helper (helper.py)
+
+        parse_caps(self.cap_add, self.cap_drop, self.privileged)  # SpecError for a bad name
+        if self.seccomp is not None and not isinstance(self.seccomp, str):
+            from .seccomp import Profile
+
+            if not isinstance(self.seccomp, Profile):
+                raise SpecError(f"seccomp must be a path, 'unconfined' or a Profile, not {self.seccomp!r}")
+        if self.user is not None:
+            from .users import parse_user_spec
+
+            parse_user_spec(self.user)  # the text; names are resolved in the image at start
+        if self.init:
+            from .confine import init_binary
+
+            init_binary()  # SpecError when there is none
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The container's capabilities (docker's defaults, ``cap_add``, ``cap_drop``,
+        ``privileged``), as ``CAP_X`` names."""
+        from .capabilities import parse_caps
+
+        return parse_caps(self.cap_add, self.cap_drop, self.privileged)
 
     def _validate_cgroups(self) -> None:
         if not isinstance(self.limits, Limits):

@@ -104,10 +104,12 @@ def _cgroup_leftovers() -> set[str]:
 
 
 def _owner_fds() -> set[int]:
-    """The fds this process holds its cgroup owner markers with (for its lifetime)."""
+    """The fds this process keeps for its lifetime: its cgroup owner markers, and the
+    device programs it loaded (one per distinct rule set)."""
     from supervisor import cgroups
 
-    return set(cgroups.owner().marker_fds())
+    fs = cgroups.current_layout().fs
+    return set(cgroups.owner().marker_fds()) | set(fs.device_programs().fds())
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,13 +339,17 @@ async def test_bad_spec_is_a_spec_error_and_starts_nothing(
     assert not _zombie_children()
 
 
-def test_not_root_is_not_permitted() -> None:
-    # Drop only the effective uid, after importing everything: the check must come
-    # before anything is created on the host.
+def test_not_root_is_not_permitted(tmp_path: Path) -> None:
+    # The package in a directory only root can read (as a fresh machine's /root), the
+    # effective uid dropped after importing nothing but the package's front: the
+    # check must come before anything is created on the host, and before any lazy
+    # import (which that uid could not read: ModuleNotFoundError instead).
+    private = tmp_path / "private"
+    shutil.copytree(Path(REPO) / "supervisor", private / "supervisor")
+    os.chmod(tmp_path, 0o700)
     code = textwrap.dedent(
         """
         import os, anyio, anyio._backends._asyncio
-        import supervisor.container, supervisor.spawn
         from supervisor import run_container, NotPermittedError
         os.seteuid(65534)
         try:
@@ -353,7 +358,8 @@ def test_not_root_is_not_permitted() -> None:
             print("NotPermittedError", e.exit_code)
         """
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=60)
+    env = {**os.environ, "PYTHONPATH": str(private)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd="/", env=env, timeout=60)
     assert r.stdout.split() == [b"NotPermittedError", b"125"], r.stderr
     assert issubclass(NotPermittedError, MydockerError)
 

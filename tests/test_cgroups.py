@@ -134,6 +134,8 @@ def test_cpuset_pins(cpu: str) -> None:
 def test_limits_land_in_the_containers_own_cgroups() -> None:
     r = run_cli(
         "run",
+        "--cgroupns",
+        "host",  # the host's view of the paths (a cgroup namespace shows its own root as /)
         "-m",
         "64m",
         "--cpus",
@@ -244,7 +246,15 @@ def test_cgroup_parent_places_the_container_below_it() -> None:
             os.mkdir(parent)
             made.append(parent)
         r = run_cli(
-            "run", "--cgroup-parent", "mydocker-test-parent", "--pids-limit", "8", "cat", "/proc/self/cgroup"
+            "run",
+            "--cgroupns",
+            "host",
+            "--cgroup-parent",
+            "mydocker-test-parent",
+            "--pids-limit",
+            "8",
+            "cat",
+            "/proc/self/cgroup",
         )
         assert r.returncode == 0, r.stderr
         assert r.stdout.count(b"/mydocker-test-parent/mydocker-") == len(made)

@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from supervisor import cgroups
+from supervisor import cgroups, devices
 from supervisor.errors import SpecError, StartError
 from supervisor.spec import ContainerSpec, Limits, cpu_list, parse_size
 
@@ -133,7 +133,10 @@ def test_pure_v2_layout_with_escapes_and_a_namespaced_root() -> None:
 def test_no_cgroups_at_all() -> None:
     layout = cgroups.detect_layout("", "")
     assert layout.kind == "none"
-    assert cgroups.create_cgroup(ContainerSpec(["true"]), layout) is None
+    # nothing to confine its devices with: only a privileged container may run
+    with pytest.raises(StartError, match="cannot confine the container's devices"):
+        cgroups.create_cgroup(ContainerSpec(["true"]), layout)
+    assert cgroups.create_cgroup(ContainerSpec(["true"], privileged=True), layout) is None
     with pytest.raises(StartError, match="--memory needs the 'memory' cgroup controller"):
         cgroups.create_cgroup(ContainerSpec(["true"], limits=Limits(memory=64 << 20)), layout)
 
@@ -193,6 +196,7 @@ class FakeCgroupFS(cgroups.CgroupFS):
         self.root = root
         self.swap = swap
         self.kills: list[str] = []
+        self.device_rules: dict[str, tuple[devices.DeviceRule, ...]] = {}
         self._fill(root, controllers)
         FakeCgroupFS.made.append(self)
 
@@ -210,6 +214,9 @@ class FakeCgroupFS(cgroups.CgroupFS):
             files.pop("memory.swap.max", None)
         for name, text in files.items():
             (d / name).write_text(text)
+
+    def confine_devices(self, path: str, rules: tuple[devices.DeviceRule, ...]) -> None:
+        self.device_rules[path] = rules
 
     def mkdir(self, path: str) -> None:
         os.mkdir(path)
@@ -301,6 +308,7 @@ async def test_v2_limits_are_written_and_everything_removed(tmp_path: Path, anyi
     assert (d / "cpu.weight").read_text() == f"{cgroups.cpu_weight(512)}\n"
     assert (d / "cpuset.cpus").read_text() == "1\n"
     assert (d / "pids.max").read_text() == "32\n"
+    assert fs.device_rules == {str(d): devices.container_rules()}  # before the clone
     fds = cg.child_fds()
     assert set(fds) == {"cgroup"}  # born inside it: no sync pipe on v2
     assert os.path.samefile(f"/proc/self/fd/{fds['cgroup']}", d)

@@ -85,8 +85,12 @@ def test_parse_volume_refuses(text: str) -> None:
 def test_parse_tmpfs() -> None:
     assert Mount.parse_tmpfs("/t") == Mount("/t", type="tmpfs")
     assert Mount.parse_tmpfs("/t:ro,size=1m") == Mount("/t", type="tmpfs", read_only=True, options="size=1m")
-    with pytest.raises(SpecError):
-        Mount.parse_tmpfs("/t:exec")
+    with pytest.raises(SpecError, match="invalid --tmpfs option 'bogus'"):
+        Mount.parse_tmpfs("/t:bogus")
+    # docker's defaults: noexec, nosuid, nodev (MS_* 8, 2, 4), each can be undone
+    assert Mount.parse_tmpfs("/t").tmpfs_flags() == (8 | 2 | 4, "mode=1777")
+    assert Mount.parse_tmpfs("/t:exec,ro,size=1m").tmpfs_flags() == (2 | 4 | 1, "size=1m,mode=1777")
+    assert Mount.parse_tmpfs("/t:suid,dev,mode=700").tmpfs_flags() == (8, "mode=700")
 
 
 @pytest.mark.parametrize(

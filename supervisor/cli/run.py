@@ -11,13 +11,14 @@ import click
 from ..errors import SpecError
 
 
-def _parse_namespaces(network: str, pid: str, uts: str, ipc: str) -> frozenset[str]:
+def _parse_namespaces(network: str, pid: str, uts: str, ipc: str, cgroupns: str) -> frozenset[str]:
     ns = {"mount"}
     for name, flag, value in (
         ("net", "network", network),
         ("pid", "pid", pid),
         ("uts", "uts", uts),
         ("ipc", "ipc", ipc),
+        ("cgroup", "cgroupns", cgroupns),
     ):
         if value in ("", "none", "private"):
             ns.add(name)
@@ -26,6 +27,28 @@ def _parse_namespaces(network: str, pid: str, uts: str, ipc: str) -> frozenset[s
                 f"invalid --{flag} value {value!r} (use 'host', or leave it out for a private one)"
             )
     return frozenset(ns)
+
+
+def _security_options(opts: tuple[str, ...]) -> dict[str, Any]:
+    """ContainerSpec fields for docker's ``--security-opt`` values.
+
+    Raises:
+        SpecError: an option mydocker does not know (apparmor and label have no
+            meaning here: one line, rather than silently less confinement).
+    """
+    fields: dict[str, Any] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if key.startswith("no-new-privileges:"):  # docker's older spelling
+            key, sep, value = opt.partition(":")
+        if key == "seccomp" and sep and value:
+            fields["seccomp"] = value
+        elif key == "no-new-privileges" and value in ("", "true", "false"):
+            fields["no_new_privileges"] = value != "false"
+        else:
+            known = "seccomp=unconfined, seccomp=PROFILE.json, no-new-privileges"
+            raise SpecError(f"invalid --security-opt {opt!r} ({known})")
+    return fields
 
 
 def _filesystem_options(
@@ -68,6 +91,19 @@ def _filesystem_options(
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin attached.")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
 @click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the container.")
+@click.option("-u", "--user", metavar="NAME|UID[:GROUP|GID]", help="The user the command runs as.")
+@click.option("--cap-add", multiple=True, metavar="CAP", help="Add a Linux capability (or ALL).")
+@click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a Linux capability (or ALL).")
+@click.option(
+    "--privileged", is_flag=True, help="Every capability, no seccomp, all devices, /proc and /sys unmasked."
+)
+@click.option(
+    "--security-opt",
+    "security_opts",
+    multiple=True,
+    metavar="OPT",
+    help="seccomp=unconfined|PROFILE.json, no-new-privileges[:true|false].",
+)
 @click.option("--hostname", metavar="NAME", help="Container hostname (default: its short id).")
 @click.option("--name", metavar="NAME", help="Container name (default: its id).")
 @click.option(
@@ -79,6 +115,7 @@ def _filesystem_options(
 )
 @click.option("--uts", default="", metavar="MODE", help="'host' to share the host's UTS namespace.")
 @click.option("--ipc", default="", metavar="MODE", help="'host' to share the host's IPC namespace.")
+@click.option("--cgroupns", default="", metavar="MODE", help="'host' to share the host's cgroup namespace.")
 @click.option(
     "--stop-timeout",
     default=10.0,
@@ -121,6 +158,11 @@ def run(
     interactive: bool,
     env: tuple[str, ...],
     workdir: str | None,
+    user: str | None,
+    cap_add: tuple[str, ...],
+    cap_drop: tuple[str, ...],
+    privileged: bool,
+    security_opts: tuple[str, ...],
     hostname: str | None,
     name: str | None,
     use_init: bool,
@@ -128,6 +170,7 @@ def run(
     pid_mode: str,
     uts: str,
     ipc: str,
+    cgroupns: str,
     stop_timeout: float,
     rootfs: str | None,
     image: str | None,
@@ -163,7 +206,12 @@ def run(
         name=name,
         cwd=workdir,
         tty=tty,
-        namespaces=_parse_namespaces(network, pid_mode, uts, ipc),
+        namespaces=_parse_namespaces(network, pid_mode, uts, ipc, cgroupns),
+        user=user,
+        cap_add=cap_add,
+        cap_drop=cap_drop,
+        privileged=privileged,
+        **_security_options(security_opts),
         init=use_init,
         **_filesystem_options(rootfs, image, read_only, volumes, tmpfs, state_dir, Mount),
         limits=Limits.parse(
