@@ -3,16 +3,18 @@ foreground, forward signals to it, and return its exit status."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
 import anyio
 import anyio.abc
 
-from ..container import start_container
+from ..container import Container, start_container
 from ..errors import SpecError
-from ..spec import DEVNULL, ContainerSpec
-from .signals import FORWARDED_SIGNALS, forward_signals, report_oom
+from ..spec import DEVNULL, PIPE, ContainerSpec
+from .signals import FORWARDED_SIGNALS, forward_signals, report_oom, say
+from .stdio import Progress, StdinReader, StdoutWriter, drain, pump_out
 
 #: the hidden ``MYDOCKER_BACKEND`` environment variable may name one of these (tests
 #: run the CLI on both); the default is asyncio
@@ -24,17 +26,48 @@ async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
         from .tty import run_tty
 
         return await run_tty(spec, interactive=interactive, grace=grace)
-    with anyio.open_signal_receiver(*FORWARDED_SIGNALS, signal.SIGWINCH) as signals:
+    # The container gets pipes, never our own fds (stdio.py says why); we copy.
+    reader = StdinReader(0) if interactive else None
+    with contextlib.ExitStack() as stack:
+        outputs = [StdoutWriter(1), StdoutWriter(2)]
+        for writer in outputs:
+            stack.callback(writer.close)
+        signals = stack.enter_context(anyio.open_signal_receiver(*FORWARDED_SIGNALS, signal.SIGWINCH))
         container = await start_container(
-            spec, stdin=0 if interactive else DEVNULL, stdout=None, stderr=None, grace=grace
+            spec, stdin=PIPE if interactive else DEVNULL, stdout=PIPE, stderr=PIPE, grace=grace
         )
         async with container:
+            progress = [Progress(), Progress()]
             async with anyio.create_task_group() as tg:
                 tg.start_soon(forward_signals, container, signals)
+                for stream, writer, p in zip(
+                    (container.stdout, container.stderr), outputs, progress, strict=True
+                ):
+                    assert stream is not None
+                    tg.start_soon(pump_out, stream, writer, p, stream.close)
+                if reader is not None:
+                    tg.start_soon(_pump_in, reader, container)
                 status = await container.wait()
+                for p in progress:
+                    await drain(p)
                 tg.cancel_scope.cancel()
     report_oom(container)
     return status
+
+
+async def _pump_in(reader: StdinReader, container: Container) -> None:
+    """mydocker's stdin -> the container's, then end of file."""
+    stdin = container.stdin
+    assert stdin is not None
+    try:
+        while data := await reader.read():
+            await stdin.send(data)
+    except OSError as e:
+        say(f"reading stdin: {e.strerror or e}; the container gets no more input")
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return  # the container closed its stdin: like a pipe's reader going away
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        await stdin.aclose()
 
 
 def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
