@@ -9,19 +9,25 @@ climb out with ``..`` (the import is refused), nor write through a symlink that 
 earlier member planted (refused too), nor hard-link to a file outside the image.
 Absolute member names are made relative (as GNU tar does). Symlinks are stored as
 they are: whatever they point to is resolved later inside the container's root, never
-on the host. Device nodes are skipped unless ``allow_devices`` is given. The tree is
-built in a temporary directory and renamed into place, so a failed import leaves
-nothing behind.
+on the host. Device nodes are skipped unless ``allow_devices`` is given.
+
+The tree is built in ``.import-<name>-<random>`` and renamed into place; removal
+renames the image to ``.rm-<name>-<random>`` before deleting it. A process working in
+such a directory holds an ``flock`` on it until it is done, so a directory whose lock
+is free was left by a process that died: the kernel drops the lock with its last
+holder, whatever PID namespace it ran in and whichever process reuses its PID.
+``sweep_images`` removes those, on every import, ``image ls`` and ``image rm``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
-import shutil
+import secrets
 import stat
 import tarfile
 import time
@@ -35,6 +41,8 @@ from .errors import SpecError
 #: path becomes part of overlayfs mount options)
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 _CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_IMPORT_PREFIX, _RM_PREFIX = ".import-", ".rm-"
 
 
 class UnsafeArchiveError(SpecError):
@@ -69,17 +77,57 @@ def check_name(name: str) -> None:
         raise SpecError(f"invalid image name {name!r} (lowercase letters, digits, '_', '.', '-')")
 
 
+def _not_a_directory(path: str) -> SpecError:
+    what = "a symlink" if os.path.islink(path) else "not a directory"
+    return SpecError(f"{path} is {what}; mydocker keeps its images in a directory there (move it away)")
+
+
 def image_rootfs(name: str, state_dir: str) -> str:
     """The root filesystem directory of image ``name``.
 
     Raises:
-        SpecError: invalid name, or no such image.
+        SpecError: invalid name, no such image, or ``<state dir>/images`` is not a
+            directory of its own (a symlink or a file).
     """
     check_name(name)
-    path = os.path.join(images_dir(state_dir), name, "rootfs")
-    if not os.path.isdir(path):
+    base = images_dir(state_dir)
+    if os.path.lexists(base) and not stat.S_ISDIR(os.lstat(base).st_mode):
+        raise _not_a_directory(base)
+    path = os.path.join(base, name, "rootfs")
+    if os.path.islink(os.path.dirname(path)) or not os.path.isdir(path):
         raise SpecError(f"no such image: {name} (see 'mydocker image ls')")
     return path
+
+
+@contextlib.contextmanager
+def _images_fd(state_dir: str, *, create: bool) -> Iterator[int | None]:
+    """An fd of ``<state dir>/images``, never through a symlink; ``None`` if it does
+    not exist and ``create`` is false."""
+    base = images_dir(state_dir)
+    if create:
+        try:
+            os.makedirs(state_dir, mode=0o711, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(base, 0o711)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTDIR):
+                raise _not_a_directory(state_dir if not os.path.isdir(state_dir) else base) from None
+            raise SpecError(f"cannot create {base}: {e.strerror}") from None
+    fd: int | None = None
+    try:
+        fd = os.open(base, _DIR_FLAGS)
+    except FileNotFoundError:
+        if create:
+            raise SpecError(f"cannot open {base}: it vanished while being created") from None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _not_a_directory(base) from None
+        raise SpecError(f"cannot open {base}: {e.strerror}") from None
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _load(path: str) -> Image | None:
@@ -99,18 +147,165 @@ def _load(path: str) -> Image | None:
 
 
 def list_images(state_dir: str) -> list[Image]:
-    """The imported images, sorted by name (half-made imports are not listed)."""
-    try:
-        names = sorted(os.listdir(images_dir(state_dir)))
-    except FileNotFoundError:
-        return []
+    """The imported images, sorted by name (half-made imports are not listed).
+
+    Sweeps what dead imports and removals left behind first (``sweep_images``).
+
+    Raises:
+        SpecError: ``<state dir>/images`` is a symlink or a file.
+    """
+    with _images_fd(state_dir, create=False) as ifd:
+        if ifd is None:
+            return []
+        _sweep(ifd)
+        with os.scandir(ifd) as it:
+            names = sorted(e.name for e in it if _NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
     out = []
     for name in names:
-        if _NAME.fullmatch(name):
-            image = _load(os.path.join(images_dir(state_dir), name))
-            if image is not None:
-                out.append(image)
+        image = _load(os.path.join(images_dir(state_dir), name))
+        if image is not None:
+            out.append(image)
     return out
+
+
+def sweep_images(state_dir: str) -> list[str]:
+    """Remove the ``.import-*`` and ``.rm-*`` directories of ``<state dir>/images``
+    that no live process holds; return their names.
+
+    An import holds an ``flock`` on its ``.import-*`` directory from before it writes
+    anything until it has renamed it into place or removed it, so one that can be
+    locked belongs to a dead import. A ``.rm-*`` directory is garbage whoever made it:
+    only ``remove_image`` gives that name, after checking that no container uses the
+    image, and the rename is what removes the image; its lock only keeps two processes
+    from deleting the same tree at once. Entries that are not directories (mydocker
+    makes none) are left alone, and nothing is followed through a symlink.
+
+    Raises:
+        SpecError: ``<state dir>/images`` is a symlink or a file.
+    """
+    with _images_fd(state_dir, create=False) as ifd:
+        return [] if ifd is None else _sweep(ifd)
+
+
+def _sweep(ifd: int) -> list[str]:
+    removed = []
+    with os.scandir(ifd) as it:
+        names = [e.name for e in it if e.name.startswith((_IMPORT_PREFIX, _RM_PREFIX))]
+    for name in names:
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=ifd)
+        except OSError:  # gone meanwhile, or a symlink or file: not ours
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # removed while we held the lock, so no owner can start using it meanwhile
+            _remove_tree(ifd, name, os.fstat(fd))
+            removed.append(name)
+        except OSError:  # locked by a live owner (EWOULDBLOCK), or not removable: later
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _same(dfd: int, name: str, st: os.stat_result) -> bool:
+    """Whether ``name`` in ``dfd`` is (still) the inode ``st`` describes."""
+    try:
+        now = os.lstat(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _remove_tree(dfd: int, name: str, expect: os.stat_result | None = None) -> None:
+    """Delete directory ``name`` of ``dfd`` and everything below it.
+
+    Never follows a symlink (every step down is ``O_NOFOLLOW``; a symlink is unlinked
+    like a file). Iterative, holding two or three fds whatever the depth: an archive
+    can nest 2000 directories, which ``shutil.rmtree`` meets with RecursionError. Going
+    back up uses ``..``, checked against the inode the step down opened. ``expect``:
+    the directory must be this inode.
+
+    Raises:
+        OSError: a step failed, or the tree changed under us (ESTALE).
+    """
+    top = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+    try:
+        top_st = os.fstat(top)
+        if expect is not None and (top_st.st_dev, top_st.st_ino) != (expect.st_dev, expect.st_ino):
+            raise OSError(errno.ESTALE, "replaced while being removed", name)
+        cur = top
+        # one frame per directory we stand in below top: (its name, its stat, the
+        # subdirectories of its parent still to remove)
+        frames: list[tuple[str, os.stat_result, list[str]]] = []
+        pending = _empty_of_files(cur)
+        try:
+            while True:
+                if pending:
+                    sub = pending.pop()
+                    try:
+                        nfd = os.open(sub, _DIR_FLAGS, dir_fd=cur)
+                    except FileNotFoundError:
+                        continue
+                    frames.append((sub, os.fstat(nfd), pending))
+                    if cur != top:
+                        os.close(cur)
+                    cur = nfd
+                    pending = _empty_of_files(cur)
+                    continue
+                if not frames:
+                    break
+                sub, st, pending = frames.pop()
+                up = os.open("..", _DIR_FLAGS, dir_fd=cur)
+                os.close(cur)
+                cur = up
+                if not _same(cur, sub, st):
+                    raise OSError(errno.ESTALE, "moved while being removed", sub)
+                os.rmdir(sub, dir_fd=cur)
+        finally:
+            if cur != top:
+                os.close(cur)
+        if not _same(dfd, name, top_st):
+            raise OSError(errno.ESTALE, "replaced while being removed", name)
+        os.rmdir(name, dir_fd=dfd)
+    finally:
+        os.close(top)
+
+
+def _empty_of_files(fd: int) -> list[str]:
+    """Unlink every non-directory in directory ``fd``; return its subdirectories."""
+    subdirs = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.name, dir_fd=fd)
+    return subdirs
+
+
+def _locked_new_dir(ifd: int, prefix: str) -> tuple[str, int]:
+    """Create directory ``<prefix><random>`` in ``ifd`` and return its name and an fd
+    holding an exclusive ``flock`` on it.
+
+    Between mkdir and flock a sweeper may find the directory unlocked and delete it;
+    it deletes only while holding the lock, so once we hold it the directory is ours
+    if it is still linked under its name. Otherwise we try a new name.
+    """
+    for _ in range(8):
+        name = prefix + secrets.token_hex(8)
+        os.mkdir(name, 0o700, dir_fd=ifd)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=ifd)
+        except FileNotFoundError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        st = os.fstat(fd)
+        if st.st_nlink > 0 and _same(ifd, name, st):
+            return name, fd
+        os.close(fd)
+    raise SpecError("cannot create a work directory in the images directory: it is removed as soon as made")
 
 
 def _users(state_dir: str, rootfs: str) -> list[str]:
@@ -131,21 +326,53 @@ def _users(state_dir: str, rootfs: str) -> list[str]:
 def remove_image(name: str, state_dir: str) -> None:
     """Delete image ``name``.
 
+    The image is renamed away first (it disappears at once, even if the removal is
+    interrupted; ``sweep_images`` finishes an interrupted one).
+
     Raises:
-        SpecError: no such image, or a container still uses it.
+        SpecError: no such image, a container still uses it, or ``<state dir>/images``
+            is a symlink or a file.
     """
     from .rootfs import sweep
 
-    rootfs = image_rootfs(name, state_dir)
-    sweep(state_dir)  # containers of a SIGKILLed supervisor do not hold the image
-    users = _users(state_dir, rootfs)
-    if users:
-        raise SpecError(f"image {name} is in use by container {users[0][:12]}")
-    path = os.path.dirname(rootfs)
-    # rename first: the image disappears at once, even if the removal is interrupted
-    trash = os.path.join(images_dir(state_dir), f".rm-{name}-{os.getpid()}")
-    os.rename(path, trash)
-    shutil.rmtree(trash)
+    check_name(name)
+    missing = SpecError(f"no such image: {name} (see 'mydocker image ls')")
+    with _images_fd(state_dir, create=False) as ifd:
+        if ifd is None:
+            raise missing
+        _sweep(ifd)
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=ifd)
+        except FileNotFoundError:
+            raise missing from None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                path = os.path.join(images_dir(state_dir), name)
+                raise SpecError(f"{path} is not an image (a symlink or a file); remove it by hand") from None
+            raise
+        try:
+            # waits for another removal of the same image, which leaves nothing to do
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            if not _same(ifd, name, st) or not stat.S_ISDIR(_lstat_mode(fd, "rootfs")):
+                raise missing
+            rootfs = os.path.join(images_dir(state_dir), name, "rootfs")
+            sweep(state_dir)  # containers of a SIGKILLed supervisor do not hold the image
+            users = _users(state_dir, rootfs)
+            if users:
+                raise SpecError(f"image {name} is in use by container {users[0][:12]}")
+            trash = f"{_RM_PREFIX}{name}-{secrets.token_hex(8)}"
+            os.rename(name, trash, src_dir_fd=ifd, dst_dir_fd=ifd)
+            _remove_tree(ifd, trash, st)
+        finally:
+            os.close(fd)
+
+
+def _lstat_mode(dfd: int, name: str) -> int:
+    try:
+        return os.lstat(name, dir_fd=dfd).st_mode
+    except FileNotFoundError:
+        return 0
 
 
 def import_image(
@@ -157,6 +384,8 @@ def import_image(
 ) -> Image:
     """Unpack a root filesystem tarball (any compression tarfile reads) as image ``name``.
 
+    A refused import leaves nothing behind.
+
     Args:
         name: the new image's name (must not exist yet).
         tarball: a path, or a binary file object (read as a stream).
@@ -165,47 +394,51 @@ def import_image(
             default they are skipped and counted in ``Image.skipped``.
 
     Raises:
-        SpecError: bad name, image exists, tarball unreadable or not a tar archive.
+        SpecError: bad name, image exists, the images directory is a symlink or a
+            file, tarball unreadable or not a tar archive.
         UnsafeArchiveError: a member would land outside the image directory.
     """
     check_name(name)
-    base = images_dir(state_dir)
-    final = os.path.join(base, name)
-    if os.path.lexists(final):
-        raise SpecError(f"image {name} already exists (remove it first: mydocker image rm {name})")
-    os.makedirs(base, mode=0o711, exist_ok=True)
-    tmp = os.path.join(base, f".import-{name}-{os.getpid()}-{time.monotonic_ns()}")
-    # root only, for good: an image may carry set-uid files, which no host user may
-    # reach (the container and overlayfs access the tree as root)
-    os.mkdir(tmp, 0o700)
-    try:
-        root = os.path.join(tmp, "rootfs")
-        os.mkdir(root, 0o755)
-        source = tarball if isinstance(tarball, str) else getattr(tarball, "name", "<stream>")
+    source = tarball if isinstance(tarball, str) else str(getattr(tarball, "name", "<stream>"))
+    with _images_fd(state_dir, create=True) as ifd:
+        assert ifd is not None
+        _sweep(ifd)
+        if _lstat_mode(ifd, name):
+            raise SpecError(f"image {name} already exists (remove it first: mydocker image rm {name})")
+        tmp, tfd = _locked_new_dir(ifd, f"{_IMPORT_PREFIX}{name}-")
         try:
-            with _open_tar(tarball) as tf:
-                size, skipped = _Extractor(root, allow_devices=allow_devices).run(tf)
-        except (tarfile.TarError, EOFError, _zlib_error()) as e:
-            raise SpecError(f"{source}: not a readable tar archive ({e})") from None
-        meta = {
-            "name": name,
-            "created": time.time(),
-            "size": size,
-            "source": os.path.abspath(source) if isinstance(tarball, str) else str(source),
-            "skipped": skipped,
-        }
-        with open(os.path.join(tmp, "image.json"), "w") as f:
-            json.dump(meta, f, indent=1)
-        try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise SpecError(f"image {name} already exists") from None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    image = _load(final)
+            try:
+                root = os.path.join(images_dir(state_dir), tmp, "rootfs")
+                os.mkdir(root, 0o755)
+                try:
+                    with _open_tar(tarball) as tf:
+                        size, skipped = _Extractor(root, allow_devices=allow_devices).run(tf)
+                except (tarfile.TarError, EOFError, _zlib_error()) as e:
+                    raise SpecError(f"{source}: not a readable tar archive ({e})") from None
+                meta = {
+                    "name": name,
+                    "created": time.time(),
+                    "size": size,
+                    "source": os.path.abspath(source) if isinstance(tarball, str) else source,
+                    "skipped": skipped,
+                }
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                with open(os.open("image.json", flags, 0o644, dir_fd=tfd), "w") as f:
+                    json.dump(meta, f, indent=1)
+                try:
+                    os.rename(tmp, name, src_dir_fd=ifd, dst_dir_fd=ifd)
+                except OSError as e:
+                    if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                        raise SpecError(f"image {name} already exists") from None
+                    raise
+            except BaseException:
+                # still locked: no sweeper touches it; if this fails, a later sweep will
+                with contextlib.suppress(OSError):
+                    _remove_tree(ifd, tmp, os.fstat(tfd))
+                raise
+        finally:
+            os.close(tfd)
+    image = _load(os.path.join(images_dir(state_dir), name))
     assert image is not None
     return image
 

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import stat
+import subprocess
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from supervisor import SpecError, open_container
-from supervisor.images import UnsafeArchiveError, image_rootfs, import_image, list_images, remove_image
+from supervisor.images import (
+    UnsafeArchiveError,
+    image_rootfs,
+    import_image,
+    list_images,
+    remove_image,
+    sweep_images,
+)
 
 from . import busybox as bb
-from .conftest import run_cli
+from .conftest import mydocker_cmd, run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -222,3 +233,180 @@ async def test_an_image_in_use_cannot_be_removed(anyio_backend: str, busybox_tar
         assert await c.wait() == 0
     remove_image("bb", str(state))
     assert list_images(str(state)) == []
+
+
+# ------------------------------------------------------------------ archives built by hand
+
+
+def tar_bytes(
+    *members: tarfile.TarInfo | tuple[tarfile.TarInfo, bytes], fmt: int = tarfile.PAX_FORMAT
+) -> bytes:
+    """An archive of members, each a TarInfo (no data) or (TarInfo, data)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for m in members:
+            ti, data = m if isinstance(m, tuple) else (m, None)
+            if data is not None:
+                ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def info(
+    name: str, kind: bytes = tarfile.REGTYPE, pax: dict[str, str] | None = None, **attrs: object
+) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.mtime, ti.mode = kind, 1_700_000_000, 0o755 if kind == tarfile.DIRTYPE else 0o644
+    for key, value in attrs.items():
+        setattr(ti, key, value)
+    if pax:
+        ti.pax_headers = pax
+    return ti
+
+
+def raw_header(ti: tarfile.TarInfo, fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    """One header block as tarfile writes it, whatever values the TarInfo holds
+    (base-256 numbers in GNU format; tarfile checks nothing when it encodes)."""
+    return ti.tobuf(fmt, "utf-8", "surrogateescape")
+
+
+END = b"\0" * 1024
+MiB = 1 << 20
+
+
+def assert_refused(tar: bytes, state: Path, match: str, **kw: object) -> None:
+    with pytest.raises(SpecError, match=match):
+        import_image("evil", io.BytesIO(tar), str(state), **kw)  # type: ignore[arg-type]
+    assert_no_image_and_no_leftovers(state, "evil")
+    assert os.listdir(state / "images") == []
+
+
+# ------------------------------------------------------------------ formats and odd inputs
+
+
+def test_deep_trees_import_and_clean_up(state: Path) -> None:
+    """2000 nested directories (the most PATH_MAX allows): a refused import and an
+    image rm remove them (shutil.rmtree recursed once per level)."""
+    deep = "d/" * 2000 + "f"
+    assert_refused(tar_bytes((info(deep), b"x"), (info("../x"), b"x")), state, "outside the image")
+    img = import_image("deep", io.BytesIO(tar_bytes((info(deep), b"x"))), str(state))
+    assert len(img.rootfs) > 0
+    remove_image("deep", str(state))
+    assert os.listdir(state / "images") == []
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+def test_an_images_dir_that_is_not_a_directory(tmp_path: Path, state: Path, kind: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x").mkdir()
+    state.mkdir()
+    if kind == "symlink":
+        (state / "images").symlink_to(elsewhere)
+    else:
+        (state / "images").write_text("")
+    tar = make_tar(tmp_path / "t.tar", ("file", "a", b"1"))
+    for args in (("import", "x", str(tar)), ("rm", "x"), ("ls",)):
+        res = run_cli("image", "--state-dir", str(state), *args)
+        err = res.stderr.decode()
+        assert res.returncode == 125 and err.count("\n") == 1, (args, err)
+        assert "symlink" in err if kind == "symlink" else "not a directory" in err
+    assert os.listdir(elsewhere) == ["x"]
+    with pytest.raises(SpecError, match=kind if kind == "symlink" else "not a directory"):
+        image_rootfs("x", str(state))
+
+
+def test_an_image_entry_that_is_a_symlink_is_not_removed_through(tmp_path: Path, state: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "rootfs").mkdir(parents=True)
+    tar = make_tar(tmp_path / "t.tar", ("file", "a", b"1"))
+    import_image("real", str(tar), str(state))
+    (state / "images" / "fake").symlink_to(elsewhere)
+    with pytest.raises(SpecError, match="not an image"):
+        remove_image("fake", str(state))
+    assert os.listdir(elsewhere) == ["rootfs"]
+    assert [i.name for i in list_images(str(state))] == ["real"]
+
+
+# ------------------------------------------------------------------ sweeping interrupted imports and removals
+
+
+def leftover(images: Path, name: str) -> Path:
+    """A work directory as a dead import or removal leaves it."""
+    d = images / name
+    (d / "rootfs" / "etc").mkdir(parents=True)
+    (d / "rootfs" / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\n")
+    (d / "rootfs" / "bin").symlink_to("/bin")
+    return d
+
+
+@pytest.mark.parametrize("op", ["ls", "import", "rm"])
+def test_dead_work_directories_are_swept(tmp_path: Path, state: Path, op: str) -> None:
+    tar = make_tar(tmp_path / "t.tar", ("file", "a", b"1"))
+    import_image("keep", str(tar), str(state))
+    images = state / "images"
+    outside = tmp_path / "outside"
+    (outside / "rootfs").mkdir(parents=True)
+    (outside / "rootfs" / "precious").write_text("host data")
+    dead = [leftover(images, ".import-a-0123"), leftover(images, ".rm-b-4567")]
+    (dead[1] / "rootfs" / "up").symlink_to(outside)  # removed as a link, never followed
+    fd = os.open(dead[1] / "rootfs", os.O_RDONLY)
+    for _ in range(1500):  # deeper than shutil.rmtree and Path.mkdir(parents=True) recurse
+        os.mkdir("d", dir_fd=fd)
+        fd, up = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(up)
+    os.close(fd)
+    live = [leftover(images, ".import-c-89ab"), leftover(images, ".rm-d-cdef")]
+    (images / ".import-evil-1").symlink_to(outside)  # not ours: left alone
+    (images / ".rm-evil-2").symlink_to(outside / "rootfs")
+    (images / ".rm-file").write_text("not ours either")
+    locks = [os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in live]
+    try:
+        for fd in locks:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # as a live import or removal holds it
+        if op == "ls":
+            assert [i.name for i in list_images(str(state))] == ["keep"]
+        elif op == "import":
+            import_image("new", str(tar), str(state))
+        else:
+            remove_image("keep", str(state))
+        assert not any(d.exists() for d in dead)
+        assert all((d / "rootfs" / "etc" / "passwd").exists() for d in live)
+        assert (outside / "rootfs" / "precious").read_text() == "host data"
+        assert {".import-evil-1", ".rm-evil-2", ".rm-file"} <= set(os.listdir(images))
+    finally:
+        for fd in locks:
+            os.close(fd)
+    assert sorted(sweep_images(str(state))) == [".import-c-89ab", ".rm-d-cdef"]
+    assert sweep_images(str(state)) == []
+
+
+def test_a_killed_import_is_swept_a_live_one_is_not(state: Path) -> None:
+    """The importer is SIGKILLed in the middle of a member: its flock dies with it."""
+    head = raw_header(info("first", size=1), tarfile.USTAR_FORMAT) + b"1".ljust(512, b"\0")
+    # enough for tarfile's first 10 KiB record, and then some of big's data
+    head += raw_header(info("big", size=MiB), tarfile.USTAR_FORMAT) + b"x" * (64 << 10)
+    proc = subprocess.Popen(
+        [*mydocker_cmd(), "image", "--state-dir", str(state), "import", "slow", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(head)
+        proc.stdin.flush()
+        images = state / "images"
+        deadline = time.monotonic() + 30
+        while not list(images.glob(".import-slow-*/rootfs/big")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        (work,) = images.glob(".import-slow-*")
+        assert sweep_images(str(state)) == [] and list_images(str(state)) == []
+        assert (work / "rootfs" / "first").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()  # type: ignore[union-attr]
+    assert list_images(str(state)) == [] and os.listdir(images) == []
