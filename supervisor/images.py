@@ -9,7 +9,10 @@ climb out with ``..`` (the import is refused), nor write through a symlink that 
 earlier member planted (refused too), nor hard-link to a file outside the image.
 Absolute member names are made relative (as GNU tar does). Symlinks are stored as
 they are: whatever they point to is resolved later inside the container's root, never
-on the host. Device nodes are skipped unless ``allow_devices`` is given.
+on the host. Device nodes are skipped unless ``allow_devices`` is given. Every field a
+member carries (names, ids, times, sizes, device numbers) is checked
+before it reaches a system call, so a malformed header is a ``SpecError`` naming the
+member, never a traceback.
 
 The tree is built in ``.import-<name>-<random>`` and renamed into place; removal
 renames the image to ``.rm-<name>-<random>`` before deleting it. A process working in
@@ -33,7 +36,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, NamedTuple
 
 from .errors import SpecError
 
@@ -41,6 +44,16 @@ from .errors import SpecError
 #: path becomes part of overlayfs mount options)
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 _CHUNK = 1 << 20
+#: a name this long cannot be opened by absolute path inside the container (PATH_MAX)
+_PATH_MAX = 4096
+#: Linux's dev_t holds a 12-bit major and a 20-bit minor: beyond, mknod fails with
+#: EINVAL and os.makedev overflows (tested); checked first to name the member
+_MAX_MAJOR, _MAX_MINOR = 1 << 12, 1 << 20
+#: uid_t is 32 bits and (uid_t)-1 means "leave unchanged" to chown
+_MAX_ID = (1 << 32) - 2
+#: times os.utime can take as a 64-bit time_t, with room for float rounding
+_MAX_TIME = float(1 << 62)
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _IMPORT_PREFIX, _RM_PREFIX = ".import-", ".rm-"
 
@@ -395,7 +408,7 @@ def import_image(
 
     Raises:
         SpecError: bad name, image exists, the images directory is a symlink or a
-            file, tarball unreadable or not a tar archive.
+            file, tarball unreadable, not a tar archive, or a malformed member.
         UnsafeArchiveError: a member would land outside the image directory.
     """
     check_name(name)
@@ -408,13 +421,7 @@ def import_image(
         tmp, tfd = _locked_new_dir(ifd, f"{_IMPORT_PREFIX}{name}-")
         try:
             try:
-                root = os.path.join(images_dir(state_dir), tmp, "rootfs")
-                os.mkdir(root, 0o755)
-                try:
-                    with _open_tar(tarball) as tf:
-                        size, skipped = _Extractor(root, allow_devices=allow_devices).run(tf)
-                except (tarfile.TarError, EOFError, _zlib_error()) as e:
-                    raise SpecError(f"{source}: not a readable tar archive ({e})") from None
+                size, skipped = _unpack(tfd, tarball, source, allow_devices)
                 meta = {
                     "name": name,
                     "created": time.time(),
@@ -441,6 +448,31 @@ def import_image(
     image = _load(os.path.join(images_dir(state_dir), name))
     assert image is not None
     return image
+
+
+def _unpack(
+    tfd: int,
+    tarball: str | IO[bytes],
+    source: str,
+    allow_devices: bool,
+) -> tuple[int, int]:
+    """Extract into ``rootfs`` of the work directory ``tfd``; (size, skipped)."""
+    os.mkdir("rootfs", 0o755, dir_fd=tfd)
+    root_fd = os.open("rootfs", _DIR_FLAGS, dir_fd=tfd)
+    try:
+        extractor = _Extractor(root_fd, source, allow_devices=allow_devices)
+        try:
+            with _open_tar(tarball) as tf:
+                extractor.run(tf)
+        except SpecError:
+            raise
+        except (tarfile.TarError, ValueError, OverflowError, EOFError, _zlib_error()) as e:
+            # tarfile's own parsing of a malformed header (it calls int() on pax
+            # values such as GNU.sparse.size without a guard)
+            raise SpecError(f"{source}: not a readable tar archive ({e})") from None
+        return extractor.size, extractor.skipped
+    finally:
+        os.close(root_fd)
 
 
 def _zlib_error() -> type[Exception]:
@@ -471,6 +503,18 @@ def _open_tar(tarball: str | IO[bytes]) -> Iterator[tarfile.TarFile]:
             f.close()
 
 
+# ------------------------------------------------------------------ members
+
+
+class _Meta(NamedTuple):
+    """What ``_metadata`` applies, kept for directories until the end."""
+
+    mode: int
+    uid: int
+    gid: int
+    mtime: float
+
+
 def _parts(name: str, what: str) -> list[str]:
     """The path components of a member name, made relative; refuses ``..``."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -479,47 +523,87 @@ def _parts(name: str, what: str) -> list[str]:
     return parts
 
 
-class _Extractor:
-    """Writes members below ``root`` through directory fds, never following a symlink."""
+def _check_fields(m: tarfile.TarInfo) -> _Meta:
+    """Refuse a member whose fields no system call would take as they are."""
 
-    def __init__(self, root: str, *, allow_devices: bool) -> None:
-        self.root = root
+    def bad(why: str) -> SpecError:
+        return SpecError(f"refusing the archive: member {m.name!r} {why}")
+
+    for what, text in (("name", m.name), ("link target", m.linkname)):
+        if "\0" in text:
+            raise bad(f"has a NUL byte in its {what}")
+        try:
+            length = len(os.fsencode(text))
+        except UnicodeEncodeError:
+            raise bad(f"has a {what} that is not a file name") from None
+        if length >= _PATH_MAX:
+            raise bad(f"has a {what} of {length} bytes (PATH_MAX is {_PATH_MAX})")
+    if m.size < 0:
+        raise bad(f"has a negative size ({m.size})")
+    for what, value in (("uid", m.uid), ("gid", m.gid)):
+        if not 0 <= value <= _MAX_ID:
+            raise bad(f"has {what} {value}, not a 32-bit id")
+    if not -_MAX_TIME < m.mtime < _MAX_TIME:  # also false for NaN
+        raise bad(f"has an impossible modification time ({m.mtime})")
+    return _Meta(m.mode & 0o7777, m.uid, m.gid, m.mtime)
+
+
+class _Extractor:
+    """Writes members below ``root_fd`` through directory fds, never following a
+    symlink."""
+
+    def __init__(self, root_fd: int, source: str, *, allow_devices: bool) -> None:
+        self.root_fd = root_fd
+        self.source = source
         self.allow_devices = allow_devices
         self.chown = os.geteuid() == 0
         self.size = 0
         self.skipped = 0
-        self.dirs: list[tuple[list[str], tarfile.TarInfo]] = []
+        # skipped members (devices...), so that a hard link to one is skipped too
+        self.skipped_paths: set[str] = set()
+        self.dirs: list[tuple[list[str], _Meta]] = []
 
-    def run(self, tf: tarfile.TarFile) -> tuple[int, int]:
-        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for member in tf:
-                self._member(root_fd, tf, member)
-            # directories last: their modes and times would change as members land in them
-            for parts, member in reversed(self.dirs):
-                fd = self._open_dir(root_fd, parts, create=False, name=member.name)
+    def run(self, tf: tarfile.TarFile) -> None:
+        for m in tf:
+            meta = _check_fields(m)
+            with self._explained(m.name):
+                self._member(tf, m, meta)
+        # directories last: their modes and times would change as members land in them
+        for parts, meta in reversed(self.dirs):
+            with self._explained("/".join(parts) or "."):
+                fd = self._open_dir(parts, create=False, name="/".join(parts))
                 try:
-                    self._metadata(fd, member)
+                    self._metadata(fd, meta)
                 finally:
-                    if fd != root_fd:
+                    if fd != self.root_fd:
                         os.close(fd)
-        finally:
-            os.close(root_fd)
-        return self.size, self.skipped
 
-    def _open_dir(self, root_fd: int, parts: list[str], *, create: bool, name: str) -> int:
+    @contextlib.contextmanager
+    def _explained(self, name: str) -> Iterator[None]:
+        """A system call's failure on member ``name`` as one ``SpecError`` naming it
+        (ENOSPC, ENAMETOOLONG for a 256-byte component, EPERM for mknod without root).
+        ValueError and OverflowError too: the checks above should leave none, and a
+        traceback is the wrong answer to an archive we failed to anticipate."""
+        try:
+            yield
+        except SpecError:
+            raise
+        except (OSError, ValueError, OverflowError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise SpecError(f"{self.source}: cannot extract {name!r}: {why}") from None
+
+    def _open_dir(self, parts: list[str], *, create: bool, name: str) -> int:
         """An fd of directory ``parts`` below root, walking with O_NOFOLLOW."""
-        fd = root_fd
+        fd = self.root_fd
         try:
             for i, part in enumerate(parts):
-                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
                 try:
-                    nfd = os.open(part, flags, dir_fd=fd)
+                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
                     if not create:
                         raise
                     os.mkdir(part, 0o755, dir_fd=fd)
-                    nfd = os.open(part, flags, dir_fd=fd)
+                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
                         where = "/".join(parts[: i + 1])
@@ -528,43 +612,52 @@ class _Extractor:
                             "which is a symlink or not a directory"
                         ) from None
                     raise
-                if fd != root_fd:
+                if fd != self.root_fd:
                     os.close(fd)
                 fd = nfd
         except BaseException:
-            if fd != root_fd:
+            if fd != self.root_fd:
                 os.close(fd)
             raise
         return fd
 
-    def _clear(self, dfd: int, leaf: str, keep_dir: bool = False) -> None:
+    def _clear(self, dfd: int, leaf: str, name: str, keep_dir: bool = False) -> None:
         """Remove an existing entry so a later member replaces it (as tar does)."""
-        try:
-            st = os.lstat(leaf, dir_fd=dfd)
-        except FileNotFoundError:
+        mode = _lstat_mode(dfd, leaf)
+        if not mode:
             return
-        if stat.S_ISDIR(st.st_mode):
+        if stat.S_ISDIR(mode):
             if keep_dir:
                 return
-            raise UnsafeArchiveError(f"refusing the archive: {leaf!r} replaces a directory")
+            raise SpecError(f"refusing the archive: member {name!r} would replace a directory")
         os.unlink(leaf, dir_fd=dfd)
 
-    def _member(self, root_fd: int, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    def _member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, meta: _Meta) -> None:
         parts = _parts(m.name, "member")
         if not parts:  # the archive's "./": the image root itself
-            if m.isdir():
-                self.dirs.append(([], m))
+            if not m.isdir():
+                raise SpecError(
+                    f"refusing the archive: member {m.name!r} names the image root but is not a directory"
+                )
+            self.dirs.append(([], meta))
             return
-        dfd = self._open_dir(root_fd, parts[:-1], create=True, name=m.name)
+        key = "/".join(parts)
+        if not (m.isdir() or m.isreg() or m.issym() or m.islnk() or m.isfifo()) and not (
+            self.allow_devices and (m.ischr() or m.isblk())
+        ):
+            self.skipped += 1
+            self.skipped_paths.add(key)
+            return
+        dfd = self._open_dir(parts[:-1], create=True, name=m.name)
         leaf = parts[-1]
         try:
             if m.isdir():
-                self._clear(dfd, leaf, keep_dir=True)
+                self._clear(dfd, leaf, m.name, keep_dir=True)
                 with contextlib.suppress(FileExistsError):  # only a directory is left
                     os.mkdir(leaf, 0o755, dir_fd=dfd)
-                self.dirs.append((parts, m))
+                self.dirs.append((parts, meta))
             elif m.isreg():
-                self._clear(dfd, leaf)
+                self._clear(dfd, leaf, m.name)
                 fd = os.open(
                     leaf,
                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -577,67 +670,83 @@ class _Extractor:
                     while chunk := src.read(_CHUNK):
                         _write_all(fd, chunk)
                     self.size += m.size
-                    self._metadata(fd, m)
+                    self._metadata(fd, meta)
                 finally:
                     os.close(fd)
             elif m.issym():
-                self._clear(dfd, leaf)
+                if not m.linkname:
+                    raise SpecError(f"refusing the archive: symlink {m.name!r} has an empty target")
+                self._clear(dfd, leaf, m.name)
                 os.symlink(m.linkname, leaf, dir_fd=dfd)
-                self._lmetadata(dfd, leaf, m)
+                self._lmetadata(dfd, leaf, meta, symlink=True)
             elif m.islnk():
-                self._hardlink(root_fd, dfd, leaf, m)
-            elif m.ischr() or m.isblk():
-                if not self.allow_devices:
-                    self.skipped += 1
+                if not self._hardlink(dfd, leaf, parts, m):
+                    self.skipped_paths.add(key)
                     return
-                self._clear(dfd, leaf)
+            elif m.ischr() or m.isblk():
+                if not (0 <= m.devmajor < _MAX_MAJOR and 0 <= m.devminor < _MAX_MINOR):
+                    raise SpecError(
+                        f"refusing the archive: device {m.name!r} has number {m.devmajor}:{m.devminor}, "
+                        f"beyond Linux's {_MAX_MAJOR - 1}:{_MAX_MINOR - 1}"
+                    )
+                self._clear(dfd, leaf, m.name)
                 kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
                 os.mknod(leaf, kind | (m.mode & 0o777), os.makedev(m.devmajor, m.devminor), dir_fd=dfd)
-                self._lmetadata(dfd, leaf, m)
-            elif m.isfifo():
-                self._clear(dfd, leaf)
+                self._lmetadata(dfd, leaf, meta)
+            else:  # a FIFO
+                self._clear(dfd, leaf, m.name)
                 os.mkfifo(leaf, m.mode & 0o777, dir_fd=dfd)
-                self._lmetadata(dfd, leaf, m)
-            else:
-                self.skipped += 1
+                self._lmetadata(dfd, leaf, meta)
+            self.skipped_paths.discard(key)
         finally:
-            if dfd != root_fd:
+            if dfd != self.root_fd:
                 os.close(dfd)
 
-    def _hardlink(self, root_fd: int, dfd: int, leaf: str, m: tarfile.TarInfo) -> None:
+    def _hardlink(self, dfd: int, leaf: str, parts: list[str], m: tarfile.TarInfo) -> bool:
+        """Link ``leaf`` to the member named by ``m.linkname``; False if that member
+        was skipped (so is the link)."""
         target = _parts(m.linkname, "hard link target")
         if not target:
             raise UnsafeArchiveError(f"refusing the archive: hard link {m.name!r} to the image root")
+        if target == parts:
+            raise SpecError(f"refusing the archive: hard link {m.name!r} to itself")
+        if "/".join(target) in self.skipped_paths:
+            self.skipped += 1
+            return False
         missing = UnsafeArchiveError(
             f"refusing the archive: hard link {m.name!r} to {m.linkname!r}, which is not in the image"
         )
         try:
-            sfd = self._open_dir(root_fd, target[:-1], create=False, name=m.linkname)
+            sfd = self._open_dir(target[:-1], create=False, name=m.linkname)
         except FileNotFoundError:
             raise missing from None
         try:
-            self._clear(dfd, leaf)
+            mode = _lstat_mode(sfd, target[-1])
+            if not mode:
+                raise missing
+            if stat.S_ISDIR(mode):
+                raise SpecError(f"refusing the archive: hard link {m.name!r} to directory {m.linkname!r}")
+            self._clear(dfd, leaf, m.name)
             # follow_symlinks=False: linking to a symlink links the symlink itself,
             # never what it points to (which could be a host file)
             os.link(target[-1], leaf, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
-        except FileNotFoundError:
-            raise missing from None
         finally:
-            if sfd != root_fd:
+            if sfd != self.root_fd:
                 os.close(sfd)
+        return True
 
-    def _metadata(self, fd: int, m: tarfile.TarInfo) -> None:
+    def _metadata(self, fd: int, meta: _Meta) -> None:
         if self.chown:
-            os.fchown(fd, m.uid, m.gid)
-        os.fchmod(fd, m.mode & 0o7777)  # after chown, which clears set-id bits
-        os.utime(fd, (m.mtime, m.mtime))
+            os.fchown(fd, meta.uid, meta.gid)
+        os.fchmod(fd, meta.mode)  # after chown, which clears set-id bits
+        os.utime(fd, (meta.mtime, meta.mtime))
 
-    def _lmetadata(self, dfd: int, leaf: str, m: tarfile.TarInfo) -> None:
+    def _lmetadata(self, dfd: int, leaf: str, meta: _Meta, symlink: bool = False) -> None:
         if self.chown:
-            os.chown(leaf, m.uid, m.gid, dir_fd=dfd, follow_symlinks=False)
-        if not m.issym():
-            os.chmod(leaf, m.mode & 0o7777, dir_fd=dfd)  # not a symlink: nothing to follow
-        os.utime(leaf, (m.mtime, m.mtime), dir_fd=dfd, follow_symlinks=False)
+            os.chown(leaf, meta.uid, meta.gid, dir_fd=dfd, follow_symlinks=False)
+        if not symlink:
+            os.chmod(leaf, meta.mode, dir_fd=dfd)  # not a symlink: nothing to follow
+        os.utime(leaf, (meta.mtime, meta.mtime), dir_fd=dfd, follow_symlinks=False)
 
 
 def _write_all(fd: int, data: bytes) -> None:

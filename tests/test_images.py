@@ -281,6 +281,107 @@ def assert_refused(tar: bytes, state: Path, match: str, **kw: object) -> None:
     assert os.listdir(state / "images") == []
 
 
+# ------------------------------------------------------------------ malformed headers (no root needed)
+
+
+SYM, LNK, DIR, CHR = tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE, tarfile.CHRTYPE
+
+MALFORMED: dict[str, tuple[bytes, str]] = {
+    "NUL in path": (tar_bytes((info("f", pax={"path": "a\0b"}), b"x")), "NUL byte in its name"),
+    "NUL in a symlink's linkpath": (
+        tar_bytes(info("s", SYM, {"linkpath": "/x\0y"})),
+        "NUL byte in its link target",
+    ),
+    "NUL in a hard link's linkpath": (
+        tar_bytes((info("f"), b"x"), info("h", LNK, {"linkpath": "f\0"})),
+        "NUL byte in its link target",
+    ),
+    "mtime=1e300": (tar_bytes((info("f", pax={"mtime": "1e300"}), b"x")), "impossible modification time"),
+    "mtime=nan": (tar_bytes((info("f", pax={"mtime": "nan"}), b"x")), "impossible modification time"),
+    "mtime=-inf": (tar_bytes((info("f", pax={"mtime": "-inf"}), b"x")), "impossible modification time"),
+    "mtime=2**80 base-256": (raw_header(info("f", mtime=2**80)) + END, "impossible modification time"),
+    "uid=2**40": (tar_bytes((info("f", pax={"uid": str(2**40)}), b"x")), "not a 32-bit id"),
+    "uid=(uid_t)-1": (tar_bytes((info("f", pax={"uid": str(2**32 - 1)}), b"x")), "not a 32-bit id"),
+    "gid=-5": (tar_bytes((info("f", pax={"gid": "-5"}), b"x")), "not a 32-bit id"),
+    "size=-1 pax": (tar_bytes((info("f", pax={"size": "-1"}), b"")), "negative size"),
+    "size=-1 base-256": (raw_header(info("f", size=-1)) + END, "negative size"),
+    "GNU.sparse.size=zz": (tar_bytes((info("f", pax={"GNU.sparse.size": "zz"}), b"x")), "not a readable tar"),
+    "GNU.sparse.map=a,b": (tar_bytes((info("f", pax={"GNU.sparse.map": "a,b"}), b"x")), "not a readable tar"),
+    "path of only slashes": (tar_bytes((info("f", pax={"path": "///"}), b"x")), "names the image root"),
+    "a file named .": (tar_bytes((info("."), b"x")), "names the image root"),
+    "a symlink named ./": (tar_bytes(info("./", SYM, linkname="/etc")), "names the image root"),
+    "a name past PATH_MAX": (tar_bytes((info("f", pax={"path": "d/" * 2500 + "f"}), b"x")), "PATH_MAX"),
+    "a 300-byte component": (tar_bytes((info("a" * 300), b"x")), "File name too long"),
+    "a symlink to nothing": (tar_bytes(info("s", SYM, linkname="")), "empty target"),
+    "a hard link to itself": (tar_bytes((info("a"), b"x"), info("a", LNK, linkname="a")), "to itself"),
+    "a hard link to a directory": (tar_bytes(info("d", DIR), info("h", LNK, linkname="d")), "to directory"),
+    "a directory, then a file of its name": (
+        tar_bytes(info("d", DIR), (info("d/f"), b"x"), (info("d"), b"x")),
+        "replace a directory",
+    ),
+    "a header that is not one": (b"\xff" * 512 + END, "not a readable tar"),
+    "a file cut short": (tar_bytes((info("f"), b"x" * 5000))[:2048], "ends inside member|not a readable"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_headers_are_refused_in_one_line(state: Path, case: str) -> None:
+    tar, match = MALFORMED[case]
+    assert_refused(tar, state, match)
+
+
+@pytest.mark.parametrize("major", [2**40, 5000, -1])
+def test_device_numbers_beyond_linux_are_refused(state: Path, major: int) -> None:
+    """GNU base-256 numbers: mknod would fold them into a different device."""
+    tar = raw_header(info("dev", CHR, devmajor=major, devminor=1)) + END
+    assert_refused(tar, state, "beyond Linux", allow_devices=True)
+    # skipped, as every device is by default: nothing to refuse
+    assert import_image("skip", io.BytesIO(tar), str(state)).skipped == 1
+
+
+def test_names_that_are_not_utf8_are_kept_as_bytes(state: Path) -> None:
+    latin1 = tarfile.TarInfo("caf\xe9")  # written as the raw byte 0xe9
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        tf.addfile(latin1, io.BytesIO(b""))
+    pax = tar_bytes(info("x", SYM, {"path": "caf\udcff"}, linkname="caf\udce9"))
+    img = import_image("latin", io.BytesIO(tar.getvalue()), str(state))
+    assert os.listdir(os.fsencode(img.rootfs)) == [b"caf\xe9"]
+    img = import_image("pax", io.BytesIO(pax), str(state))
+    assert os.readlink(os.fsencode(img.rootfs) + b"/caf\xff") == b"caf\xe9"
+
+
+def test_a_hard_link_to_a_skipped_device_is_skipped_too(state: Path) -> None:
+    tar = tar_bytes(info("null", CHR, devmajor=1, devminor=3), info("null2", LNK, linkname="null"))
+    img = import_image("dev", io.BytesIO(tar), str(state))
+    assert img.skipped == 2 and os.listdir(img.rootfs) == []
+
+
+# ------------------------------------------------------------------ cli: one line, exit 125
+
+
+@pytest.mark.parametrize(
+    ("case", "flags"),
+    [
+        ("NUL in path", ()),
+        ("mtime=nan", ()),
+        ("uid=2**40", ()),
+        ("GNU.sparse.map=a,b", ()),
+        ("a hard link to itself", ()),
+        ("device", ("--allow-devices",)),
+    ],
+)
+def test_cli_refuses_a_malformed_archive_in_one_line(state: Path, case: str, flags: tuple[str, ...]) -> None:
+    if case == "device":
+        tar = raw_header(info("dev", CHR, devmajor=2**40, devminor=1)) + END
+    else:
+        tar = MALFORMED[case][0]
+    res = run_cli("image", "--state-dir", str(state), "import", *flags, "evil", "-", input=tar)
+    err = res.stderr.decode()
+    assert res.returncode == 125 and err.startswith("mydocker: ") and err.count("\n") == 1, err
+    assert os.listdir(state / "images") == []
+
+
 # ------------------------------------------------------------------ formats and odd inputs
 
 
