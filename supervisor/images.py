@@ -10,9 +10,11 @@ earlier member planted (refused too), nor hard-link to a file outside the image.
 Absolute member names are made relative (as GNU tar does). Symlinks are stored as
 they are: whatever they point to is resolved later inside the container's root, never
 on the host. Device nodes are skipped unless ``allow_devices`` is given. Every field a
-member carries (names, ids, times, sizes, device numbers) is checked
+member carries (names, ids, times, sizes, device numbers, sparse maps) is checked
 before it reaches a system call, so a malformed header is a ``SpecError`` naming the
-member, never a traceback.
+member, never a traceback. What an archive may cost is bounded while it streams in,
+before the disk or memory pays for it (see ``import_image``); sparse members stay
+sparse.
 
 The tree is built in ``.import-<name>-<random>`` and renamed into place; removal
 renames the image to ``.rm-<name>-<random>`` before deleting it. A process working in
@@ -34,9 +36,9 @@ import secrets
 import stat
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, NamedTuple
+from typing import IO, NamedTuple, cast
 
 from .errors import SpecError
 
@@ -44,6 +46,17 @@ from .errors import SpecError
 #: path becomes part of overlayfs mount options)
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 _CHUNK = 1 << 20
+
+#: the default of ``import_image(max_size=)`` and ``image import --max-size``
+DEFAULT_MAX_SIZE = 10 << 30
+#: the default of ``import_image(max_members=)`` and ``image import --max-members``
+DEFAULT_MAX_MEMBERS = 1_000_000
+#: the most header bytes (pax records, GNU long names, sparse maps) one member may
+#: have: tarfile holds a member's headers in memory whole
+_MAX_HEADER = 1 << 20
+#: header bytes allowed per member on average, beyond one _MAX_HEADER: a ustar block,
+#: a pax block with its records, and padding take 1.5 KiB
+_HEADER_PER_MEMBER = 4 << 10
 #: a name this long cannot be opened by absolute path inside the container (PATH_MAX)
 _PATH_MAX = 4096
 #: Linux's dev_t holds a 12-bit major and a 20-bit minor: beyond, mknod fails with
@@ -394,10 +407,14 @@ def import_image(
     state_dir: str,
     *,
     allow_devices: bool = False,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_members: int = DEFAULT_MAX_MEMBERS,
 ) -> Image:
-    """Unpack a root filesystem tarball (any compression tarfile reads) as image ``name``.
+    """Unpack a root filesystem tarball (plain, gzip, bzip2 or xz) as image ``name``.
 
-    A refused import leaves nothing behind.
+    The archive is read as a stream, once; the limits are checked member by member
+    as it comes in, so a hostile stream is stopped before it costs more than they
+    allow, and a refused import leaves nothing behind.
 
     Args:
         name: the new image's name (must not exist yet).
@@ -405,13 +422,33 @@ def import_image(
         state_dir: mydocker's state directory.
         allow_devices: create character/block device nodes (root only); by
             default they are skipped and counted in ``Image.skipped``.
+        max_size: the most bytes the archive's files may add up to, at their
+            apparent size (a sparse file counts its holes: they may be filled in a
+            container's upper layer without limit otherwise). The default,
+            ``DEFAULT_MAX_SIZE`` (10 GiB), is docker's default root filesystem size
+            with devicemapper. A fixed figure rather than the filesystem's free
+            space: whether an import succeeds should not depend on what else is on
+            the disk at the time, and free space measured once protects nothing
+            from a second import running alongside. The files of an image never
+            take more than this (ENOSPC still ends an import cleanly).
+        max_members: the most members the archive may have (each costs an inode,
+            a header, and memory for a directory's metadata until the end). The
+            default, ``DEFAULT_MAX_MEMBERS``, a million, is several times the files
+            of a full desktop distribution. Headers (pax records, long names,
+            sparse maps) may take 1 MiB for one member and 4 KiB per member on
+            average.
 
     Raises:
-        SpecError: bad name, image exists, the images directory is a symlink or a
-            file, tarball unreadable, not a tar archive, or a malformed member.
+        SpecError: bad name or limit, image exists, the images directory is a
+            symlink or a file, tarball unreadable, not a tar archive, malformed
+            member, or a limit exceeded.
         UnsafeArchiveError: a member would land outside the image directory.
     """
     check_name(name)
+    if max_size <= 0 or max_members <= 0:
+        raise SpecError(
+            f"invalid import limits: size {max_size}, members {max_members} (both must be positive)"
+        )
     source = tarball if isinstance(tarball, str) else str(getattr(tarball, "name", "<stream>"))
     with _images_fd(state_dir, create=True) as ifd:
         assert ifd is not None
@@ -421,7 +458,7 @@ def import_image(
         tmp, tfd = _locked_new_dir(ifd, f"{_IMPORT_PREFIX}{name}-")
         try:
             try:
-                size, skipped = _unpack(tfd, tarball, source, allow_devices)
+                size, skipped = _unpack(tfd, tarball, source, allow_devices, max_size, max_members)
                 meta = {
                     "name": name,
                     "created": time.time(),
@@ -455,38 +492,73 @@ def _unpack(
     tarball: str | IO[bytes],
     source: str,
     allow_devices: bool,
+    max_size: int,
+    max_members: int,
 ) -> tuple[int, int]:
     """Extract into ``rootfs`` of the work directory ``tfd``; (size, skipped)."""
     os.mkdir("rootfs", 0o755, dir_fd=tfd)
     root_fd = os.open("rootfs", _DIR_FLAGS, dir_fd=tfd)
     try:
-        extractor = _Extractor(root_fd, source, allow_devices=allow_devices)
-        try:
-            with _open_tar(tarball) as tf:
-                extractor.run(tf)
-        except SpecError:
-            raise
-        except (tarfile.TarError, ValueError, OverflowError, EOFError, _zlib_error()) as e:
-            # tarfile's own parsing of a malformed header (it calls int() on pax
-            # values such as GNU.sparse.size without a guard)
-            raise SpecError(f"{source}: not a readable tar archive ({e})") from None
+        with _open_source(tarball, source) as meter:
+            extractor = _Extractor(
+                root_fd,
+                meter,
+                source,
+                allow_devices=allow_devices,
+                max_size=max_size,
+                max_members=max_members,
+            )
+            try:
+                # stream mode: works for pipes (stdin); the decompression is ours
+                with tarfile.open(fileobj=meter, mode="r|") as tf:  # type: ignore[call-overload]
+                    extractor.run(tf)
+            except SpecError:
+                raise
+            except (tarfile.TarError, ValueError, OverflowError, EOFError) as e:
+                # tarfile's own parsing of a malformed header (it calls int() on
+                # pax values such as GNU.sparse.size without a guard)
+                raise SpecError(f"{source}: not a readable tar archive ({e})") from None
         return extractor.size, extractor.skipped
     finally:
         os.close(root_fd)
 
 
-def _zlib_error() -> type[Exception]:
-    """The exception a corrupt gzip stream raises (zlib is optional in Python)."""
-    try:
+# ------------------------------------------------------------------ the stream
+
+
+class _Prefixed:
+    """A file's bytes after the few already read to sniff its format."""
+
+    def __init__(self, head: bytes, f: IO[bytes], source: str) -> None:
+        self.head, self.f, self.source = head, f, source
+
+    def read(self, size: int = -1) -> bytes:
+        if self.head:
+            data, self.head = (self.head, b"") if size < 0 else (self.head[:size], self.head[size:])
+            return data
+        try:
+            return self.f.read(size)
+        except OSError as e:
+            raise SpecError(f"cannot read {self.source}: {e.strerror or e}") from None
+
+
+def _compression_errors() -> tuple[type[Exception], ...]:
+    """What a corrupt compressed stream raises (zlib and lzma are optional in Python)."""
+    errors: list[type[Exception]] = [OSError, EOFError]
+    with contextlib.suppress(ImportError):
         import zlib
 
-        return zlib.error
-    except ImportError:  # pragma: no cover
-        return tarfile.TarError
+        errors.append(zlib.error)
+    with contextlib.suppress(ImportError):
+        import lzma
+
+        errors.append(lzma.LZMAError)
+    return tuple(errors)
 
 
 @contextlib.contextmanager
-def _open_tar(tarball: str | IO[bytes]) -> Iterator[tarfile.TarFile]:
+def _open_source(tarball: str | IO[bytes], source: str) -> Iterator[_Meter]:
+    """The uncompressed tar stream of ``tarball``, metered."""
     if isinstance(tarball, str):
         try:
             f: IO[bytes] = open(tarball, "rb")
@@ -495,12 +567,92 @@ def _open_tar(tarball: str | IO[bytes]) -> Iterator[tarfile.TarFile]:
     else:
         f = tarball
     try:
-        # stream mode: works for pipes (stdin) and any compression
-        with tarfile.open(fileobj=f, mode="r|*") as tf:
-            yield tf
+        raw = _Prefixed(b"", f, source)
+        head = b""
+        while len(head) < 10 and (more := raw.read(10 - len(head))):  # a pipe may give less
+            head += more
+        raw.head = head
+        read: Callable[[int], bytes] = raw.read
+        kind = "tar"
+        try:
+            # the magic numbers tarfile's "r|*" knows, as strictly as it checks them
+            if head.startswith(b"\x1f\x8b\x08"):
+                import gzip
+
+                kind, read = "gzip", gzip.GzipFile(fileobj=cast(IO[bytes], raw), mode="rb").read
+            elif head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
+                import bz2
+
+                kind, read = "bzip2", bz2.BZ2File(cast(IO[bytes], raw)).read
+            elif head.startswith((b"\xfd7zXZ\x00", b"\x5d\x00\x00\x80")):
+                import lzma
+
+                kind, read = "xz", lzma.LZMAFile(cast(IO[bytes], raw)).read
+        except ImportError:
+            raise SpecError(f"{source}: this Python cannot decompress {kind} data") from None
+        yield _Meter(read, source, kind)
     finally:
         if isinstance(tarball, str):
             f.close()
+
+
+class _Meter:
+    """The uncompressed tar stream as tarfile reads it, counted and bounded.
+
+    The extractor admits each member (``admit``) after checking its size, so every
+    byte of member data the stream holds was allowed for before it is read. What is
+    left is headers, which this bounds as they are read: ``_MAX_HEADER`` bytes past
+    the end of the last admitted member's data (tarfile reads a member's headers
+    into memory whole), and ``_HEADER_PER_MEMBER`` per member on average.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], source: str, kind: str) -> None:
+        self._read = read
+        self._errors = _compression_errors()
+        self.source, self.kind = source, kind
+        self.total = 0  # bytes handed to tarfile
+        self.data = 0  # bytes of admitted member data
+        self.data_end = 0  # where the last admitted member's data ends
+        self.members = 0
+
+    def admit(self, data_end: int, stored: int) -> None:
+        """A member whose data (``stored`` bytes) ends at ``data_end`` was allowed."""
+        self.members += 1
+        self.data += stored
+        self.data_end = data_end
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            chunk = self._read(size)
+        except SpecError:
+            raise
+        except self._errors as e:
+            raise SpecError(f"{self.source}: corrupt {self.kind} data ({e})") from None
+        self.total += len(chunk)
+        if self.total - self.data_end > _MAX_HEADER + tarfile.RECORDSIZE:
+            raise SpecError(
+                f"refusing the archive {self.source}: the headers of member {self.members + 1} "
+                f"exceed {_human(_MAX_HEADER)}"
+            )
+        headers = self.total - self.data
+        if headers > _MAX_HEADER + tarfile.RECORDSIZE + _HEADER_PER_MEMBER * self.members:
+            raise SpecError(
+                f"refusing the archive {self.source}: its headers take {_human(headers)} "
+                f"for {self.members} members (at most {_human(_HEADER_PER_MEMBER)} a member)"
+            )
+        return chunk
+
+
+def _block(n: int) -> int:
+    """``n`` rounded up to whole tar blocks."""
+    return -(-n // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _human(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {unit}"
+    return f"{n} bytes"
 
 
 # ------------------------------------------------------------------ members
@@ -548,24 +700,64 @@ def _check_fields(m: tarfile.TarInfo) -> _Meta:
     return _Meta(m.mode & 0o7777, m.uid, m.gid, m.mtime)
 
 
+def _segments(m: tarfile.TarInfo, stored: int) -> list[tuple[int, int]]:
+    """The (offset, length) data segments of a regular member, checked: in order,
+    not overlapping, within its size, and no more data than the archive stores."""
+    if m.sparse is None:
+        return [(0, m.size)]
+    # typeshed says bytes; tarfile makes a list. Empty segments carry no data: the
+    # old GNU format leaves unused slots of its header as (0, 0)
+    sparse = [(o, n) for o, n in cast(list[tuple[int, int]], m.sparse) if n != 0]
+    end = total = 0
+    for offset, length in sparse:
+        if offset < end or length < 0 or offset + length > m.size:
+            raise SpecError(
+                f"refusing the archive: member {m.name!r} has a malformed sparse map "
+                f"(segment {offset}+{length} after {end}, size {m.size})"
+            )
+        end, total = offset + length, total + length
+    if total > stored:
+        raise SpecError(
+            f"refusing the archive: member {m.name!r}'s sparse map holds {total} bytes, the archive {stored}"
+        )
+    return sparse
+
+
 class _Extractor:
     """Writes members below ``root_fd`` through directory fds, never following a
-    symlink."""
+    symlink, within the limits of ``import_image``."""
 
-    def __init__(self, root_fd: int, source: str, *, allow_devices: bool) -> None:
+    def __init__(
+        self,
+        root_fd: int,
+        meter: _Meter,
+        source: str,
+        *,
+        allow_devices: bool,
+        max_size: int,
+        max_members: int,
+    ) -> None:
         self.root_fd = root_fd
+        self.meter = meter
         self.source = source
         self.allow_devices = allow_devices
+        self.max_size = max_size
+        self.max_members = max_members
         self.chown = os.geteuid() == 0
-        self.size = 0
+        self.size = 0  # apparent size of the regular files (image.json's "size")
+        self.counted = 0  # what max_size limits: that, plus data of members we skip
         self.skipped = 0
         # skipped members (devices...), so that a hard link to one is skipped too
         self.skipped_paths: set[str] = set()
         self.dirs: list[tuple[list[str], _Meta]] = []
 
     def run(self, tf: tarfile.TarFile) -> None:
-        for m in tf:
+        while (m := tf.next()) is not None:
+            # stream mode keeps every member it read, for random access we never do:
+            # memory would grow with the member count
+            tf.members.clear()  # type: ignore[attr-defined]
             meta = _check_fields(m)
+            self._admit(tf, m)
             with self._explained(m.name):
                 self._member(tf, m, meta)
         # directories last: their modes and times would change as members land in them
@@ -591,6 +783,27 @@ class _Extractor:
         except (OSError, ValueError, OverflowError) as e:
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise SpecError(f"{self.source}: cannot extract {name!r}: {why}") from None
+
+    def _admit(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        """Check the limits before anything of ``m`` is written or its data read."""
+        if self.meter.members >= self.max_members:
+            raise SpecError(
+                f"refusing the archive {self.source}: more than {self.max_members} members "
+                "(see --max-members)"
+            )
+        # tarfile has worked out where the next header starts (tf.offset): the bytes
+        # between here and there are this member's data as the archive stores it
+        stored = tf.offset - m.offset_data
+        if not 0 <= stored <= _block(m.size):
+            raise SpecError(f"refusing the archive: member {m.name!r} has an inconsistent size ({m.size})")
+        if m.isreg() or stored:
+            self.counted += m.size
+            if self.counted > self.max_size:
+                raise SpecError(
+                    f"refusing the archive {self.source}: its files add up to more than "
+                    f"{_human(self.max_size)} (at {m.name!r}; see --max-size)"
+                )
+        self.meter.admit(tf.offset, stored)
 
     def _open_dir(self, parts: list[str], *, create: bool, name: str) -> int:
         """An fd of directory ``parts`` below root, walking with O_NOFOLLOW."""
@@ -657,6 +870,7 @@ class _Extractor:
                     os.mkdir(leaf, 0o755, dir_fd=dfd)
                 self.dirs.append((parts, meta))
             elif m.isreg():
+                segments = _segments(m, tf.offset - m.offset_data)
                 self._clear(dfd, leaf, m.name)
                 fd = os.open(
                     leaf,
@@ -665,10 +879,7 @@ class _Extractor:
                     dir_fd=dfd,
                 )
                 try:
-                    src = tf.extractfile(m)
-                    assert src is not None
-                    while chunk := src.read(_CHUNK):
-                        _write_all(fd, chunk)
+                    self._copy(tf, m, fd, segments)
                     self.size += m.size
                     self._metadata(fd, meta)
                 finally:
@@ -701,6 +912,29 @@ class _Extractor:
         finally:
             if dfd != self.root_fd:
                 os.close(dfd)
+
+    def _copy(
+        self, tf: tarfile.TarFile, m: tarfile.TarInfo, fd: int, segments: list[tuple[int, int]]
+    ) -> None:
+        """Write a regular member's data: each stored segment at its offset, then the
+        size, so the holes of a sparse member stay holes.
+
+        The segments lie back to back in the archive from ``m.offset_data``; reading
+        them from tarfile's stream directly spares generating the holes' zeros.
+        """
+        stream = tf.fileobj
+        assert stream is not None
+        stream.seek(m.offset_data)  # forward only: we are at it already
+        for offset, length in segments:
+            while length:
+                chunk = stream.read(min(length, _CHUNK))
+                if not chunk:
+                    raise SpecError(f"{self.source}: the archive ends inside member {m.name!r}")
+                view = memoryview(chunk)
+                while view:
+                    n = os.pwrite(fd, view, offset)
+                    view, offset, length = view[n:], offset + n, length - n
+        os.ftruncate(fd, m.size)
 
     def _hardlink(self, dfd: int, leaf: str, parts: list[str], m: tarfile.TarInfo) -> bool:
         """Link ``leaf`` to the member named by ``m.linkname``; False if that member
@@ -747,10 +981,3 @@ class _Extractor:
         if not symlink:
             os.chmod(leaf, meta.mode, dir_fd=dfd)  # not a symlink: nothing to follow
         os.utime(leaf, (meta.mtime, meta.mtime), dir_fd=dfd, follow_symlinks=False)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
