@@ -38,7 +38,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, NamedTuple, cast
+from typing import IO, NamedTuple, Self, cast
 
 from .errors import SpecError
 
@@ -510,7 +510,7 @@ def _unpack(
             )
             try:
                 # stream mode: works for pipes (stdin); the decompression is ours
-                with tarfile.open(fileobj=meter, mode="r|") as tf:  # type: ignore[call-overload]
+                with tarfile.open(fileobj=meter, mode="r|", tarinfo=_Whole) as tf:  # type: ignore[call-overload]
                     extractor.run(tf)
             except SpecError:
                 raise
@@ -524,6 +524,28 @@ def _unpack(
 
 
 # ------------------------------------------------------------------ the stream
+
+
+class _Whole(tarfile.TarInfo):
+    """Headers as tarfile reads them, except that an archive must be whole.
+
+    After the first member, tarfile ends an archive without a word where it finds a
+    header cut short, no header at all, or a header with a bad checksum: an archive
+    cut off in transfer would be imported in part (GNU tar 1.34 lists such a cut
+    archive with status 0, too). Only the zero block that ends every archive GNU
+    tar, bsdtar, busybox, Python and Go write ends one here.
+    """
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        if len(buf) < tarfile.BLOCKSIZE:
+            raise tarfile.ReadError("cut short: it ends without the zero blocks that end an archive")
+        if buf.count(0) == tarfile.BLOCKSIZE:
+            return super().frombuf(buf, encoding, errors)  # the end: tarfile stops there
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.HeaderError as e:
+            raise tarfile.ReadError(f"a member header is corrupt ({e})") from None
 
 
 class _Prefixed:
@@ -571,6 +593,8 @@ def _open_source(tarball: str | IO[bytes], source: str) -> Iterator[_Meter]:
         head = b""
         while len(head) < 10 and (more := raw.read(10 - len(head))):  # a pipe may give less
             head += more
+        if not head:
+            raise SpecError(f"{source}: not a readable tar archive (empty file)")
         raw.head = head
         read: Callable[[int], bytes] = raw.read
         kind = "tar"

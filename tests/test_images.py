@@ -602,6 +602,26 @@ def test_compressed_tarballs_from_a_file_and_from_stdin(tmp_path: Path, state: P
     assert sorted(os.listdir(state / "images")) == ["file", "stdin"]
 
 
+def cut_archive(how: str) -> bytes:
+    whole = tar_bytes(*((info(n), b"xyz") for n in "abc"), fmt=tarfile.USTAR_FORMAT)
+    if how == "at a header":
+        return whole[:2048]  # a and b whole, no end-of-archive block
+    if how == "inside a header":
+        return whole[:1100]
+    if how == "corrupt header":
+        return whole[:1034] + bytes([whole[1034] ^ 0xFF]) + whole[1035:]
+    import lzma
+
+    packed = lzma.compress(tar_bytes((info("etc", DIR), None), (info("etc/hostname"), b"h\n")))
+    return packed[: len(packed) // 2]
+
+
+@pytest.mark.parametrize("how", ["at a header", "inside a header", "corrupt header", "xz"])
+def test_a_cut_archive_is_refused_not_imported_in_part(state: Path, how: str) -> None:
+    """tarfile (and GNU tar) end an archive quietly where a header is missing."""
+    assert_refused(cut_archive(how), state, "cut short|corrupt|ended before")
+
+
 def test_empty_input_is_refused_an_empty_archive_is_an_empty_image(state: Path) -> None:
     assert_refused(b"", state, "empty file")
     img = import_image("empty", io.BytesIO(b"\0" * tarfile.RECORDSIZE), str(state))
