@@ -29,6 +29,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from ._fs import DIR_FLAGS as _DIR_FLAGS
+from ._fs import remove_tree
 from .spec import ContainerSpec
 
 #: environment variable that overrides the default state directory
@@ -38,7 +40,6 @@ DEFAULT_STATE_DIR = "/var/lib/mydocker"
 #: a container's directory, and one being made
 _CONTAINER_NAME = re.compile(r"(\.new-)?[0-9a-f]{64}")
 _NEW = ".new-"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -179,12 +180,11 @@ class OwnedDir:
 
 
 def _remove_entry(dir_fd: int, name: str) -> None:
-    """Remove ``name`` below ``dir_fd`` whole, never following a symlink (best effort:
-    overlayfs leaves work/work with mode 000, which root removes anyway)."""
-    import shutil
-
+    """Remove ``name`` below ``dir_fd`` whole, never following a symlink and however
+    deep a container nested its upper layer (best effort: overlayfs leaves work/work
+    with mode 000, which root removes anyway)."""
     with contextlib.suppress(OSError):
-        shutil.rmtree(name, dir_fd=dir_fd)
+        remove_tree(dir_fd, name)
 
 
 def _owner_gone(dir_fd: int, name: str) -> bool:

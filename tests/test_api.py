@@ -443,11 +443,14 @@ async def test_asyncio_task_cancelled_again_during_the_grace_period(
     # once, and still reaped (and its cgroup removed) before the cancellation goes on.
     if anyio_backend != "asyncio":
         pytest.skip("native asyncio task cancellation")
-    termed = tmp_path / "termed"
-    argv = ["sh", "-c", f"trap 'touch {termed}' TERM; while :; do sleep 0.01; done"]
+    termed, ready = tmp_path / "termed", tmp_path / "ready"
+    argv = ["sh", "-c", f"trap 'touch {termed}' TERM; touch {ready}; while :; do sleep 0.01; done"]
     task = asyncio.ensure_future(run_container(argv, grace=60))
-    while not _processes_running(argv):
+    # The trap is set, and the start is over (a cancellation during the start kills
+    # at once, with no grace period): the event loop has run since the exec.
+    while not ready.exists():
         await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
     task.cancel()
     while not termed.exists():  # SIGTERM reached the trap: the grace period runs
         await asyncio.sleep(0.01)

@@ -30,15 +30,37 @@ def image(ctx: click.Context, state_dir: str | None) -> None:
 @click.option(
     "--allow-devices", is_flag=True, help="Create device nodes found in the tarball (default: skip them)."
 )
+@click.option(
+    "--max-size",
+    default="10g",
+    metavar="SIZE",
+    help="Refuse a tarball whose files add up to more than SIZE, sparse holes included (default: 10g).",
+)
+@click.option(
+    "--max-members",
+    default=1_000_000,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Refuse a tarball of more than N files, directories and links (default: 1000000).",
+)
 @click.argument("name")
 @click.argument("tarball")
 @click.pass_obj
-def image_import(state_dir: str, allow_devices: bool, name: str, tarball: str) -> None:
+def image_import(
+    state_dir: str, allow_devices: bool, max_size: str, max_members: int, name: str, tarball: str
+) -> None:
     """Unpack TARBALL (a root filesystem; '-' reads stdin) as image NAME."""
+    from ..errors import SpecError
     from ..images import import_image
+    from ..spec import parse_size
 
+    limit = parse_size(max_size, "--max-size")
+    if limit <= 0:
+        raise SpecError(f"invalid --max-size {max_size!r} (it must be positive)")
     source: Any = sys.stdin.buffer if tarball == "-" else tarball
-    img = import_image(name, source, state_dir, allow_devices=allow_devices)
+    img = import_image(
+        name, source, state_dir, allow_devices=allow_devices, max_size=limit, max_members=max_members
+    )
     note = f" ({img.skipped} device nodes or special files skipped)" if img.skipped else ""
     click.echo(f"{img.name}{note}")
 
