@@ -82,13 +82,16 @@ def confinement(spec: ContainerSpec, user: User) -> Confinement:
     caps = spec.capabilities
     sets = capabilities.container_sets(caps, user.uid)
     program: bytes | None = None
+    split: tuple[bytes, bytes] | None = None
     flags = 0
     profile = seccomp_profile(spec)
     if profile is not None:
-        from .seccomp import compile_profile
+        from .seccomp import DEFAULT_PROFILE, compile_profile, split_programs
 
         program = compile_profile(profile, caps)
         flags = profile.load_flags
+        if profile is DEFAULT_PROFILE:  # a custom one might refuse what a helper needs
+            split = split_programs(profile, caps)
     return Confinement(
         bounding=sets.bounding,
         effective=sets.effective,
@@ -100,6 +103,7 @@ def confinement(spec: ContainerSpec, user: User) -> Confinement:
         seccomp=program,
         seccomp_flags=flags,
         no_new_privs=spec.no_new_privileges,
+        split=split,
     )
 
 

@@ -281,8 +281,19 @@ def _reply_batch(
                 os.close(pidfd)
 
 
-def helper_main(fd: int) -> None:
-    """Entry point of the spawn helper process; serves until EOF on ``fd``."""
+def _load_base_filter(fd: int) -> None:
+    """Load the base seccomp program (``seccomp.split_programs``) from a memfd: every
+    child inherits it, and adds only the closing part (ours stays, for our lifetime)."""
+    program = os.pread(fd, os.fstat(fd).st_size, 0)
+    os.close(fd)
+    call, args, _text = _linux.seccomp_filter_call(program)
+    if call(*args) != 0:
+        os._exit(71)  # the supervisor sees the helper gone and clones without one
+
+
+def helper_main(fd: int, base_filter: int = -1) -> None:
+    """Entry point of the spawn helper process; serves until EOF on ``fd``. With a
+    ``base_filter`` memfd, a helper for one confinement (``spawn.get_helper``)."""
     # Every signal at its default, so that the children have none to reset (execve
     # resets handled signals, but keeps ignored ones ignored): Python ignores SIGPIPE
     # (the replies go with MSG_NOSIGNAL instead) and SIGXFSZ, and handles SIGINT. The
@@ -290,6 +301,8 @@ def helper_main(fd: int) -> None:
     for sig in (_signal.SIGINT, _signal.SIGPIPE, _signal.SIGXFSZ):
         _signal.signal(sig, _signal.SIG_DFL)
     sock = _socket.socket(fileno=fd)
+    if base_filter >= 0:
+        _load_base_filter(base_filter)
     # To tell, at EOF, a supervisor that closed us from one that was killed.
     supervisor_fd = os.pidfd_open(os.getppid())
     # The helper's signal dispositions are fixed from here on: work out once which

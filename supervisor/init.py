@@ -127,6 +127,10 @@ class Confinement(NamedTuple):
     seccomp: bytes | None
     seccomp_flags: int
     no_new_privs: bool
+    #: the same filter in two parts (``seccomp.split_programs``): a base a spawn
+    #: helper loads once, and what each of its children adds; None: whole only. The
+    #: supervisor picks one before the request leaves it; the child never sees this.
+    split: tuple[bytes, bytes] | None = None
 
 
 class ChildSpec(NamedTuple):

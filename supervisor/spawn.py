@@ -75,8 +75,16 @@ class SpawnHelper:
     and hands every reply to its owner.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, base_filter: bytes | None = None) -> None:
+        """``base_filter``: a helper for one confinement, which loads this seccomp
+        program once for all its children (``seccomp.split_programs``)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        passed = [theirs.fileno()]
+        base_fd = -1
+        if base_filter is not None:
+            base_fd = os.memfd_create("mydocker-seccomp-base", 0)  # inherited by the helper
+            os.write(base_fd, base_filter)
+            passed.append(base_fd)
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         # The package's __init__ is not run in the helper: it loads the public API
         # (spec, dataclasses), which the helper does not need and every clone would
@@ -86,17 +94,19 @@ class SpawnHelper:
         code = (
             f"import sys; pkg = type(sys)('supervisor'); pkg.__path__ = [{pkg_dir!r}]; "
             "sys.modules['supervisor'] = pkg; "
-            f"from supervisor.helper import helper_main; helper_main({theirs.fileno()})"
+            f"from supervisor.helper import helper_main; helper_main({theirs.fileno()}, {base_fd})"
         )
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", code],
-                pass_fds=[theirs.fileno()],
+                pass_fds=passed,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         finally:
             theirs.close()
+            if base_fd >= 0:
+                os.close(base_fd)
         ours.setblocking(False)
         self._sock = ours
         self._ids = itertools.count()
@@ -114,6 +124,11 @@ class SpawnHelper:
     def pid(self) -> int:
         """The helper's process id."""
         return self._proc.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        """The helper's exit status once it is gone."""
+        return self._proc.poll()
 
     @property
     def broken(self) -> bool:
@@ -327,34 +342,86 @@ async def spawn(
     direct: bool = True,
 ) -> tuple[int, int]:
     """Clone a container child (see ``SpawnHelper.spawn``): in-process for the CLI
-    (``prefer_direct_clone``), else through the event loop's helper. A helper found
-    dead (killed, OOM) is replaced for the request in hand.
+    (``prefer_direct_clone``), else through the event loop's helper, or through the
+    helper of the child's confinement when its seccomp filter comes in two parts
+    (``seccomp.split_programs``). A helper found dead (killed, OOM) is replaced for
+    the request in hand.
 
     Raises:
         StartError, NotPermittedError: as ``SpawnHelper.spawn``.
     """
+    conf = child.confine
+    if conf is not None and conf.split is not None:
+        base, closing_program = conf.split
+        if not (direct and _direct is not None):
+            closing = child._replace(confine=conf._replace(seccomp=closing_program, split=None))
+            for _attempt in range(2):
+                helper = get_helper(base)
+                if helper is None:
+                    break
+                try:
+                    return await helper.spawn(closing, flags, fds, cgroup_parents)
+                except HelperGone:
+                    _zygote_failed(base)
+        child = child._replace(confine=conf._replace(split=None))  # the filter whole
     if direct and _direct is not None:
         return await _direct.spawn(child, flags, fds, cgroup_parents)
     try:
-        return await get_helper().spawn(child, flags, fds, cgroup_parents)
+        return await _plain_helper().spawn(child, flags, fds, cgroup_parents)
     except HelperGone:
-        return await get_helper().spawn(child, flags, fds, cgroup_parents)
+        return await _plain_helper().spawn(child, flags, fds, cgroup_parents)
 
 
-_helper_var: RunVar[SpawnHelper | None] = RunVar("mydocker_spawn_helper", default=None)
+def _plain_helper() -> SpawnHelper:
+    helper = get_helper(None)
+    assert helper is not None  # the plain helper is always there to be had
+    return helper
 
 
-def get_helper() -> SpawnHelper:
-    """The spawn helper of the running event loop, started on first use (and again
-    when the last one died)."""
-    helper = _helper_var.get()
-    if helper is None or helper.broken:
-        if helper is not None:
+#: the spawn helpers of an event loop: the plain one (key None), and one per distinct
+#: base seccomp program (at most ``_MOST_BASES``; containers beyond load their filter
+#: whole), or False for a base whose helper could not load it
+_helpers_var: RunVar[dict[bytes | None, SpawnHelper | bool] | None] = RunVar(
+    "mydocker_spawn_helpers", default=None
+)
+_MOST_BASES = 4
+
+
+def _zygote_failed(base: bytes) -> None:
+    """If the helper of ``base`` died because it could not load the filter (the
+    kernel refused), do not try it again on this event loop."""
+    helpers = _helpers_var.get() or {}
+    helper = helpers.get(base)
+    if isinstance(helper, SpawnHelper) and helper.broken and helper.exit_code == 71:
+        helpers[base] = False
+        helper.close()
+
+
+def get_helper(base: bytes | None = None) -> SpawnHelper | None:
+    """The spawn helper of the running event loop (for the confinement whose base
+    seccomp program is ``base``), started on first use and again when the last one
+    died; None when no helper can serve ``base`` (then the filter is loaded whole)."""
+    helpers = _helpers_var.get()
+    if helpers is None:
+        helpers = {}
+        _helpers_var.set(helpers)
+    helper = helpers.get(base)
+    if helper is False:
+        return None
+    if base is not None and helper is None and sum(k is not None for k in helpers) >= _MOST_BASES:
+        return None
+    if not isinstance(helper, SpawnHelper) or helper.broken:
+        if isinstance(helper, SpawnHelper):
             helper.close()
-        helper = SpawnHelper()
-        _helper_var.set(helper)
+        helper = SpawnHelper(base)
+        helpers[base] = helper
         _close_with_event_loop(helper)
     return helper
+
+
+def helpers() -> list[SpawnHelper]:
+    """The live spawn helpers of the running event loop."""
+    return [h for h in (_helpers_var.get() or {}).values() if isinstance(h, SpawnHelper)]
 
 
 def _close_with_event_loop(helper: SpawnHelper) -> None:

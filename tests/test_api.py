@@ -610,11 +610,11 @@ def test_a_sigkilled_supervisor_takes_helper_and_containers_with_it(backend: str
         f"""
         import os, sys, anyio
         from supervisor import open_container, DEVNULL
-        from supervisor.spawn import get_helper
+        from supervisor.spawn import helpers
 
         async def main():
             cs = [await open_container(["sleep", "1000"], stdin=DEVNULL, stdout=DEVNULL) for _ in range(3)]
-            print(get_helper().pid, *[c.pid for c in cs], flush=True)
+            print(helpers()[0].pid, *[c.pid for c in cs], flush=True)
             await anyio.sleep_forever()
 
         anyio.run(main, backend={backend!r})

@@ -411,3 +411,31 @@ async def test_the_library_takes_the_same_options(anyio_backend: str) -> None:
     fields = dict(line.split(":\t") for line in r.stdout.decode().splitlines())
     assert int(fields["CapEff"], 16) == capabilities.mask({"CAP_NET_RAW"})
     assert (fields["NoNewPrivs"], fields["Seccomp"]) == ("1", "0")
+
+
+@pytest.mark.anyio
+async def test_library_containers_get_the_same_filter_in_two_parts(anyio_backend: str) -> None:
+    # run_container's containers come from a spawn helper that loaded the base of
+    # docker's profile once (seccomp.split_programs): each adds only the closing part.
+    if not os.access(HOST_PY, os.X_OK):
+        pytest.skip(f"needs {HOST_PY}")
+    code = SYSCALL.format(call="libc.syscall(250, 0, -3, 0)") + textwrap.dedent(
+        """
+        print(libc.syscall(272, 0x10000000) == -1 and ctypes.get_errno())  # unshare(CLONE_NEWUSER)
+        print(libc.mount(b"none", b"/mnt", b"tmpfs", 0, None) == -1 and ctypes.get_errno())
+        print(libc.syscall(435, 0, 0) == -1 and ctypes.get_errno())  # clone3: ENOSYS, as docker
+        print(open("/proc/self/status").read().split("Seccomp_filters:")[1].split()[0])
+        """
+    )
+    r = await run_container([HOST_PY, "-c", code])
+    assert r.stdout.split() == [b"1", b"1", b"1", b"38", b"2"]
+    whole = await run_container([HOST_PY, "-c", code], cap_add=["SYS_PTRACE"], seccomp=_default_profile_copy())
+    assert whole.stdout.split() == [b"1", b"1", b"1", b"38", b"1"]  # a custom profile: loaded whole
+
+
+def _default_profile_copy() -> object:
+    import dataclasses
+
+    from supervisor import seccomp
+
+    return dataclasses.replace(seccomp.DEFAULT_PROFILE, source="a copy")

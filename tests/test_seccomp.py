@@ -749,3 +749,30 @@ def test_programs_run_under_the_default_filter(tmp_path: Path) -> None:
     assert got[sys.executable] == [0, "py-ok"]
     if "busybox" in got:
         assert got["busybox"] == [0, "busybox-ok"]
+
+
+def _stacked(programs: list[bytes], number: int, args: tuple[int, ...], arch: int) -> int:
+    """What the kernel returns for stacked filters: the strictest action wins
+    (lowest SECCOMP_RET_ACTION_FULL, compared as signed: KILL_PROCESS first)."""
+    results = [run_bpf(p, number, args, arch) for p in programs]
+    return min(results, key=lambda r: (r & 0xFFFF0000) - (1 << 32 if r & 0x80000000 else 0))
+
+
+@needs_libseccomp
+@needs_x86_64
+@pytest.mark.parametrize("caps", [DOCKER_CAPS, DOCKER_CAPS | {"CAP_SYS_ADMIN"}, NO_CAPS])
+def test_base_and_closing_programs_stack_to_exactly_the_profile(caps: frozenset[str]) -> None:
+    whole = seccomp.compile_profile(DEFAULT_PROFILE, caps)
+    split = seccomp.split_programs(DEFAULT_PROFILE, caps)
+    assert split is not None
+    base, closing = split
+    assert len(closing) < len(whole) // 10  # what each container loads is small
+    argsets = [(), (SIGCHLD,), (CLONE_NEWUSER | SIGCHLD,), (AF_VSOCK,), (AF_INET, SOCK_STREAM), (0x0400000,)]
+    for arch, bit in ((AUDIT_ARCH_X86_64, 0), (AUDIT_ARCH_I386, 0), (AUDIT_ARCH_X86_64, X32_BIT)):
+        for number in range(460):
+            for args in argsets:
+                want = run_bpf(whole, number | bit, args, arch)
+                assert _stacked([base, closing], number | bit, args, arch) == want, (arch, number, args)
+    # the base alone lets the helper and the child do their setup
+    for name in seccomp.SETUP_CALLS:
+        assert run_bpf(base, nr(name)) == RET_ALLOW, name
