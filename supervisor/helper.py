@@ -37,9 +37,9 @@ import gc
 import os
 
 from . import _linux, wire
+from ._named import NamedTuple
 from .init import (
     ChildSpec,
-    NamedTuple,
     Prepared,
     child_from_wire,
     child_plan,

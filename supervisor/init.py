@@ -14,9 +14,9 @@ from __future__ import annotations
 import _signal  # signal's C core: signal.py loads enum (see TYPE_CHECKING below)
 import errno
 import os
-from _operator import itemgetter
 
 from . import _linux, wire
+from ._named import NamedTuple
 
 # What typing.TYPE_CHECKING is, without importing typing (typing is ~1 MB; helper.py
 # says what the spawn helper may load).
@@ -24,69 +24,13 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import NamedTuple
 
     from .spec import ContainerSpec
 
-    #: a filesystem step of a root filesystem, as the child runs it: (name, function, args)
-    FsOp = tuple[str, Callable[..., None], tuple[object, ...]]
     #: one step of the child: (name reported on failure, callable, its arguments, and
     #: for a raw C call, which returns -1 and leaves errno on failure, the call as text
     #: for the message; None for a call that raises OSError itself)
     Step = tuple[str, Callable[..., object], tuple[object, ...], "str | None"]
-else:
-
-    class _NamedTupleMeta(type):
-        """``class X(NamedTuple)`` as typing has it: a tuple whose fields are named
-        by the annotations, with defaults from the values. Made here rather than by
-        collections.namedtuple: collections would add ~0.4 MB to the spawn helper."""
-
-        def __new__(mcls, name: str, bases: tuple[type, ...], ns: dict[str, object]) -> type:
-            if not bases:  # NamedTuple itself
-                return super().__new__(mcls, name, bases, ns)
-            fields = tuple(ns.get("__annotations__", {}))  # type: ignore[arg-type]
-            defaults = {f: ns[f] for f in fields if f in ns}
-
-            def __new__(cls: type, *args: object, **kwargs: object) -> tuple[object, ...]:
-                values = list(args[: len(fields)])
-                for f in fields[len(values) :]:
-                    if f in kwargs:
-                        values.append(kwargs.pop(f))
-                    elif f in defaults:
-                        values.append(defaults[f])
-                    else:
-                        raise TypeError(f"{name}() missing argument {f!r}")
-                if kwargs or len(args) > len(fields):
-                    raise TypeError(f"{name}() got unexpected arguments")
-                return tuple.__new__(cls, values)  # type: ignore[type-var]
-
-            def _replace(self: tuple[object, ...], **changes: object) -> tuple[object, ...]:
-                current = dict(zip(fields, self, strict=True))
-                return type(self)(**{**current, **changes})
-
-            def __repr__(self: tuple[object, ...]) -> str:
-                return f"{name}({', '.join(f'{f}={v!r}' for f, v in zip(fields, self, strict=True))})"
-
-            body: dict[str, object] = {
-                "__slots__": (),
-                "__new__": __new__,
-                "__doc__": ns.get("__doc__"),
-                "__module__": ns["__module__"],
-                "__qualname__": ns.get("__qualname__", name),
-                "_fields": fields,
-                "_make": classmethod(tuple.__new__),
-                "_replace": _replace,
-                "__repr__": __repr__,
-            }
-            for key, value in ns.items():  # methods and class attributes
-                if key not in fields and not key.startswith("__"):
-                    body[key] = value
-            for i, f in enumerate(fields):
-                body[f] = property(itemgetter(i))
-            return type(name, (tuple,), body)
-
-    class NamedTuple(metaclass=_NamedTupleMeta):
-        pass
 
 # mounts (and through it spec and dataclasses) is imported only where a root
 # filesystem is used (helper.py: what the helper may load). A container with a root
@@ -291,13 +235,6 @@ def _call(name: str, fn: Callable[..., int], *args: object) -> int:
     """``_step`` for a step with a result."""
     try:
         return fn(*args)
-    except OSError as e:
-        raise _StepFailed(name, e.errno or 0, str(e)) from None
-
-
-def _step(name: str, fn: object, *args: object) -> None:
-    try:
-        fn(*args)  # type: ignore[operator]
     except OSError as e:
         raise _StepFailed(name, e.errno or 0, str(e)) from None
 

@@ -32,7 +32,7 @@ import os
 import stat
 
 from . import _linux, wire
-from .init import NamedTuple
+from ._named import NamedTuple
 
 # What typing.TYPE_CHECKING is, without importing typing (helper.py: what the spawn
 # helper may load; it loads this module, not spec or dataclasses).

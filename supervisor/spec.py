@@ -473,10 +473,6 @@ class ContainerSpec:
             from .users import parse_user_spec
 
             parse_user_spec(self.user)  # the text; names are resolved in the image at start
-        if self.init:
-            from .confine import init_binary
-
-            init_binary()  # SpecError when there is none
 
     @property
     def capabilities(self) -> frozenset[str]:

@@ -65,11 +65,6 @@ class ContainerDir:
         return cls(os.path.join(containers_dir(state_dir(spec.state_dir)), spec.id))
 
     @property
-    def config(self) -> str:
-        """The container's spec, as JSON."""
-        return os.path.join(self.dir, "config.json")
-
-    @property
     def upper(self) -> str:
         """The overlay's upper (writable) layer."""
         return os.path.join(self.dir, "upper")

@@ -126,15 +126,6 @@ def decode_request(
     return rid, child, byrole, flags, parents
 
 
-def request_id(msg: bytes, fds: list[int]) -> int | None:
-    """The request id of a message ``decode_request`` refused, if it can be read: the
-    helper then answers that request with an error instead of leaving it unanswered."""
-    try:
-        return decode_request(msg, fds)[0]
-    except (ValueError, OSError):
-        return None
-
-
 # ---------------------------------------------------------------- spawn reply
 
 
