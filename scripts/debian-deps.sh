@@ -2,7 +2,8 @@
 # Install the Debian packages mydocker needs that are missing (as root, with apt-get).
 #
 #   scripts/debian-deps.sh run    what `mydocker run` needs: libseccomp2 (the seccomp
-#                                 compiler), tini (--init)
+#                                 compiler), tini (--init), uidmap (newuidmap: a
+#                                 subordinate id range for rootless containers)
 #   scripts/debian-deps.sh test   that, and what the tests use: busybox-static (the
 #                                 image of the root filesystem tests), procps (ps and
 #                                 top inside containers), util-linux (unshare,
@@ -12,7 +13,7 @@
 # Without root or apt-get it only says what is missing (mydocker itself then says
 # what it cannot do, in one line, when it is asked to).
 set -eu
-packages="libseccomp2 tini"
+packages="libseccomp2 tini uidmap"
 [ "${1:-run}" = test ] && packages="$packages busybox-static procps util-linux vim-tiny"
 need=""
 for pkg in $packages; do

@@ -504,10 +504,11 @@ def identity_calls_after_seccomp(
     permitted: int,
     uid: int,
     gid: int,
-    groups: tuple[int, ...],
+    groups: tuple[int, ...] | None,
     pdeathsig: int = 0,
 ) -> list[RawCall]:
-    """The child's identity and capability calls after the seccomp filter, in order.
+    """The child's identity and capability calls after the seccomp filter, in order
+    (``groups`` None: no setgroups, which a user namespace with one mapped id refuses).
 
     The order is runc's (libcontainer/init_linux.go, finalizeNamespace and
     setupUser), and each step needs what the later ones take away:
@@ -541,8 +542,8 @@ def identity_calls_after_seccomp(
     The seccomp filter must allow setgroups, setresgid, setresuid, prctl and capset
     (docker's default profile does).
     """
-    calls = [
-        setgroups_call(groups),
+    calls = [setgroups_call(groups)] if groups is not None else []
+    calls += [
         setresgid_call(gid),
         setresuid_call(uid),
         keepcaps_call(False),
