@@ -370,7 +370,8 @@ def test_userns_auto_gives_each_container_a_range_of_its_own(tmp_path: Path, roo
     vol.mkdir()
     os.chmod(vol, 0o1777)
     script = (
-        "head -1 /proc/self/uid_map; id -u; touch /data/f$(cat /proc/sys/kernel/random/uuid); touch /etc/x 2>/dev/null || echo ro; sleep 0.5"
+        "head -1 /proc/self/uid_map; id -u; touch /data/f$(cat /proc/sys/kernel/random/uuid); "
+        "touch /etc/x 2>/dev/null || echo ro; sleep 0.5"  # the two at once
     )
     args = ["run", "--userns", "auto", "--rootfs", str(rootfs), "--state-dir", str(tmp_path / "state")]
     procs = [
