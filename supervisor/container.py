@@ -75,6 +75,8 @@ class Container:
         signal: the signal that killed PID 1, or ``None``.
         stdin / stdout / stderr: anyio byte streams for ``PIPE`` (with a tty,
             ``stdin`` and ``stdout`` are the same stream over the pty master).
+        endpoint: on a network, its ``network.endpoint.Endpoint`` (``address``,
+            ``ports`` with the host ports chosen); else None.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Container:
         self.stderr = stderr
         self.grace = grace
         self.cgroup = cgroup
+        self.endpoint: Any = None
         self._pidfd = pidfd
         self._stack = stack
         # fast_acquire: wait() runs several times per container (run_container, stop,
@@ -330,8 +333,9 @@ async def _read_errpipe(fd: int) -> bytes:
 
 class _Gate:
     """The child's sync pipe: it waits on it before its first step until the
-    supervisor has placed it in its cgroups and mapped its user namespace, and (with
-    ``--userns auto``) again once it has entered its user namespace."""
+    supervisor has placed it in its cgroups, mapped its user namespace and plugged
+    it into its network, and (with ``--userns auto``) again once it has entered its
+    user namespace."""
 
     def __init__(
         self, needed: bool, owner: contextlib.ExitStack, child_side: contextlib.ExitStack, fds: dict[str, int]
@@ -454,9 +458,16 @@ async def start_container(
         confinement = confine.confinement(spec, user, mapping)
         # The container's directory (overlay layers): removed when the stack closes.
         dirs = rootfs.make_container_dir(spec, stack)
+        endpoint = None
+        if spec.network is not None:  # its lease, ports and /etc files; plugged in after the clone
+            from .network import prepare_endpoint
+
+            endpoint = prepare_endpoint(spec)
+            stack.callback(endpoint.detach)
         fs_ops: tuple[tuple[str, str, tuple[object, ...]], ...] = ()
         if dirs is not None and "mount" in spec.namespaces:
-            ops = mounts.child_ops(spec, dirs, init, rootless=rootless, mapping=mapping)
+            with_files = spec if endpoint is None else spec.evolve(mounts=(*spec.mounts, *endpoint.mounts))
+            ops = mounts.child_ops(with_files, dirs, init, rootless=rootless, mapping=mapping)
             fs_ops = tuple((op.step, op.fn.__name__, op.args) for op in ops)
             init = mounts.INIT_PATH if init is not None else None
         fds: dict[str, int] = {}
@@ -475,7 +486,7 @@ async def start_container(
             stack.callback(cgroup.discard)
             fds.update(cgroup.child_fds())
         placement = cgroup is not None and cgroup.needs_placement
-        gate = _Gate(placement or mapping is not None, errpipe, child_side, fds)
+        gate = _Gate(placement or mapping is not None or endpoint is not None, errpipe, child_side, fds)
         parents = tuple(os.path.dirname(d) for d in cgroup.dirs) if cgroup is not None else ()
         child = child_spec(
             spec,
@@ -505,12 +516,15 @@ async def start_container(
         grace=grace,
         cgroup=cgroup,
     )
+    container.endpoint = endpoint
     try:
         if cgroup is not None:
             cgroup.attach(pid)
         if rootless and mapping is not None:
             userns.write_maps(pid, mapping)  # before the child's first step
-        gate.release_first(placement or rootless)
+        if endpoint is not None:
+            await endpoint.attach(pid)  # eth0 in the child's namespace, before its first step
+        gate.release_first(placement or rootless or endpoint is not None)
         if console is not None:
             await _receive_console(container, console, winsize, attach_stdin=stdin == PIPE)
         report = await _read_errpipe(err_r)
