@@ -104,12 +104,12 @@ def _cgroup_leftovers() -> set[str]:
 
 
 def _owner_fds() -> set[int]:
-    """The fds this process keeps for its lifetime: its cgroup owner markers, and the
-    device programs it loaded (one per distinct rule set)."""
-    from supervisor import cgroups
+    """The fds this process keeps for its lifetime: its cgroup owner markers, the
+    device programs it loaded (one per distinct rule set) and libnftables' socket."""
+    from supervisor import _linux, cgroups
 
     fs = cgroups.current_layout().fs
-    return set(cgroups.owner().marker_fds()) | set(fs.device_programs().fds())
+    return set(cgroups.owner().marker_fds()) | set(fs.device_programs().fds()) | set(_linux.nft_fds())
 
 
 def _network_state() -> tuple[set[str], set[str], str, set[str]]:
@@ -135,8 +135,8 @@ def host_unchanged() -> Iterator[None]:
     """Fail a test that leaves a mount, an fd, a child process (zombie or not), a
     container cgroup, an interface or nftables table of mydocker's, a changed
     ip_forward or a named network namespace."""
-    mounts, fds, cgroups = _mounts(), _fds(), _cgroup_leftovers()
     network = _network_state()
+    mounts, fds, cgroups = _mounts(), _fds(), _cgroup_leftovers()
     yield
     _settle(lambda: not _children() and _fds() - _owner_fds() <= fds and not _cgroup_leftovers() - cgroups)
     leftover = _cgroup_leftovers() - cgroups

@@ -125,10 +125,14 @@ def create_network(
         SpecError: a bad or taken name, a bad CIDR, a gateway outside the subnet, a
             subnet that overlaps, no nftables.
     """
+    from .endpoint import sweep
+
     _check_name(name)
     _need_nftables()
     store = _store(state_dir)
     with store.locked():
+        for other in store.all():  # what dead owners left goes first
+            sweep(store, other)
         return _create_locked(store, name, subnet, gateway)
 
 

@@ -84,7 +84,6 @@ class Endpoint:
         self._lease_fd = lease_fd
         self._sockets = sockets
         self._in_nft = False
-        self._plugged = False
 
     @property
     def address(self) -> str:
@@ -113,7 +112,6 @@ class Endpoint:
             nft.add_member(lease.veth, lease.mac, lease.address, self._forwards())
             netns = links.netns_of(pid)
             try:
-                self._plugged = True
                 await links.run_async(
                     links.plug,
                     netns,
@@ -138,11 +136,13 @@ class Endpoint:
         if self._lease_fd < 0:
             return
         lease = self.lease
+        # The veth is left to go with the container's network namespace (its last
+        # process is dead by now): the kernel tears namespaces down in batches, where
+        # deleting it here waited ~20 ms for an RCU grace period. A sweep deletes one
+        # that is still there.
         try:
             if self._in_nft:
                 nft.remove_member(lease.veth, lease.mac, lease.address, self._forwards())
-            if self._plugged:
-                links.delete(lease.veth)
         except OSError as e:
             warnings.warn(f"network {self.network.name}: {e}", MydockerWarning, stacklevel=2)
         for sock in self._sockets:

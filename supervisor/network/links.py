@@ -31,6 +31,11 @@ T = TypeVar("T")
 
 #: <linux/netlink.h>
 NETLINK_ROUTE = 0
+#: eth0's interface index in a container's namespace (made with lo, index 1)
+_ETH0 = 2
+#: written in a container's namespace: IPv6 off (eth0's too: "all" reaches every
+#: interface there is)
+_NO_IPV6 = (("ipv6/conf/all/disable_ipv6", b"1"), ("ipv6/conf/default/disable_ipv6", b"1"))
 
 
 def _ipr(fileno: int | None = None) -> Any:
@@ -225,23 +230,21 @@ async def plug(
     from pyroute2.netlink.exceptions import NetlinkError
 
     try:
+        master = socket.if_nametoindex(bridge)
         async with _ipr() as ipr:
-            master = await _index(ipr, bridge)
+            # eth0 gets index 2 in its fresh namespace (lo has 1): no lookup after
             await ipr.link(
                 "add",
                 ifname=veth,
                 kind="veth",
-                peer={"ifname": "eth0", "net_ns_fd": netns, "address": mac},
+                peer={"ifname": "eth0", "index": _ETH0, "net_ns_fd": netns, "address": mac},
                 master=master,
                 state="up",
             )
-        sock = socket_in(
-            netns, (("ipv6/conf/all/disable_ipv6", b"1"), ("ipv6/conf/default/disable_ipv6", b"1"))
-        )
+        sock = socket_in(netns, _NO_IPV6)
         async with _ipr(sock.detach()) as inside:
-            eth0 = await _index(inside, "eth0")
-            await inside.addr("add", index=eth0, address=address, prefixlen=prefixlen)
-            await inside.link("set", index=eth0, state="up")
+            await inside.addr("add", index=_ETH0, address=address, prefixlen=prefixlen)
+            await inside.link("set", index=_ETH0, state="up")
             await inside.route("add", dst="0.0.0.0/0", gateway=gateway)
     except NetlinkError as e:
         raise OSError(e.code, f"cannot plug {veth} into {bridge}: {os.strerror(e.code)}") from None
