@@ -186,8 +186,8 @@ _RTM_DELLINK, _REQUEST_ACK, _NLMSG_ERROR = 17, 0x1 | 0x4, 2
 
 
 def delete(name: str) -> bool:
-    """Delete interface ``name`` (a veth: both ends) now, synchronously (teardown
-    runs in ExitStack callbacks and sweeps); False when there was none.
+    """Delete interface ``name`` (a veth: both ends; a bridge) now, synchronously
+    (sweeps and ``network rm`` are synchronous); False when there was none.
 
     The request is pyroute2's ``ifinfmsg``, sent on a plain socket: one message
     and its acknowledgement, without an event loop.
