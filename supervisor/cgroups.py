@@ -875,6 +875,66 @@ _given_up: list[str] = []
 _swept: set[str] = set()
 
 
+class JoinedCgroup:
+    """The cgroups of a container someone else started (an exec from the CLI joins
+    them): only what an exec needs of a ``Cgroup``; the owner tears them down."""
+
+    def __init__(self, dirs: Iterable[str], fs: CgroupFS | None = None) -> None:
+        self._fs = fs or current_layout().fs
+        self.v2_dir: str | None = None
+        self.v1_dirs: list[str] = []
+        for d in dirs:
+            if self.v2_dir is None and self._fs.exists(posixpath.join(d, "cgroup.events")):
+                self.v2_dir = d  # only cgroup v2 directories have it
+            else:
+                self.v1_dirs.append(d)
+
+    @property
+    def dirs(self) -> list[str]:
+        """Its directories (v2 first)."""
+        return ([self.v2_dir] if self.v2_dir else []) + self.v1_dirs
+
+    def child_fds(self) -> dict[str, int]:
+        """None: an exec gets ``open_v2``'s."""
+        return {}
+
+    @property
+    def needs_placement(self) -> bool:
+        """Whether a process cloned into it must wait to be put in the v1 ones."""
+        return bool(self.v1_dirs)
+
+    def open_v2(self) -> int:
+        """A new O_PATH fd of the v2 directory, or -1."""
+        return self._fs.open_dir(self.v2_dir) if self.v2_dir is not None else -1
+
+    def attach(self, pid: int) -> None:
+        """Put ``pid`` into the v1 directories.
+
+        Raises:
+            StartError: the container is gone, or the write was refused.
+        """
+        try:
+            for d in self.v1_dirs:
+                self._fs.write(posixpath.join(d, "cgroup.procs"), str(pid))
+        except OSError as e:
+            raise _os_error("place the process in the container's cgroup", e) from None
+
+    def kill(self) -> None:
+        """SIGKILL every process in it."""
+        for d in self.dirs[:1] if self._fs.has_kill_file and self.v2_dir else self.dirs:
+            kill_all(self._fs, d)
+
+    def oom_killed(self) -> bool:
+        """Not known here (its owner records it)."""
+        return False
+
+    def discard(self) -> None:
+        """Nothing: not ours."""
+
+    async def destroy(self) -> None:
+        """Nothing: not ours."""
+
+
 def sweep_dead(fs: CgroupFS, parents: Iterable[str]) -> list[str]:
     """Remove what dead owners left below ``parents`` (they were SIGKILLed): their
     containers' cgroups, with whatever still runs there, and their markers. Only our

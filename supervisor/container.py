@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import _linux, confine, mounts, rootfs, spawn, state, userns
+from . import _linux, confine, mounts, records, rootfs, spawn, state, userns
 from ._streams import FdStream
 from .cgroups import Cgroup, create_cgroup
 from .confine import Identity
@@ -31,6 +31,7 @@ from .errors import (
 from .init import child_spec
 from .launch import Gate, StdioArg, error_pipe, finish_start, stdio_fds
 from .process import Process
+from .records import Registration
 from .spec import DEFAULT_GRACE, PIPE, ContainerSpec
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class Container(Process):
         self.spec = spec
         self.cgroup = cgroup
         self.endpoint: Any = None
+        #: its record, when registered (``records.py``)
+        self.record: records.Record | None = None
         #: who the container's processes are and how they are confined (for ``exec``)
         self.identity = identity
         # Our execs into it: a PID 1 cannot finish dying while a process of its
@@ -109,6 +112,9 @@ class Container(Process):
             self.cgroup.kill()
 
     async def _finish(self) -> None:
+        if self.record is not None:
+            assert self.returncode is not None
+            self.record.exited(self.returncode, self.signal, self.oom_killed, None)
         if self.cgroup is not None:
             await self.cgroup.destroy()
 
@@ -177,12 +183,14 @@ async def start_container(
     winsize: tuple[int, int] | None = None,
     grace: float = DEFAULT_GRACE,
     cgroup_factory: Callable[[ContainerSpec], Cgroup | None] | None = None,
+    register: Registration | None = None,
 ) -> Container:
     """Start a container and return it once its command is running.
 
     ``cgroup_factory(spec)`` makes the container's cgroup (default:
     ``cgroups.create_cgroup``; a factory returning None gives no cgroup): a
-    ``cgroups.Cgroup``.
+    ``cgroups.Cgroup``. ``register``: record it for ``ps``, ``exec``, ``logs`` and
+    the rest (``records.py``; its name is claimed, or ``ContainerConflictError``).
 
     Raises:
         CommandNotFoundError, CommandNotExecutableError: exec failed (127 / 126).
@@ -195,6 +203,8 @@ async def start_container(
     # Image, rootfs, volume paths, the user and the confinement are worked out before
     # anything exists on the host.
     spec = rootfs.resolve(spec)
+    if register is not None:
+        spec = _for_records(spec)
     rootless = os.geteuid() != 0
     if rootless and spec.userns == "host":
         raise SpecError("--userns host needs root: without root a container has a user namespace of its own")
@@ -214,8 +224,13 @@ async def start_container(
             stack.callback(slot.release)
             mapping = slot.mapping
         confinement = confine.confinement(spec, user, mapping)
-        # The container's directory (overlay layers): removed when the stack closes.
-        dirs = rootfs.make_container_dir(spec, stack)
+        # The container's directory (overlay layers, its record): removed when the
+        # stack closes (or only unlocked, when kept).
+        record = None
+        if register is None:
+            _, dirs = rootfs.make_container_dir(spec, stack)
+        else:
+            spec, record, dirs = _make_record(spec, register, stack)
         endpoint = None
         if spec.network is not None:  # its lease, ports and /etc files; plugged in after the clone
             from .network import prepare_endpoint
@@ -272,6 +287,7 @@ async def start_container(
         identity=Identity(user, confinement, mapping, rootless),
     )
     container.endpoint = endpoint
+    container.record = record
 
     async def place(pid: int) -> None:
         if cgroup is not None:
@@ -293,4 +309,44 @@ async def start_container(
         waits=placement or rootless or endpoint is not None,
         late_maps=mapping if mapping is not None and not rootless else None,
     )
+    if record is not None:
+        record.running(pid, cgroup.dirs if cgroup is not None else [], container.identity)
     return container
+
+
+def _for_records(spec: ContainerSpec) -> ContainerSpec:
+    """A registered spec: its state directory written in, its name checked."""
+    if spec.name is not None:
+        records.check_name(spec.name)
+    sdir = state.state_dir(spec.state_dir)
+    return spec if spec.state_dir == sdir else spec.evolve(state_dir=sdir)
+
+
+def _make_record(
+    spec: ContainerSpec, register: Registration, stack: contextlib.ExitStack
+) -> tuple[ContainerSpec, records.Record, mounts.ContainerDirs | None]:
+    """Make a registered container's directory, its name claimed (a container given
+    none gets one, as docker's: ``records.random_name``)."""
+    sdir = state.state_dir(spec.state_dir)
+    given = spec.name is not None
+    for attempt in range(20):
+        if not given:
+            made = records.random_name() if attempt < 10 else f"{records.random_name()}{attempt}"
+            spec = spec.evolve(name=made)
+        name = spec.name
+        assert name is not None
+
+        def claim(name: str = name, cid: str = spec.id) -> Callable[[], None]:
+            records.claim_name(sdir, name, cid)
+            return lambda: records.release_name(sdir, name, cid)
+
+        files = records.record_files(spec, register, spec.image)
+        try:
+            owned, dirs = rootfs.make_container_dir(spec, stack, files, claim)
+        except records.ContainerConflictError:
+            if given:
+                raise
+            continue
+        assert owned is not None
+        return spec, records.Record(owned, spec, register), dirs
+    raise records.ContainerConflictError("no free name found for the container: give one with --name")

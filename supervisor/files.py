@@ -18,7 +18,7 @@ import select
 import stat
 import tarfile
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -33,8 +33,10 @@ _IN_ROOT = _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS
 _CHUNK = 1 << 20
 
 
-class _Root:
-    """The container's root directory, open, for as long as the ``with`` lasts."""
+class Root:
+    """A container's root directory, open, for as long as the ``with`` lasts: a
+    running container's as its PID 1 sees it (``Root(pid, pidfd)``), or any directory
+    standing for one (``Root.at(path)``: a stopped container's layers, ``layers.py``)."""
 
     def __init__(self, pid: int, pidfd: int) -> None:
         self.fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -43,6 +45,27 @@ class _Root:
         if select.select([pidfd], [], [], 0)[0]:
             os.close(self.fd)
             raise ContainerPathError(3, "the container is not running")  # ESRCH
+
+    @classmethod
+    def at(cls, path: str) -> Root:
+        """The directory ``path`` as a container's root."""
+        root = cls.__new__(cls)
+        root.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return root
+
+    def kind(self, path: str) -> str | None:
+        """``"dir"``, ``"file"`` (anything else) or None if missing (a final symlink
+        is followed, inside the root)."""
+        try:
+            fd = self.open(path, os.O_PATH)
+        except ContainerPathError as e:
+            if e.errno == 2:
+                return None
+            raise
+        try:
+            return "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        finally:
+            os.close(fd)
 
     def open(self, path: str, flags: int, mode: int = 0) -> int:
         try:
@@ -54,7 +77,7 @@ class _Root:
         except IsADirectoryError:
             raise ContainerPathError(21, f"is a directory in the container: {path}") from None
 
-    def __enter__(self) -> _Root:
+    def __enter__(self) -> Root:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,7 +100,7 @@ async def read_file(pid: int, pidfd: int, path: str) -> bytes:
     """
 
     def read() -> bytes:
-        with _Root(pid, pidfd) as root:
+        with Root(pid, pidfd) as root:
             fd = root.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not hang us
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -104,7 +127,7 @@ async def write_file(
     """
 
     def write() -> None:
-        with _Root(pid, pidfd) as root:
+        with Root(pid, pidfd) as root:
             fd = root.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, mode & 0o7777)
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -137,22 +160,33 @@ async def put_archive(
         ContainerPathError: ``path`` is missing or not a directory.
         SpecError, UnsafeArchiveError: a malformed or hostile archive.
     """
-    from .images import extract_into
-
     if isinstance(archive, bytes):
         data = archive
     else:
         data = b"".join([chunk async for chunk in archive])
 
     def put() -> None:
-        with _Root(pid, pidfd) as root:
-            dfd = root.open(path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                extract_into(dfd, io.BytesIO(data), f"archive for {path}")
-            finally:
-                os.close(dfd)
+        with Root(pid, pidfd) as root:
+            extract_archive(root, path, io.BytesIO(data))
 
     await anyio.to_thread.run_sync(put)
+
+
+def extract_archive(root: Root, path: str, archive: IO[bytes]) -> None:
+    """Unpack a tar stream into directory ``path`` below ``root`` (what
+    ``put_archive`` does, synchronously).
+
+    Raises:
+        ContainerPathError: ``path`` is missing or not a directory.
+        SpecError, UnsafeArchiveError: a malformed or hostile archive.
+    """
+    from .images import extract_into
+
+    dfd = root.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        extract_into(dfd, archive, f"archive for {path}")
+    finally:
+        os.close(dfd)
 
 
 async def get_archive(pid: int, pidfd: int, path: str) -> AsyncIterator[bytes]:
@@ -163,12 +197,10 @@ async def get_archive(pid: int, pidfd: int, path: str) -> AsyncIterator[bytes]:
     Raises:
         ContainerPathError: ``path`` is missing, or the container is gone.
     """
-    contents_only = path.rstrip("/").endswith("/.") or path in (".", "/.")
-    name = os.path.basename(os.path.normpath(path)) or "."
     r, w = os.pipe2(os.O_CLOEXEC)
-    root = _Root(pid, pidfd)
+    root = Root(pid, pidfd)
     try:
-        top = root.open(path, os.O_PATH | os.O_NOFOLLOW)
+        top = open_top(root, path)
     except BaseException:
         root.__exit__()
         os.close(r)
@@ -177,11 +209,8 @@ async def get_archive(pid: int, pidfd: int, path: str) -> AsyncIterator[bytes]:
 
     def produce() -> None:
         try:
-            with (
-                os.fdopen(w, "wb") as out,
-                tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf,
-            ):
-                _archive(tf, top, "" if contents_only else name)
+            with os.fdopen(w, "wb") as out:
+                write_archive(top, path, out)
         except BrokenPipeError:
             pass  # the reader went away
         finally:
@@ -201,6 +230,25 @@ async def get_archive(pid: int, pidfd: int, path: str) -> AsyncIterator[bytes]:
                 stream.close()
     finally:
         stream.close()
+
+
+def open_top(root: Root, path: str) -> int:
+    """An O_PATH fd of ``path`` below ``root`` (a final symlink not followed), for
+    ``write_archive``.
+
+    Raises:
+        ContainerPathError: it is missing.
+    """
+    return root.open(path, os.O_PATH | os.O_NOFOLLOW)
+
+
+def write_archive(top: int, path: str, out: IO[bytes]) -> None:
+    """Write a tar stream of what ``top`` (``open_top(root, path)``) is, docker's
+    way (see ``get_archive``), to ``out``."""
+    contents_only = path.rstrip("/").endswith("/.") or path in (".", "/.")
+    name = os.path.basename(os.path.normpath(path)) or "."
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        _archive(tf, top, "" if contents_only else name)
 
 
 def _archive(tf: tarfile.TarFile, fd: int, name: str) -> None:

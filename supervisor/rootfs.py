@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Callable, Mapping
 
 from . import state
 from .errors import SpecError
@@ -90,10 +91,17 @@ def _check_dir(path: str, what: str) -> None:
 _swept: set[str] = set()
 
 
-def make_container_dir(spec: ContainerSpec, stack: contextlib.ExitStack) -> ContainerDirs | None:
-    """Make the container's directory (spec, overlay upper/work, mount point) and
-    return what its root filesystem is made of; ``None`` (nothing made) for a
-    container without a root filesystem. ``spec`` must be resolved.
+def make_container_dir(
+    spec: ContainerSpec,
+    stack: contextlib.ExitStack,
+    files: Mapping[str, bytes] | None = None,
+    claim: Callable[[], Callable[[], None]] | None = None,
+) -> tuple[state.OwnedDir | None, ContainerDirs | None]:
+    """Make the container's directory (spec, overlay upper/work, mount point, and
+    ``files``; ``claim`` as ``state.OwnedDir.make``'s) and return it and what its
+    root filesystem is made of. A container without a root filesystem gets a
+    directory only if it has ``files`` (a registered one: ``records.py``); else
+    ``(None, None)``. ``spec`` must be resolved.
 
     Its removal is registered in ``stack``, so closing the stack removes it on every
     path. The first time in a process, the directories of dead owners are swept.
@@ -102,14 +110,14 @@ def make_container_dir(spec: ContainerSpec, stack: contextlib.ExitStack) -> Cont
         SpecError: a container with this id already has a directory, or the state
             directory cannot be used.
     """
-    if spec.rootfs is None:
-        return None
+    if spec.rootfs is None and files is None:
+        return None, None
     sdir = state.state_dir(spec.state_dir)
     if sdir not in _swept:  # once per process: a CLI run, or a service's first container
         _swept.add(sdir)
         state.sweep_dead(sdir)
     try:
-        owned = state.OwnedDir.make(spec)
+        owned = state.OwnedDir.make(spec, files, claim)
     except FileExistsError:
         raise SpecError(f"container {spec.short_id} already exists in {state.containers_dir(sdir)}") from None
     except OSError as e:
@@ -117,5 +125,9 @@ def make_container_dir(spec: ContainerSpec, stack: contextlib.ExitStack) -> Cont
             raise SpecError(f"{state.containers_dir(sdir)} is a symlink: refusing to use it") from None
         raise SpecError(f"cannot use the state directory {sdir}: {e.strerror or e}") from None
     stack.callback(owned.remove)
+    if spec.rootfs is None:
+        return owned, None
     where = owned.where
-    return ContainerDirs(lower=spec.rootfs, upper=where.upper, work=where.work, mountpoint=where.rootfs)
+    return owned, ContainerDirs(
+        lower=spec.rootfs, upper=where.upper, work=where.work, mountpoint=where.rootfs
+    )

@@ -5,6 +5,10 @@
                                 /lock         held (flock) by the owner while it lives
                                 /upper /work  the overlay's writable layer
                                 /rootfs       mount point of the merged root (empty on the host)
+                                /keep         the directory outlives its owner (records.py)
+
+A registered container's directory (``records.py``: ``run -d``, the CLI's foreground
+runs) also holds its record, state and log, and exists without a root filesystem too.
 
 Runs in the supervisor only (the CLI, a service, later the daemon).
 
@@ -16,8 +20,9 @@ a temporary name (``.new-<id>``), lock taken and ``config.json`` written, and on
 then renamed into place: a directory named like a container always has a lock file.
 The sweep removes only what it can prove mydocker made and its owner left: an entry
 named like a container (or a temporary one), a real directory (never a symlink,
-never followed), with a lock file it can take. Everything is done relative to
-directory fds opened with ``O_NOFOLLOW``.
+never followed), with a lock file it can take. A directory with a ``keep`` file
+(a detached container's, kept for ``ps -a``, ``logs`` and ``commit`` until ``rm``) is
+never swept. Everything is done relative to directory fds opened with ``O_NOFOLLOW``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import errno
 import fcntl
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ._fs import DIR_FLAGS as _DIR_FLAGS
@@ -116,18 +122,33 @@ def _open_containers(sdir: str, create: bool) -> int:
     return os.open(path, _DIR_FLAGS)
 
 
+#: the file whose presence keeps a container's directory after its owner is gone
+KEEP = "keep"
+
+
 class OwnedDir:
     """A container's directory made by ``make``, and the lock that says we own it."""
 
-    def __init__(self, where: ContainerDir, lock_fd: int) -> None:
+    def __init__(
+        self, where: ContainerDir, lock_fd: int, on_remove: Callable[[], None] | None = None
+    ) -> None:
         self.where = where
         self._lock_fd = lock_fd
+        self._kept = False
+        self._on_remove = on_remove
 
     @classmethod
-    def make(cls, spec: ContainerSpec) -> OwnedDir:
-        """Make the directory of a resolved spec: locked, ``config.json`` written,
-        ``upper``, ``work`` and ``rootfs`` made, under a temporary name, then renamed
-        into place. Nothing is left on failure.
+    def make(
+        cls,
+        spec: ContainerSpec,
+        files: Mapping[str, bytes] | None = None,
+        claim: Callable[[], Callable[[], None]] | None = None,
+    ) -> OwnedDir:
+        """Make the directory of a resolved spec: locked, ``config.json`` and
+        ``files`` written, ``upper``, ``work`` and ``rootfs`` made (with a root
+        filesystem), under a temporary name, then ``claim()`` called (it returns what
+        undoes it, called when the directory is removed), then renamed into place.
+        Nothing is left on failure.
 
         Raises:
             FileExistsError: a container with this id already has a directory.
@@ -152,13 +173,22 @@ class OwnedDir:
                     )
                     with open(fd, "w") as f:
                         f.write(spec_json(spec))
-                    for d in ("upper", "work", "rootfs"):
-                        os.mkdir(d, 0o755, dir_fd=dfd)
+                    for name, data in (files or {}).items():
+                        write_new(dfd, name, data)
+                    if spec.rootfs is not None:
+                        for d in ("upper", "work", "rootfs"):
+                            os.mkdir(d, 0o755, dir_fd=dfd)
                 finally:
                     os.close(dfd)
                 if os.path.lexists(os.path.join(containers_dir(sdir), spec.id)):
                     raise FileExistsError(errno.EEXIST, f"container {spec.short_id} already exists")
-                os.rename(tmp, spec.id, src_dir_fd=cfd, dst_dir_fd=cfd)
+                undo = claim() if claim is not None else None
+                try:
+                    os.rename(tmp, spec.id, src_dir_fd=cfd, dst_dir_fd=cfd)
+                except BaseException:
+                    if undo is not None:
+                        undo()
+                    raise
             except BaseException:
                 _remove_entry(cfd, tmp)
                 raise
@@ -168,11 +198,26 @@ class OwnedDir:
             raise
         finally:
             os.close(cfd)
-        return cls(ContainerDir.of(spec), lock_fd)
+        return cls(ContainerDir.of(spec), lock_fd, undo)
+
+    def keep(self) -> None:
+        """From now on the directory outlives its owner: ``remove`` only gives up
+        the lock, the sweep leaves it, and ``remove_kept`` removes it (``rm``)."""
+        fd = os.open(self.where.dir, _DIR_FLAGS)
+        try:
+            write_new(fd, KEEP, b"")
+        finally:
+            os.close(fd)
+        self._kept = True
 
     def remove(self) -> None:
-        """Remove the directory (best effort, never raises), then give up the lock."""
+        """Remove the directory (best effort, never raises), then give up the lock;
+        a kept one is only unlocked."""
         if self._lock_fd < 0:
+            return
+        if self._kept:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
             return
         try:
             cfd = os.open(os.path.dirname(self.where.dir), _DIR_FLAGS)
@@ -189,8 +234,82 @@ class OwnedDir:
                 _remove_entry(cfd, trash)
             finally:
                 os.close(cfd)
+        if self._on_remove is not None:
+            with contextlib.suppress(OSError):
+                self._on_remove()
         os.close(self._lock_fd)
         self._lock_fd = -1
+
+
+def write_new(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """Create file ``name`` in ``dir_fd`` (it must not exist) holding ``data``."""
+    fd = os.open(name, _NEW_FILE, mode, dir_fd=dir_fd)
+    with open(fd, "wb") as f:
+        f.write(data)
+
+
+def replace_file(dir_fd: int, name: str, data: bytes, *, durable: bool = True) -> None:
+    """Replace file ``name`` in ``dir_fd`` atomically: a reader sees the old
+    contents or the new, whole (written to a temporary file, fsync'd when
+    ``durable``, renamed over it)."""
+    tmp = f".{name}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)
+    fd = os.open(tmp, _NEW_FILE, 0o600, dir_fd=dir_fd)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def lock_container(sdir: str, container_id: str, *, wait: bool = False) -> tuple[int, int] | None:
+    """Take the lock of a container's directory: ``(its directory's fd, the lock's fd)``
+    (close both to give it up), or None while its owner holds it (``wait``: block
+    until it does not; a signal interrupts the wait).
+
+    Raises:
+        FileNotFoundError: no such container directory.
+    """
+    cfd = _open_containers(sdir, create=False)
+    try:
+        dfd = os.open(container_id, _DIR_FLAGS, dir_fd=cfd)
+    finally:
+        os.close(cfd)
+    try:
+        lock = os.open("lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+    except BaseException:
+        os.close(dfd)
+        raise
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(lock)
+        os.close(dfd)
+        return None
+    except BaseException:
+        os.close(lock)
+        os.close(dfd)
+        raise
+    return dfd, lock
+
+
+def remove_container_dir(sdir: str, container_id: str) -> None:
+    """Remove a container's directory whose lock the caller holds (``lock_container``):
+    renamed out of the way first, then removed whole."""
+    cfd = _open_containers(sdir, create=False)
+    try:
+        trash = f".rm-{container_id}"
+        os.rename(container_id, trash, src_dir_fd=cfd, dst_dir_fd=cfd)
+        _remove_entry(cfd, trash)
+    finally:
+        os.close(cfd)
 
 
 def _remove_entry(dir_fd: int, name: str) -> None:
@@ -215,12 +334,15 @@ def _remove_entry(dir_fd: int, name: str) -> None:
 
 
 def _owner_gone(dir_fd: int, name: str) -> bool:
-    """Whether ``name`` is a container directory whose lock nobody holds."""
+    """Whether ``name`` is a container directory whose lock nobody holds (and which
+    is not kept)."""
     try:
         dfd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
         return False  # not a directory, a symlink, gone: not ours to judge
     try:
+        if _exists(dfd, KEEP):
+            return False
         lock = os.open("lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
     except OSError:
         return False  # no lock file: mydocker did not make it (or is making it right now)
@@ -232,6 +354,14 @@ def _owner_gone(dir_fd: int, name: str) -> bool:
         return False  # held: its owner lives
     finally:
         os.close(lock)  # drops our lock too
+    return True
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
     return True
 
 

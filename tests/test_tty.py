@@ -607,14 +607,19 @@ async def test_run_tty_in_process_leaks_nothing(anyio_backend: str) -> None:
     """The tty path on this very event loop, with stdout a pipe (re-opened privately);
     host_unchanged checks that no fd or child is left behind."""
     from supervisor.cli.tty import run_tty
+    from supervisor.container import start_container
     from supervisor.spec import ContainerSpec
 
     spec = ContainerSpec(command=("sh", "-c", "echo in-process; exit 6"), tty=True)
+
+    def start(stdin: object, stdout: object, stderr: object, winsize: tuple[int, int] | None) -> object:
+        return start_container(spec, stdin=stdin, winsize=winsize, grace=1)  # type: ignore[arg-type]
+
     r, w = os.pipe()
     saved = os.dup(1)
     try:
         os.dup2(w, 1)
-        status = await run_tty(spec, interactive=False, grace=1)
+        status = await run_tty(start, interactive=False)  # type: ignore[arg-type]
     finally:
         os.dup2(saved, 1)
         os.close(saved)

@@ -87,13 +87,27 @@ def main(debug: bool) -> None:
 
 
 def _add_commands() -> None:
+    from . import containers
+    from .daemon import daemon
     from .image import image
     from .network import network
     from .run import run
 
     main.add_command(run)
+    for command in (
+        containers.ps,
+        containers.logs,
+        containers.stop,
+        containers.kill,
+        containers.wait,
+        containers.rm,
+        containers.inspect,
+        containers.commit,
+    ):
+        main.add_command(command)
     main.add_command(image)
     main.add_command(network)
+    main.add_command(daemon)
 
 
 _add_commands()

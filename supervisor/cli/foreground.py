@@ -6,12 +6,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
 
-from ..container import Container, start_container
+from ..container import start_container
 from ..errors import SpecError
+from ..launch import StdioArg
+from ..process import Process
+from ..records import Registration
 from ..spec import DEVNULL, PIPE, ContainerSpec
 from .signals import FORWARDED_SIGNALS, forward_signals, report_oom, say
 from .stdio import Progress, StdinReader, StdoutWriter, drain, pump_out
@@ -21,11 +26,16 @@ from .stdio import Progress, StdinReader, StdoutWriter, drain, pump_out
 BACKENDS = ("asyncio", "trio")
 
 
-async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
-    if spec.tty:
+#: starts the process to run in the foreground, given its stdin, stdout, stderr and
+#: (with a pty) the pty's size: a container (``run``) or an exec into one (``exec``)
+Starter = Callable[[StdioArg, StdioArg, StdioArg, "tuple[int, int] | None"], Awaitable[Process]]
+
+
+async def _run(start: Starter, tty: bool, interactive: bool) -> int:
+    if tty:
         from .tty import run_tty
 
-        return await run_tty(spec, interactive=interactive, grace=grace)
+        return await run_tty(start, interactive=interactive)
     # The container gets pipes, never our own fds (stdio.py says why); we copy.
     reader = StdinReader(0) if interactive else None
     with contextlib.ExitStack() as stack:
@@ -33,9 +43,7 @@ async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
         for writer in outputs:
             stack.callback(writer.close)
         signals = stack.enter_context(anyio.open_signal_receiver(*FORWARDED_SIGNALS, signal.SIGWINCH))
-        container = await start_container(
-            spec, stdin=PIPE if interactive else DEVNULL, stdout=PIPE, stderr=PIPE, grace=grace
-        )
+        container = await start(PIPE if interactive else DEVNULL, PIPE, PIPE, None)
         async with container:
             progress = [Progress(), Progress()]
             async with anyio.create_task_group() as tg:
@@ -55,7 +63,7 @@ async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
     return status
 
 
-async def _pump_in(reader: StdinReader, container: Container) -> None:
+async def _pump_in(reader: StdinReader, container: Process) -> None:
     """mydocker's stdin -> the container's, then end of file."""
     stdin = container.stdin
     assert stdin is not None
@@ -71,7 +79,30 @@ async def _pump_in(reader: StdinReader, container: Container) -> None:
 
 
 def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
-    """Run the container in the foreground; return the status mydocker exits with.
+    """Run the container in the foreground, registered while it runs (``ps`` lists
+    it, ``exec`` reaches it); return the status mydocker exits with.
+
+    Raises:
+        SpecError: ``MYDOCKER_BACKEND`` names no known event loop.
+    """
+
+    def start(stdin: StdioArg, stdout: StdioArg, stderr: StdioArg, winsize: tuple[int, int] | None) -> Any:
+        return start_container(
+            spec,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            winsize=winsize,
+            grace=grace,
+            register=Registration(),
+        )
+
+    return run_foreground(start, tty=spec.tty, interactive=interactive)
+
+
+def run_foreground(start: Starter, *, tty: bool, interactive: bool) -> int:
+    """Run what ``start`` starts in the foreground, mydocker's stdio proxied to it and
+    signals forwarded; its exit status.
 
     Raises:
         SpecError: ``MYDOCKER_BACKEND`` names no known event loop.
@@ -84,7 +115,7 @@ def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
     _open_standard_fds()
     prefer_direct_clone()
     try:
-        return anyio.run(_run, spec, interactive, grace, backend=backend)
+        return anyio.run(_run, start, tty, interactive, backend=backend)
     except BaseExceptionGroup as group:
         # A task group wraps even a single error; unwrap it so the CLI reports an
         # OSError or MydockerError as its usual one line instead of a traceback.

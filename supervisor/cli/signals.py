@@ -14,6 +14,7 @@ import anyio
 import anyio.abc
 
 from ..container import Container
+from ..process import Process
 
 #: signals mydocker passes on to the container's PID 1 (docker's sig-proxy)
 FORWARDED_SIGNALS = (
@@ -35,14 +36,14 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-def drops_default_signals(container: Container) -> bool:
+def drops_default_signals(container: Process) -> bool:
     """Whether the kernel drops signals that PID 1 leaves at their default action.
 
     True for the init of a PID namespace of its own; not with ``--pid host`` (an
-    ordinary process), nor with ``--init`` (mydocker's init waits for every signal
-    and passes it on).
+    ordinary process), nor with ``--init`` (tini waits for every signal and passes
+    it on), nor for a process exec'd into a container (not its PID 1).
     """
-    return "pid" in container.spec.namespaces and not container.spec.init
+    return isinstance(container, Container) and "pid" in container.spec.namespaces and not container.spec.init
 
 
 class SignalForwarder:
@@ -62,7 +63,7 @@ class SignalForwarder:
     command, so the rules apply to nothing but the grace period.
     """
 
-    def __init__(self, container: Container, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(self, container: Process, task_group: anyio.abc.TaskGroup) -> None:
         self.container = container
         self._tg = task_group
         self._last_interrupt: float | None = None
@@ -113,7 +114,7 @@ class SignalForwarder:
             self.forward(sig)
 
 
-async def forward_signals(container: Container, signals: Any) -> None:
+async def forward_signals(container: Process, signals: Any) -> None:
     """Pass each received signal to the container's PID 1 (see ``SignalForwarder``).
 
     Cancellation: stops forwarding (and any pending grace-period kill).
@@ -122,9 +123,9 @@ async def forward_signals(container: Container, signals: Any) -> None:
         await SignalForwarder(container, tg).serve(signals)
 
 
-def report_oom(container: Container) -> None:
+def report_oom(container: Process) -> None:
     """Say on stderr if the memory limit's OOM killer struck inside the container."""
-    if container.oom_killed:
+    if isinstance(container, Container) and container.oom_killed:
         # PID 1 itself, or only one of its processes (PID 1 lived on and exited)
         who = "the container was" if container.signal == signal.SIGKILL else "a process in the container was"
         say(f"{who} killed: out of memory (memory limit reached)")

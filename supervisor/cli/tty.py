@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .. import _linux
-from ..container import start_container
-from ..spec import DEVNULL, PIPE, ContainerSpec
+from ..spec import DEVNULL, PIPE
 from .signals import FORWARDED_SIGNALS, SignalForwarder, drops_default_signals, report_oom, say
 from .stdio import Progress, StdinReader, StdoutWriter, drain, pump_out
 
 if TYPE_CHECKING:
-    from ..container import Container
+    from ..process import Process
+    from .foreground import Starter
 
 #: the pty's size when mydocker has no terminal to copy it from (CI, pipes)
 DEFAULT_WINSIZE = (24, 80)
@@ -99,7 +99,7 @@ def terminal_size(fds: tuple[int, ...] = (0, 1, 2)) -> tuple[int, int] | None:
 # -- the proxy ------------------------------------------------------------------------
 
 
-def interrupt_dropped(container: Container, data: bytes) -> int | None:
+def interrupt_dropped(container: Process, data: bytes) -> int | None:
     """The signal a typed control character will raise that the kernel then drops.
 
     With ``-t``, Ctrl-C and Ctrl-\\ are bytes: the container's line discipline turns
@@ -147,7 +147,7 @@ def _default_disposition(pid: int, sig: int) -> bool:
     return True
 
 
-async def _pump_in(reader: StdinReader, container: Container, forwarder: SignalForwarder) -> None:
+async def _pump_in(reader: StdinReader, container: Process, forwarder: SignalForwarder) -> None:
     """mydocker's stdin -> pty master, until end of input or the container is gone."""
     master = container.stdin
     assert master is not None
@@ -175,7 +175,7 @@ async def _pump_in(reader: StdinReader, container: Container, forwarder: SignalF
             forwarder.dropped(sig)
 
 
-async def _follow_signals(container: Container, signals: object, forwarder: SignalForwarder) -> None:
+async def _follow_signals(container: Process, signals: object, forwarder: SignalForwarder) -> None:
     async for sig in signals:  # type: ignore[attr-defined]
         if sig == signal.SIGWINCH:
             # Resizing the pty makes the kernel send SIGWINCH to its foreground group.
@@ -187,23 +187,24 @@ async def _follow_signals(container: Container, signals: object, forwarder: Sign
             forwarder.forward(sig)
 
 
-async def run_tty(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
-    """Run a ``tty=True`` container in the foreground, proxying the caller's terminal.
+async def run_tty(start: Starter, *, interactive: bool) -> int:
+    """Run a process with a pty in the foreground (``run -t``, ``exec -t``), proxying
+    the caller's terminal.
 
     Args:
-        spec: the container (``spec.tty`` must be set).
+        start: starts it (``foreground.Starter``), given stdin, stdout, stderr and
+            the pty's size.
         interactive: ``-i``: forward mydocker's stdin to the pty (and, if stdin is a
-            terminal, put it in raw mode); otherwise the container reads nothing.
-        grace: seconds between SIGTERM and SIGKILL when the container is stopped.
+            terminal, put it in raw mode); otherwise it reads nothing.
 
     Returns:
-        The container's exit status (128+N if killed by signal N).
+        Its exit status (128+N if killed by signal N).
 
     Raises:
-        MydockerError: the container could not be started (the terminal is restored
-        before the error propagates).
+        MydockerError: it could not be started (the terminal is restored before the
+        error propagates).
 
-    Cancellation: the container is stopped and reaped, the terminal restored.
+    Cancellation: it is stopped and reaped, the terminal restored.
     """
     reader = StdinReader(0) if interactive else None
     with contextlib.ExitStack() as stack:
@@ -212,11 +213,8 @@ async def run_tty(spec: ContainerSpec, *, interactive: bool, grace: float) -> in
         signals = stack.enter_context(anyio.open_signal_receiver(*FORWARDED_SIGNALS, signal.SIGWINCH))
         if reader is not None and reader.kind == "tty":
             stack.enter_context(raw_mode(reader.fd))
-        container = await start_container(
-            spec,
-            stdin=PIPE if interactive else DEVNULL,
-            winsize=terminal_size() or DEFAULT_WINSIZE,
-            grace=grace,
+        container = await start(
+            PIPE if interactive else DEVNULL, PIPE, PIPE, terminal_size() or DEFAULT_WINSIZE
         )
         async with container:
             progress = Progress()

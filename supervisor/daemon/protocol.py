@@ -1,0 +1,103 @@
+"""How the CLI and the daemon talk: JSON objects, one per line, over a unix socket.
+
+A request is ``{"v": VERSION, "op": NAME, ...}``; the reply ``{"ok": true, ...}`` or
+``{"ok": false, "error": {"type": ..., "message": ..., "exit_code": N}}``. A request
+of another version is refused with an error naming both. A spec travels as a pickle
+(base64): the daemon accepts connections only from its own user (``SO_PEERCRED``), who
+could run anything as that user anyway.
+
+The daemon's files, under the state directory (so that separate state directories
+are separate worlds)::
+
+    daemon.sock   the socket (mode 0600)
+    daemon.lock   held (flock) by the one running daemon
+    daemon.pid    its pid and start time
+    daemon.log    its stderr, when started on demand
+    daemon.start  taken by a CLI while it starts one (two CLIs start one daemon)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+from typing import Any
+
+#: the protocol's version: a CLI and a daemon of different versions refuse each other
+VERSION = 1
+#: the longest line either side accepts
+MAX_LINE = 4 << 20
+
+SOCKET, LOCK, PIDFILE, LOG, START = "daemon.sock", "daemon.lock", "daemon.pid", "daemon.log", "daemon.start"
+
+
+class ProtocolError(Exception):
+    """A message that is not one (too long, not JSON, not an object, other version)."""
+
+
+def path(sdir: str, name: str) -> str:
+    """One of the daemon's files in state directory ``sdir``."""
+    return os.path.join(sdir, name)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """A message as one line."""
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """A line as a message.
+
+    Raises:
+        ProtocolError: not a JSON object.
+    """
+    try:
+        message = json.loads(line)
+    except ValueError as e:
+        raise ProtocolError(f"not JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("not a JSON object")
+    return message
+
+
+def check_version(message: dict[str, Any]) -> None:
+    """Refuse a request of another protocol version.
+
+    Raises:
+        ProtocolError: naming both versions.
+    """
+    if message.get("v") != VERSION:
+        raise ProtocolError(
+            f"the client speaks protocol version {message.get('v')!r} and this daemon {VERSION}: "
+            "stop the old daemon (mydocker daemon --stop) and try again"
+        )
+
+
+def pack(value: object) -> str:
+    """A Python value (a spec) as text for a message."""
+    return base64.b64encode(pickle.dumps(value)).decode()
+
+
+def unpack(text: object) -> object:
+    """The value ``pack`` made.
+
+    Raises:
+        ProtocolError: it is not one.
+    """
+    if not isinstance(text, str):
+        raise ProtocolError("a packed value must be text")
+    try:
+        return pickle.loads(base64.b64decode(text, validate=True))
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle raises almost anything
+        raise ProtocolError(f"cannot unpack: {type(e).__name__}") from None
+
+
+def error_reply(e: BaseException) -> dict[str, Any]:
+    """The reply for a request that failed with ``e``."""
+    exit_code = getattr(e, "exit_code", 125)
+    message = str(e) if not isinstance(e, OSError) or not e.strerror else f"{e.strerror}: {e.filename or ''}"
+    return {
+        "ok": False,
+        "error": {"type": type(e).__name__, "message": message, "exit_code": int(exit_code)},
+    }
