@@ -156,6 +156,24 @@ GOOD = (3, ("child",), (("stdin", 0),), 0, ())
         (_marshal((3, ("child",), (("stdin", "0"),), 0, ())), 1),
         (_marshal((3, ("child",), (([], 0),), 0, ())), 1),  # a role that is no name
         (b"F", 0),  # a memfd that did not come
+        (_marshal(("3", *GOOD[1:])), 1),  # an id that is no number
+        (_marshal((1 << 63, *GOOD[1:])), 1),  # an id no reply can carry
+    ],
+    ids=[
+        "empty",
+        "unknown kind",
+        "cut short",
+        "not marshal",
+        "not a tuple",
+        "short tuple",
+        "roles not pairs",
+        "role without index",
+        "fd not sent",
+        "index not int",
+        "role not a name",
+        "memfd not sent",
+        "id not int",
+        "id too big",
     ],
 )
 def test_a_malformed_request_is_a_value_error(msg: bytes, nfds: int) -> None:
