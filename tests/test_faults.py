@@ -72,8 +72,12 @@ def pids_with(marker: str) -> list[int]:
 
 
 def argv_of(pid: int) -> list[bytes]:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().split(b"\0")[:-1]
+    """A process's argv ([b""] once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[:-1] or [b""]
+    except OSError:
+        return [b""]
 
 
 def wait_dead(pidfds: list[int], timeout: float = HANG) -> list[int]:
@@ -89,6 +93,25 @@ def wait_dead(pidfds: list[int], timeout: float = HANG) -> list[int]:
 
 def alive(pidfd: int) -> bool:
     return not select.select([pidfd], [], [], 0)[0]
+
+
+def kill_marked(marker: str) -> bool:
+    """SIGKILL whatever still runs with ``marker`` (unique to one test) in its command
+    line, after a test that failed half way; True if there was any."""
+    found = False
+    for pid in pids_with(marker):
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            found = True
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return found
 
 
 # ---------------------------------------------------------------- 4. the state-dir sweep
@@ -422,10 +445,9 @@ def test_pid_host_processes_die_soon_after_a_sigkilled_cli() -> None:
         if proc.stdout is not None:
             proc.stdout.close()
         for fd in pidfds:
-            if alive(fd):
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-                run_cli("run", "true")  # sweeps the dead CLI's cgroups
             os.close(fd)
+        if kill_marked(f".{mark}"):
+            run_cli("run", "true")  # sweeps the dead CLI's cgroups
 
 
 # ---------------------------------------------------------------- 9. owners in another PID namespace
@@ -451,7 +473,8 @@ def test_an_owner_in_another_pid_namespace_is_told_alive_or_dead_by_its_lock() -
     mark = token()
     inner = f"{' '.join(mydocker_cmd())} run sh -c 'echo ready; exec sleep 1000.{mark}'; echo done"
     other = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", inner],
+        # --kill-child: if this test fails half way, ending unshare ends it all
+        ["unshare", "--pid", "--kill-child", "--mount-proc", "sh", "-c", inner],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
     )
@@ -459,9 +482,15 @@ def test_an_owner_in_another_pid_namespace_is_told_alive_or_dead_by_its_lock() -
     try:
         assert other.stdout is not None
         assert other.stdout.readline() == b"ready\n"
-        procs = pids_with(f"1000.{mark}")
-        cli = next(p for p in procs if any(os.path.basename(a) == b"mydocker" for a in argv_of(p)))
-        sleep = next(p for p in procs if argv_of(p)[0] == b"sleep")
+        deadline = time.monotonic() + HANG
+        while True:  # until the container's sh has exec'd the sleep
+            procs = {p: argv_of(p) for p in pids_with(f"1000.{mark}")}
+            sleeps = [p for p, argv in procs.items() if argv[0] == b"sleep"]
+            if sleeps or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        cli = next(p for p, argv in procs.items() if any(os.path.basename(a) == b"mydocker" for a in argv))
+        (sleep,) = sleeps
         pidfds = {"cli": os.pidfd_open(cli), "sleep": os.pidfd_open(sleep)}
         assert not os.readlink(f"/proc/{cli}/ns/pid") == os.readlink("/proc/self/ns/pid")
         container_cg = _cgroup_dir(sleep)
@@ -491,6 +520,6 @@ def test_an_owner_in_another_pid_namespace_is_told_alive_or_dead_by_its_lock() -
         if other.stdout is not None:
             other.stdout.close()
         for fd in pidfds.values():
-            if alive(fd):
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
             os.close(fd)
+        if kill_marked(f".{mark}"):
+            run_cli("run", "true")  # sweeps the dead CLI's cgroups
