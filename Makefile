@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit bench clean
+.PHONY: run test lint unit bench clean deps-run deps-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+deps-run:
+	scripts/debian-deps.sh run
+
+deps-test:
+	scripts/debian-deps.sh test
+
 ## run: set up, then start an interactive shell in a new container
-run: $(STAMP)
+run: $(STAMP) deps-run
 	$(BIN)/mydocker run -ti /bin/sh
 
 ## lint: ruff (lint + format) and mypy
@@ -25,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/mypy supervisor
 
 ## test: set up, lint, and run the whole test suite (as root)
-test: lint
+test: lint deps-test
 	$(BIN)/pytest
 
 ## bench: compare mydocker with unshare(1) (and crun/runc where installed)

@@ -150,8 +150,36 @@ async def open_container(
 
 
 def _check_permitted() -> None:
-    if os.geteuid() != 0:
-        raise NotPermittedError(NOT_PERMITTED)
+    """Whether this process may run containers at all, found out with no import (the
+    rest of the package is imported lazily, and may be unreadable to this user):
+    root may; another user may through a user namespace (rootless), if the kernel
+    allows it and mydocker's own files are readable to it."""
+    if os.geteuid() == 0:
+        return
+    why = rootless_refused()
+    if why is not None:
+        raise NotPermittedError(f"{NOT_PERMITTED}, or user namespaces: {why}")
+
+
+def rootless_refused() -> str | None:
+    """None when this (non-root) process can run containers, else why not."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.access(here, os.R_OK | os.X_OK, effective_ids=True):
+        return f"mydocker's files in {here} are not readable by uid {os.geteuid()}"
+    for path, off, why in (
+        ("/proc/sys/user/max_user_namespaces", b"0", "disabled (sysctl user.max_user_namespaces = 0)"),
+        ("/proc/sys/kernel/unprivileged_userns_clone", b"0", "off (kernel.unprivileged_userns_clone = 0)"),
+    ):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if os.read(fd, 32).strip() == off:
+                return why
+        finally:
+            os.close(fd)
+    return None
 
 
 async def run_container(

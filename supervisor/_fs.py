@@ -37,7 +37,7 @@ def remove_tree(dfd: int, name: str, expect: os.stat_result | None = None) -> No
     Raises:
         OSError: a step failed, or the tree changed under us (ESTALE).
     """
-    top = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+    top = _open_dir(dfd, name)
     try:
         top_st = os.fstat(top)
         if expect is not None and (top_st.st_dev, top_st.st_ino) != (expect.st_dev, expect.st_ino):
@@ -52,7 +52,7 @@ def remove_tree(dfd: int, name: str, expect: os.stat_result | None = None) -> No
                 if pending:
                     sub = pending.pop()
                     try:
-                        nfd = os.open(sub, _DIR_FLAGS, dir_fd=cur)
+                        nfd = _open_dir(cur, sub)
                     except FileNotFoundError:
                         continue
                     frames.append((sub, os.fstat(nfd), pending))
@@ -80,6 +80,23 @@ def remove_tree(dfd: int, name: str, expect: os.stat_result | None = None) -> No
         os.close(top)
 
 
+def _open_dir(dfd: int, name: str) -> int:
+    """Open a directory to empty it; one of ours we cannot read (overlayfs leaves its
+    work/work with mode 000, which only root reads regardless) is made readable
+    first, through an O_PATH fd: never a symlink's target."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dfd)
+    except PermissionError:
+        path_fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            if os.fstat(path_fd).st_uid != os.geteuid():
+                raise
+            os.chmod(f"/proc/self/fd/{path_fd}", 0o700)
+        finally:
+            os.close(path_fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=dfd)
+
+
 def _empty_of_files(fd: int) -> list[str]:
     """Unlink every non-directory in directory ``fd``; return its subdirectories."""
     subdirs = []
@@ -91,3 +108,13 @@ def _empty_of_files(fd: int) -> list[str]:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.name, dir_fd=fd)
     return subdirs
+
+
+def remove_path(path: str) -> None:
+    """``remove_tree`` of a path (its last component is not followed if a symlink)."""
+    parent, name = os.path.split(os.path.normpath(path))
+    fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        remove_tree(fd, name)
+    finally:
+        os.close(fd)

@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     RawCall = tuple[Callable[..., int], tuple[object, ...], str]
 
 # <linux/sched.h>
-CLONE_NEWTIME = 0x00000080
-CLONE_VM = 0x00000100
-CLONE_FS = 0x00000200
-CLONE_FILES = 0x00000400
 CLONE_PIDFD = 0x00001000
 CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
@@ -47,10 +43,8 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
-MS_MOVE = 8192
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
-MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 # <linux/mount.h>, <linux/fcntl.h>: mount_setattr(2)
@@ -61,7 +55,6 @@ AT_FDCWD = -100
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
-PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
 
 # <linux/seccomp.h>
@@ -71,9 +64,6 @@ SECCOMP_SET_MODE_FILTER = 1
 TIOCSCTTY = 0x540E
 TIOCGWINSZ = 0x5413
 TIOCSWINSZ = 0x5414
-TIOCSPTLCK = 0x40045431
-TIOCGPTN = 0x80045430
-SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
@@ -192,23 +182,6 @@ class MountAttr(ctypes.Structure):
     ]
 
 
-def mount_setattr_rdonly(path: str, recursive: bool = True) -> None:
-    """Make the mount at ``path`` (and, with ``recursive``, every mount below it)
-    read-only: mount_setattr(2), Linux 5.12; ENOSYS on older kernels."""
-    attr = MountAttr(attr_set=MOUNT_ATTR_RDONLY)
-    flags = AT_RECURSIVE if recursive else 0
-    r = _syscall(
-        ctypes.c_long(NR["mount_setattr"]),
-        ctypes.c_int(AT_FDCWD),
-        _b(path),
-        ctypes.c_uint(flags),
-        ctypes.byref(attr),
-        ctypes.c_size_t(ctypes.sizeof(attr)),
-    )
-    if r != 0:
-        _raise(f"mount_setattr({path!r}, MOUNT_ATTR_RDONLY, {'AT_RECURSIVE' if recursive else 0})")
-
-
 def mount_setattr_rdonly_fd(fd: int, recursive: bool = True) -> None:
     """``mount_setattr_rdonly`` of the mount an open fd (O_PATH) is the root of."""
     attr = MountAttr(attr_set=MOUNT_ATTR_RDONLY)
@@ -235,23 +208,6 @@ def prctl(option: int, arg2: int = 0) -> None:
     """prctl(2) with one argument."""
     if _prctl(option, arg2, 0, 0, 0) != 0:
         _raise(f"prctl({option}, {arg2})")
-
-
-def set_pdeathsig(sig: int) -> None:
-    """Ask the kernel to send ``sig`` to us when our parent thread exits."""
-    prctl(PR_SET_PDEATHSIG, sig)
-
-
-def close_range_cloexec(first: int) -> None:
-    """Mark every fd >= first close-on-exec (close_range(2), Linux 5.11)."""
-    r = _syscall(
-        ctypes.c_long(NR["close_range"]),
-        ctypes.c_uint(first),
-        ctypes.c_uint(0xFFFFFFFF),
-        ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
-    )
-    if r != 0:
-        _raise(f"close_range({first}, ~0, CLOSE_RANGE_CLOEXEC)")
 
 
 # ---------------------------------------------------------------- raw calls
@@ -548,10 +504,11 @@ def identity_calls_after_seccomp(
     permitted: int,
     uid: int,
     gid: int,
-    groups: tuple[int, ...],
+    groups: tuple[int, ...] | None,
     pdeathsig: int = 0,
 ) -> list[RawCall]:
-    """The child's identity and capability calls after the seccomp filter, in order.
+    """The child's identity and capability calls after the seccomp filter, in order
+    (``groups`` None: no setgroups, which a user namespace with one mapped id refuses).
 
     The order is runc's (libcontainer/init_linux.go, finalizeNamespace and
     setupUser), and each step needs what the later ones take away:
@@ -585,8 +542,8 @@ def identity_calls_after_seccomp(
     The seccomp filter must allow setgroups, setresgid, setresuid, prctl and capset
     (docker's default profile does).
     """
-    calls = [
-        setgroups_call(groups),
+    calls = [setgroups_call(groups)] if groups is not None else []
+    calls += [
         setresgid_call(gid),
         setresuid_call(uid),
         keepcaps_call(False),
@@ -604,10 +561,7 @@ def identity_calls_after_seccomp(
 # <linux/openat2.h>: how a path inside a container's root filesystem is opened from
 # the host without a symlink or ".." taking it out of that root (SECURITY.md: docker
 # cp, runc CVE-2021-30465).
-RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 NR_OPENAT2 = 437  # the same on x86_64 and aarch64 (it came after the tables were unified)
 

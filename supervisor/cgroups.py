@@ -17,10 +17,9 @@ needs, and loses it when it is gone:
 * A cgroup v1 hierarchy is used only when a limit needs its controller (memory, cpu,
   cpuset, pids). A child cannot be cloned into a v1 cgroup, so it is cloned blocked
   on a "sync" pipe; the supervisor writes its pid into each ``cgroup.procs`` and then
-  releases it with one byte. If placing it fails, the supervisor closes the pipe (the
-  child reads EOF and exits) and kills it: it never execs outside its limits. (When
-  the CLI clones in-process, the child holds a copy of the write end until exec, so
-  it is the kill that ends it there.)
+  releases it with one byte (``container.py``). If placing it fails, the supervisor
+  closes the pipe (the child reads EOF and exits) and kills it: it never execs
+  outside its limits.
 
 The layout is read from ``/proc/self/cgroup`` and ``/proc/self/mountinfo``, never
 assumed. Nothing is written outside the directories made here, except, on pure v2,
@@ -51,7 +50,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from . import devices, wire
+from . import devices
 from .errors import NOT_PERMITTED, SpecError, StartError
 from .spec import ContainerSpec, Limits, cpu_list
 
@@ -597,11 +596,16 @@ class Cgroup(Protocol):
         ...
 
     def child_fds(self) -> dict[str, int]:
-        """The fds the clone needs (``wire.ROLES``: "cgroup", "sync")."""
+        """The fds the clone needs (``wire.ROLES``: "cgroup")."""
+        ...
+
+    @property
+    def needs_placement(self) -> bool:
+        """Whether the child must wait until ``attach`` has placed it."""
         ...
 
     def attach(self, pid: int) -> None:
-        """Place the just-cloned child and let it go on."""
+        """Place the just-cloned child (the caller then lets it go on)."""
         ...
 
     def kill(self) -> None:
@@ -646,8 +650,6 @@ class ContainerCgroup:
         self.v1_dirs: list[str] = []
         self._memory: tuple[int, str] | None = None  # (version, dir) to read OOM kills from
         self._cgroup_fd = -1
-        self._sync_r = -1
-        self._sync_w = -1
         self._oom: bool | None = None
         self._destroyed = False
         plan = _plan(spec, layout)
@@ -656,7 +658,12 @@ class ContainerCgroup:
                 self._make_v2(spec, plan)
             v1 = dict(plan.v1)
             rules = devices.container_rules(spec.privileged)
-            if self.v2_dir is not None:
+            if os.geteuid() != 0:
+                # Without root: no device program can be loaded, and none is needed: a
+                # user namespace never grants a device (its mounts are nodev, mknod
+                # refused), and the host's nodes are bound in, as the user may open.
+                pass
+            elif self.v2_dir is not None:
                 # Before any process is in it: the child is born confined.
                 fs.confine_devices(self.v2_dir, rules)
             elif not spec.privileged:
@@ -674,8 +681,6 @@ class ContainerCgroup:
                 self._make_v1(spec, h, plan.parents[h], ctrls, plan.needed)
                 if "devices" in ctrls:
                     devices.apply_v1(fs, self.v1_dirs[-1], rules)
-            if self.v1_dirs:
-                self._sync_r, self._sync_w = os.pipe2(os.O_CLOEXEC)
         except BaseException as e:
             self.discard()
             if isinstance(e, OSError):
@@ -731,46 +736,35 @@ class ContainerCgroup:
         """Every directory of this container (v2 first)."""
         return ([self.v2_dir] if self.v2_dir else []) + self.v1_dirs
 
+    @property
+    def needs_placement(self) -> bool:
+        """Whether the child must wait (on its sync pipe) until ``attach`` has put it
+        into v1 directories, which no clone can be born into."""
+        return bool(self.v1_dirs)
+
     def child_fds(self) -> dict[str, int]:
-        """The fds the clone needs: ``"cgroup"`` (a v2 directory to clone into) and/or
-        ``"sync"`` (a pipe the child blocks on until ``attach`` placed it in v1).
-        They stay ours: ``attach`` or ``destroy`` closes them."""
-        fds = {}
-        if self._cgroup_fd >= 0:
-            fds["cgroup"] = self._cgroup_fd
-        if self._sync_r >= 0:
-            fds["sync"] = self._sync_r
-        return fds
+        """The fds the clone needs: ``"cgroup"``, a v2 directory to clone into. It
+        stays ours: ``attach`` or ``destroy`` closes it."""
+        return {"cgroup": self._cgroup_fd} if self._cgroup_fd >= 0 else {}
 
     def _close_child_fds(self) -> None:
-        for attr in ("_cgroup_fd", "_sync_r"):
-            fd = getattr(self, attr)
-            if fd >= 0:
-                setattr(self, attr, -1)
-                os.close(fd)
-
-    def _close_sync(self) -> None:
-        if self._sync_w >= 0:
-            fd, self._sync_w = self._sync_w, -1
+        if self._cgroup_fd >= 0:
+            fd, self._cgroup_fd = self._cgroup_fd, -1
             os.close(fd)
 
     def attach(self, pid: int) -> None:
-        """Place the just-cloned child ``pid`` into the v1 cgroups and release it.
+        """Place the just-cloned child ``pid`` into the v1 cgroups (the caller then
+        releases it).
 
         Raises:
-            StartError: a ``cgroup.procs`` write failed; the sync pipe is closed
-            anyway, so the child reads EOF and exits (the caller kills and reaps it).
+            StartError: a ``cgroup.procs`` write failed (the caller kills and reaps).
         """
         self._close_child_fds()
         try:
             for d in self.v1_dirs:
                 self._fs.write(posixpath.join(d, "cgroup.procs"), str(pid))
-            if self._sync_w >= 0:
-                wire.release(self._sync_w)
         except OSError as e:
             raise _os_error("place the container in its cgroup", e) from None
-        finally:
-            self._close_sync()
 
     def populated(self) -> bool:
         """Whether any process (zombies aside) is still in the container's cgroups."""
@@ -833,7 +827,6 @@ class ContainerCgroup:
         if self._destroyed:
             return
         self._close_child_fds()
-        self._close_sync()
         delay, deadline = 0.0005, time.monotonic() + DESTROY_TIMEOUT
         while True:
             # rmdir fails (EBUSY) on a populated cgroup anyway: only look first when
@@ -861,7 +854,6 @@ class ContainerCgroup:
         if self._destroyed:
             return
         self._close_child_fds()
-        self._close_sync()
         if self._remove():
             self.kill()
             _given_up.extend(d for d in self._remove() if d not in _given_up)
@@ -1109,6 +1101,30 @@ def _plan(spec: ContainerSpec, layout: CgroupLayout) -> _Plan:
     return _Plan(needed, parents, v2, v2_needed, v1_needed)
 
 
+def _delegated(spec: ContainerSpec, layout: CgroupLayout) -> bool:
+    """Without root: whether the cgroup v2 parent is ours to write (a subtree systemd
+    delegated to us, ``Delegate=yes``). Without one a container has no cgroup: it
+    still dies whole with its PID 1 (its PID namespace), but limits cannot be had.
+
+    Raises:
+        SpecError: a limit was asked for, and cannot be enforced (one line: why).
+    """
+    parent = layout.v2.parent_dir(spec.cgroup_parent) if layout.v2 is not None else None
+    writable = parent is not None and os.access(parent, os.W_OK | os.X_OK)
+    needed = needed_controllers(spec.limits)
+    if needed and not writable:
+        flag = next(iter(needed.values()))
+        where = parent or "no cgroup v2 hierarchy"
+        raise SpecError(
+            f"{flag} needs a cgroup v2 subtree delegated to uid {os.geteuid()} (systemd: Delegate=yes); "
+            f"{where} is not writable"
+        )
+    v1 = [c for c in needed if layout.v1_for(c) is not None]
+    if v1:
+        raise SpecError(f"{needed[v1[0]]} needs the '{v1[0]}' controller, which is in cgroup v1: root only")
+    return writable
+
+
 def create_cgroup(spec: ContainerSpec, layout: CgroupLayout | None = None) -> ContainerCgroup | None:
     """Make the cgroup directories of a container (the default cgroup factory of
     ``start_container``; see ``ContainerCgroup``).
@@ -1122,6 +1138,8 @@ def create_cgroup(spec: ContainerSpec, layout: CgroupLayout | None = None) -> Co
     """
     layout = current_layout() if layout is None else layout
     fs = layout.fs
+    if os.geteuid() != 0 and not _delegated(spec, layout):
+        return None
     if _given_up:
         _given_up[:] = [d for d in _given_up if not _kill_and_remove(fs, d, wait=0)]
     parents = parents_of(layout, spec.cgroup_parent)

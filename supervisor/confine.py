@@ -27,6 +27,7 @@ from . import capabilities
 from .errors import SpecError
 from .init import Confinement
 from .spec import UNCONFINED, ContainerSpec
+from .userns import Mapping
 from .users import User, resolve_user
 
 if TYPE_CHECKING:
@@ -73,12 +74,21 @@ def user_of(spec: ContainerSpec) -> User:
     return resolve_user(spec.user, spec.rootfs)
 
 
-def confinement(spec: ContainerSpec, user: User) -> Confinement:
-    """The child's ``Confinement`` for a (resolved) spec and its user.
+def confinement(spec: ContainerSpec, user: User, mapping: Mapping | None = None) -> Confinement:
+    """The child's ``Confinement`` for a (resolved) spec, its user, and the maps of
+    its user namespace (None: it has none of its own).
 
     Raises:
-        SpecError: a capability that cannot be had, a profile that does not compile.
+        SpecError: a capability that cannot be had, a profile that does not compile,
+            a user the user namespace does not map.
     """
+    rootless = os.geteuid() != 0
+    if mapping is not None and not (mapping.maps_uid(user.uid) and mapping.maps_gid(user.gid)):
+        raise SpecError(
+            f"user {user.uid}:{user.gid} is not mapped in the container's user namespace "
+            f"({mapping.describe()}); for more ids give the user a range in /etc/subuid and "
+            "/etc/subgid and install newuidmap (Debian: uidmap)"
+        )
     caps = spec.capabilities
     sets = capabilities.container_sets(caps, user.uid)
     program: bytes | None = None
@@ -90,7 +100,9 @@ def confinement(spec: ContainerSpec, user: User) -> Confinement:
 
         program = compile_profile(profile, caps)
         flags = profile.load_flags
-        if profile is DEFAULT_PROFILE:  # a custom one might refuse what a helper needs
+        # A custom profile might refuse what a helper needs; and a helper without root
+        # could only load the base with no_new_privs, which its children would inherit.
+        if profile is DEFAULT_PROFILE and not rootless:
             split = split_programs(profile, caps)
     return Confinement(
         bounding=sets.bounding,
@@ -98,7 +110,8 @@ def confinement(spec: ContainerSpec, user: User) -> Confinement:
         permitted=sets.permitted,
         uid=user.uid,
         gid=user.gid,
-        groups=user.groups,
+        # a user namespace with one id mapped, made without root, refuses setgroups
+        groups=None if rootless and mapping is not None and mapping.single else user.groups,
         last_cap=capabilities.last_cap(),
         seccomp=program,
         seccomp_flags=flags,

@@ -15,21 +15,21 @@ import errno
 import os
 import signal
 import socket
+import warnings
 from collections.abc import Callable
 from types import TracebackType
 from typing import IO, Any
 
 import anyio
 
-from . import _linux, confine, mounts, rootfs, spawn, wire
+from . import _linux, confine, mounts, rootfs, spawn, state, userns, wire
 from ._cancel import to_the_end
 from ._streams import FdStream
 from .cgroups import Cgroup, create_cgroup
 from .errors import (
-    NOT_PERMITTED,
     CommandNotExecutableError,
     CommandNotFoundError,
-    NotPermittedError,
+    MydockerWarning,
     SpecError,
     StartError,
 )
@@ -311,6 +311,9 @@ async def _receive_console(
 
 
 async def _read_errpipe(fd: int) -> bytes:
+    """Everything the child writes on its error pipe until EOF (its exec), or until
+    it asks for its user namespace maps (``wire.ASK_FOR_MAPS``), which it then waits
+    for."""
     chunks: list[bytes] = []
     while True:
         try:
@@ -321,6 +324,86 @@ async def _read_errpipe(fd: int) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+        if chunks[0].startswith(wire.ASK_FOR_MAPS):
+            return b"".join(chunks)
+
+
+class _Gate:
+    """The child's sync pipe: it waits on it before its first step until the
+    supervisor has placed it in its cgroups and mapped its user namespace, and (with
+    ``--userns auto``) again once it has entered its user namespace."""
+
+    def __init__(
+        self, needed: bool, owner: contextlib.ExitStack, child_side: contextlib.ExitStack, fds: dict[str, int]
+    ) -> None:
+        self._w = -1
+        if needed:
+            r, self._w = os.pipe2(os.O_CLOEXEC)
+            child_side.callback(os.close, r)
+            fds["sync"] = r
+            owner.callback(self.close)
+
+    def release_first(self, waits: bool) -> None:
+        """Let the child take its first step (if it waits for one)."""
+        if waits:
+            self.release()
+
+    def release(self) -> None:
+        if self._w >= 0:
+            wire.release(self._w)
+
+    def close(self) -> None:
+        """EOF on the pipe: a child still waiting gives up."""
+        if self._w >= 0:
+            fd, self._w = self._w, -1
+            os.close(fd)
+
+
+def _stdio(
+    spec: ContainerSpec,
+    stack: contextlib.ExitStack,
+    child_side: contextlib.ExitStack,
+    fds: dict[str, int],
+    streams: dict[str, FdStream | None],
+    stdin: StdioArg,
+    stdout: StdioArg,
+    stderr: StdioArg,
+    winsize: tuple[int, int] | None,
+) -> socket.socket | None:
+    """The child's stdin, stdout and stderr (into ``fds``) and our streams of them
+    (into ``streams``); with ``-t`` and a root filesystem, the console socket on
+    which the child will send the pty it opens in its own devpts."""
+    if spec.tty and spec.rootfs is not None:
+        # The docker/runc way: the child opens its pty in the container's own devpts
+        # (so `tty` names a path that exists inside) and sends the master back.
+        console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        stack.callback(console.close)
+        child_side.callback(theirs.close)
+        console.setblocking(False)
+        # stdio: placeholders until the child has its pty
+        fds.update(stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=theirs.fileno())
+        fds["console"] = theirs.fileno()
+        return console
+    if spec.tty:
+        master, slave = os.openpty()
+        os.set_inheritable(master, False)
+        child_side.callback(os.close, slave)
+        pty = FdStream(master, eof_on_eio=True)
+        stack.callback(pty.close)
+        if winsize:
+            _linux.set_winsize(slave, *winsize)
+        fds.update(stdin=slave, stdout=slave, stderr=slave)
+        streams.update(stdin=pty if stdin == PIPE else None, stdout=pty)
+        return None
+    null: list[int] = []  # the container's one /dev/null, once opened
+    for index, (role, arg) in enumerate((("stdin", stdin), ("stdout", stdout), ("stderr", stderr))):
+        if index == 2 and arg == STDOUT:
+            fds[role] = fds["stdout"]
+        else:
+            fds[role], streams[role] = _child_fd(
+                child_side, stack, arg, index, readable=index == 0, devnull=null
+            )
+    return None
 
 
 async def start_container(
@@ -347,56 +430,38 @@ async def start_container(
 
     If cancelled while starting, the child (if any) is killed and reaped first.
     """
-    if os.geteuid() != 0:
-        raise NotPermittedError(NOT_PERMITTED)
     # Image, rootfs, volume paths, the user and the confinement are worked out before
     # anything exists on the host.
     spec = rootfs.resolve(spec)
+    rootless = os.geteuid() != 0
+    if rootless and spec.userns == "host":
+        raise SpecError("--userns host needs root: without root a container has a user namespace of its own")
     user = confine.user_of(spec)
-    confinement = confine.confinement(spec, user)
     init = confine.init_binary() if spec.init else None
     stack = contextlib.ExitStack()
     child_side = contextlib.ExitStack()  # fds only the child keeps: closed after the clone
     try:
+        mapping: userns.Mapping | None = None
+        if rootless:
+            notices: list[str] = []
+            mapping = userns.rootless_mapping(notices)
+            for notice in notices:
+                warnings.warn(notice, MydockerWarning, stacklevel=2)
+        elif spec.userns == "auto":
+            slot = userns.auto_mapping(state.state_dir(spec.state_dir))
+            stack.callback(slot.release)
+            mapping = slot.mapping
+        confinement = confine.confinement(spec, user, mapping)
         # The container's directory (overlay layers): removed when the stack closes.
         dirs = rootfs.make_container_dir(spec, stack)
         fs_ops: tuple[tuple[str, str, tuple[object, ...]], ...] = ()
         if dirs is not None and "mount" in spec.namespaces:
-            ops = mounts.child_ops(spec, dirs, init)
+            ops = mounts.child_ops(spec, dirs, init, rootless=rootless, mapping=mapping)
             fs_ops = tuple((op.step, op.fn.__name__, op.args) for op in ops)
             init = mounts.INIT_PATH if init is not None else None
         fds: dict[str, int] = {}
         streams: dict[str, FdStream | None] = {"stdin": None, "stdout": None, "stderr": None}
-        console: socket.socket | None = None
-        if spec.tty and spec.rootfs is not None:
-            # The docker/runc way: the child opens its pty in the container's own devpts
-            # (so `tty` names a path that exists inside) and sends the master back.
-            console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            stack.callback(console.close)
-            child_side.callback(theirs.close)
-            console.setblocking(False)
-            # stdio: placeholders until the child has its pty
-            fds.update(stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=theirs.fileno())
-            fds["console"] = theirs.fileno()
-        elif spec.tty:
-            master, slave = os.openpty()
-            os.set_inheritable(master, False)
-            child_side.callback(os.close, slave)
-            pty = FdStream(master, eof_on_eio=True)
-            stack.callback(pty.close)
-            if winsize:
-                _linux.set_winsize(slave, *winsize)
-            fds.update(stdin=slave, stdout=slave, stderr=slave)
-            streams.update(stdin=pty if stdin == PIPE else None, stdout=pty)
-        else:
-            null: list[int] = []  # the container's one /dev/null, once opened
-            for index, (role, arg) in enumerate((("stdin", stdin), ("stdout", stdout), ("stderr", stderr))):
-                if index == 2 and arg == STDOUT:
-                    fds[role] = fds["stdout"]
-                else:
-                    fds[role], streams[role] = _child_fd(
-                        child_side, stack, arg, index, readable=index == 0, devnull=null
-                    )
+        console = _stdio(spec, stack, child_side, fds, streams, stdin, stdout, stderr, winsize)
         err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         # Ours only until the child has exec'd (EOF): closed then, not with the
         # container, so a running container holds one fd (its pidfd), not two.
@@ -409,9 +474,20 @@ async def start_container(
             # Removes the directories if the clone fails; a no-op after destroy().
             stack.callback(cgroup.discard)
             fds.update(cgroup.child_fds())
+        placement = cgroup is not None and cgroup.needs_placement
+        gate = _Gate(placement or mapping is not None, errpipe, child_side, fds)
         parents = tuple(os.path.dirname(d) for d in cgroup.dirs) if cgroup is not None else ()
-        child = child_spec(spec, fs_ops, confinement, confine.environment(spec, user), init)
-        pid, pidfd = await spawn.spawn(child, spawn.clone_flags(spec), fds, parents)
+        child = child_spec(
+            spec,
+            fs_ops,
+            confinement,
+            confine.environment(spec, user),
+            init,
+            placement=placement,
+            userns=0 if mapping is None else 1 if rootless else 2,
+        )
+        flags = spawn.clone_flags(spec) | (_linux.CLONE_NEWUSER if rootless else 0)
+        pid, pidfd = await spawn.spawn(child, flags, fds, parents)
     except BaseException:
         child_side.close()
         stack.close()
@@ -432,11 +508,20 @@ async def start_container(
     try:
         if cgroup is not None:
             cgroup.attach(pid)
+        if rootless and mapping is not None:
+            userns.write_maps(pid, mapping)  # before the child's first step
+        gate.release_first(placement or rootless)
         if console is not None:
             await _receive_console(container, console, winsize, attach_stdin=stdin == PIPE)
         report = await _read_errpipe(err_r)
+        if report.startswith(wire.ASK_FOR_MAPS) and mapping is not None:  # --userns auto
+            userns.write_maps(pid, mapping)
+            gate.release()
+            report = report[len(wire.ASK_FOR_MAPS) :] + await _read_errpipe(err_r)
+        gate.close()
         errpipe.close()
     except BaseException:
+        gate.close()
         with anyio.CancelScope(shield=True):
             container.kill()
             await container.aclose()

@@ -308,7 +308,7 @@ def bpf_program(rules: Iterable[DeviceRule]) -> bytes:
     if not policy.exceptions:
         return b"".join(_verdict(policy.default_allow))
     prog = [
-        _insn(_LDX | _W | _MEM, _R_TYPE, 1, 0),  # type: the low 16 bits of access_type
+        _insn(_LDX | _W | _MEM, _R_TYPE, 1, 0),  # the device type: the low 16 bits of access_type
         _insn(_ALU | _AND | _K, _R_TYPE, imm=0xFFFF),
         _insn(_LDX | _W | _MEM, _R_ACCESS, 1, 0),  # access: the high 16 bits
         _insn(_ALU | _RSH | _K, _R_ACCESS, imm=16),

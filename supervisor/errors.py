@@ -6,7 +6,7 @@ import errno as _errno
 import os
 
 #: what every "needs privileges" failure says
-NOT_PERMITTED = "mydocker must run as root: creating namespaces needs CAP_SYS_ADMIN"
+NOT_PERMITTED = "mydocker needs root (CAP_SYS_ADMIN) to create namespaces"
 
 
 class MydockerError(Exception):
@@ -76,3 +76,9 @@ class ContainerFailedError(MydockerError):
         self.oom_killed = oom_killed
         why = " (out of memory)" if oom_killed else ""
         super().__init__(f"container {list(args)!r} exited with status {returncode}{why}")
+
+
+class MydockerWarning(UserWarning):
+    """Something mydocker did differently than asked, for a reason it says (e.g. a
+    user namespace with one id, for want of newuidmap). The CLI prints each as one
+    ``mydocker: ...`` line."""

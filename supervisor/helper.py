@@ -37,9 +37,9 @@ import gc
 import os
 
 from . import _linux, wire
+from ._named import NamedTuple
 from .init import (
     ChildSpec,
-    NamedTuple,
     Prepared,
     child_from_wire,
     child_plan,
@@ -188,7 +188,9 @@ def _parse(
             raise ValueError("a request of another version of mydocker")
     except Exception as e:  # noqa: BLE001 - one bad request must not end the helper
         return _Refused(rid, errno.EINVAL, f"the spawn helper cannot serve this request: {e}")
-    netns = pool.take() if flags & _linux.CLONE_NEWNET else -1
+    # A pool namespace belongs to the helper's user namespace: a child in one of its
+    # own (rootless) could not use it, and must own the one it gets.
+    netns = pool.take() if flags & _linux.CLONE_NEWNET and not flags & _linux.CLONE_NEWUSER else -1
     if netns >= 0:
         flags &= ~_linux.CLONE_NEWNET
         byrole["netns"] = netns

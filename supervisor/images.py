@@ -38,11 +38,14 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, NamedTuple, Self, cast
+from typing import IO, TYPE_CHECKING, NamedTuple, Self, cast
 
 from ._fs import DIR_FLAGS as _DIR_FLAGS
 from ._fs import remove_tree, same_inode
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .userns import Mapping
 
 #: image names: lowercase letters, digits and ``_.-`` (no ``:`` or ``,``: the image
 #: path becomes part of overlayfs mount options)
@@ -278,6 +281,14 @@ def remove_image(name: str, state_dir: str) -> None:
     from .state import sweep_dead
 
     check_name(name)
+    mapping = _rootless_range()
+    if mapping is not None:
+        # its files may belong to ids of the user's range, which only the root of a
+        # user namespace with that range may remove
+        from .userns import call_in_userns
+
+        call_in_userns(mapping, "supervisor.images:remove_image", name, state_dir)
+        return
     missing = SpecError(f"no such image: {name} (see 'mydocker image ls')")
     with _images_fd(state_dir, create=False) as ifd:
         if ifd is None:
@@ -315,6 +326,60 @@ def _lstat_mode(dfd: int, name: str) -> int:
         return os.lstat(name, dir_fd=dfd).st_mode
     except FileNotFoundError:
         return 0
+
+
+def _rootless_range() -> Mapping | None:
+    """Without root, and with a subordinate range to map: the user namespace in
+    which images are made and removed, so that their files keep several owners (as
+    podman's). Without one, files are the user's, whatever the archive says."""
+    if os.geteuid() == 0:
+        return None
+    from .userns import rootless_mapping
+
+    mapping = rootless_mapping()
+    return mapping if mapping.helpers else None
+
+
+def _import_in_userns(
+    mapping: Mapping,
+    name: str,
+    tarball: str | IO[bytes],
+    state_dir: str,
+    allow_devices: bool,
+    max_size: int,
+    max_members: int,
+) -> Image:
+    from .userns import call_in_userns
+
+    fds: tuple[int, ...] = ()
+    if isinstance(tarball, str):
+        source = os.path.abspath(tarball)
+    else:
+        fd = tarball.fileno()
+        source, fds = f"fd:{fd}", (fd,)
+    args = (name, source, state_dir, str(int(allow_devices)), str(max_size), str(max_members))
+    call_in_userns(mapping, "supervisor.images:_import_here", *args, pass_fds=fds)
+    image = _load(os.path.join(images_dir(state_dir), name))
+    if image is None:
+        raise SpecError(f"image {name} was not imported")
+    return image
+
+
+def _import_here(
+    name: str, source: str, state_dir: str, allow_devices: str, max_size: str, max_members: str
+) -> None:
+    """``import_image`` from ``_import_in_userns``'s arguments (in its namespace)."""
+    tarball: str | IO[bytes] = source
+    if source.startswith("fd:"):
+        tarball = os.fdopen(int(source[3:]), "rb", closefd=False)
+    import_image(
+        name,
+        tarball,
+        state_dir,
+        allow_devices=allow_devices == "1",
+        max_size=int(max_size),
+        max_members=int(max_members),
+    )
 
 
 def import_image(
@@ -365,6 +430,9 @@ def import_image(
         raise SpecError(
             f"invalid import limits: size {max_size}, members {max_members} (both must be positive)"
         )
+    mapping = _rootless_range()
+    if mapping is not None:
+        return _import_in_userns(mapping, name, tarball, state_dir, allow_devices, max_size, max_members)
     source = tarball if isinstance(tarball, str) else str(getattr(tarball, "name", "<stream>"))
     with _images_fd(state_dir, create=True) as ifd:
         assert ifd is not None

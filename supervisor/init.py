@@ -14,9 +14,9 @@ from __future__ import annotations
 import _signal  # signal's C core: signal.py loads enum (see TYPE_CHECKING below)
 import errno
 import os
-from _operator import itemgetter
 
 from . import _linux, wire
+from ._named import NamedTuple
 
 # What typing.TYPE_CHECKING is, without importing typing (typing is ~1 MB; helper.py
 # says what the spawn helper may load).
@@ -24,69 +24,13 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import NamedTuple
 
     from .spec import ContainerSpec
 
-    #: a filesystem step of a root filesystem, as the child runs it: (name, function, args)
-    FsOp = tuple[str, Callable[..., None], tuple[object, ...]]
     #: one step of the child: (name reported on failure, callable, its arguments, and
     #: for a raw C call, which returns -1 and leaves errno on failure, the call as text
     #: for the message; None for a call that raises OSError itself)
     Step = tuple[str, Callable[..., object], tuple[object, ...], "str | None"]
-else:
-
-    class _NamedTupleMeta(type):
-        """``class X(NamedTuple)`` as typing has it: a tuple whose fields are named
-        by the annotations, with defaults from the values. Made here rather than by
-        collections.namedtuple: collections would add ~0.4 MB to the spawn helper."""
-
-        def __new__(mcls, name: str, bases: tuple[type, ...], ns: dict[str, object]) -> type:
-            if not bases:  # NamedTuple itself
-                return super().__new__(mcls, name, bases, ns)
-            fields = tuple(ns.get("__annotations__", {}))  # type: ignore[arg-type]
-            defaults = {f: ns[f] for f in fields if f in ns}
-
-            def __new__(cls: type, *args: object, **kwargs: object) -> tuple[object, ...]:
-                values = list(args[: len(fields)])
-                for f in fields[len(values) :]:
-                    if f in kwargs:
-                        values.append(kwargs.pop(f))
-                    elif f in defaults:
-                        values.append(defaults[f])
-                    else:
-                        raise TypeError(f"{name}() missing argument {f!r}")
-                if kwargs or len(args) > len(fields):
-                    raise TypeError(f"{name}() got unexpected arguments")
-                return tuple.__new__(cls, values)  # type: ignore[type-var]
-
-            def _replace(self: tuple[object, ...], **changes: object) -> tuple[object, ...]:
-                current = dict(zip(fields, self, strict=True))
-                return type(self)(**{**current, **changes})
-
-            def __repr__(self: tuple[object, ...]) -> str:
-                return f"{name}({', '.join(f'{f}={v!r}' for f, v in zip(fields, self, strict=True))})"
-
-            body: dict[str, object] = {
-                "__slots__": (),
-                "__new__": __new__,
-                "__doc__": ns.get("__doc__"),
-                "__module__": ns["__module__"],
-                "__qualname__": ns.get("__qualname__", name),
-                "_fields": fields,
-                "_make": classmethod(tuple.__new__),
-                "_replace": _replace,
-                "__repr__": __repr__,
-            }
-            for key, value in ns.items():  # methods and class attributes
-                if key not in fields and not key.startswith("__"):
-                    body[key] = value
-            for i, f in enumerate(fields):
-                body[f] = property(itemgetter(i))
-            return type(name, (tuple,), body)
-
-    class NamedTuple(metaclass=_NamedTupleMeta):
-        pass
 
 # mounts (and through it spec and dataclasses) is imported only where a root
 # filesystem is used (helper.py: what the helper may load). A container with a root
@@ -120,7 +64,8 @@ class Confinement(NamedTuple):
     permitted: int
     uid: int
     gid: int
-    groups: tuple[int, ...]
+    #: the supplementary groups; None in a user namespace that refuses setgroups
+    groups: tuple[int, ...] | None
     #: the kernel's last capability (every one up to it not in ``bounding`` is dropped)
     last_cap: int
     #: the compiled seccomp program (``seccomp.compile_profile``), or None
@@ -156,6 +101,13 @@ class ChildSpec(NamedTuple):
     net: bool
     tty: bool
     cwd: str | None
+    #: the child waits before anything else until the supervisor has put it into its
+    #: cgroup v1 directories
+    placement: bool
+    #: 0: no user namespace of its own; 1: cloned into one (rootless: the supervisor
+    #: writes its maps before the child's first step); 2: enters one after its mounts
+    #: (``--userns auto``: its mounts are made as the host's root)
+    userns: int
     #: the init to exec as PID 1 (``--init``: tini, the path in the container), else None
     init: bytes | None
     #: the init's own arguments before ``--`` (``-s`` when it is not PID 1)
@@ -213,6 +165,9 @@ def child_spec(
     confine: Confinement | None = None,
     env: dict[str, str] | None = None,
     init: str | None = None,
+    *,
+    placement: bool = False,
+    userns: int = 0,
 ) -> ChildSpec:
     """Digest a (resolved) spec for the child (see ``ChildSpec``): ``fs_ops`` are its
     root filesystem's steps (``mounts.child_ops``), in the form they travel in;
@@ -228,6 +183,8 @@ def child_spec(
         net="net" in ns,
         tty=spec.tty,
         cwd=spec.cwd,
+        placement=placement,
+        userns=userns,
         init=os.fsencode(init) if init is not None else None,
         init_args=() if "pid" in ns else (b"-s",),  # a subreaper, when it is not PID 1
         exec=_exec_args(spec.command, spec.full_env() if env is None else env),
@@ -291,13 +248,6 @@ def _call(name: str, fn: Callable[..., int], *args: object) -> int:
     """``_step`` for a step with a result."""
     try:
         return fn(*args)
-    except OSError as e:
-        raise _StepFailed(name, e.errno or 0, str(e)) from None
-
-
-def _step(name: str, fn: object, *args: object) -> None:
-    try:
-        fn(*args)  # type: ignore[operator]
     except OSError as e:
         raise _StepFailed(name, e.errno or 0, str(e)) from None
 
@@ -450,11 +400,20 @@ def _supervisor_gone(pollfd: object) -> None:
         os._exit(EXIT_SETUP_FAILED)
 
 
-def _wait_until_placed(sync: int) -> None:
-    # Wait until the supervisor has put us into our cgroups (v1): we must not run the
-    # command outside its limits. EOF without a byte means: give up.
-    if not wire.wait_released(sync):
+def _wait_until_placed(sync: int, close: bool = True) -> None:
+    # EOF without a byte means: give up (the supervisor could not do its part).
+    if not wire.wait_released(sync, close):
         os._exit(EXIT_SETUP_FAILED)
+
+
+def _enter_userns(errpipe: int, sync: int) -> None:
+    """``--userns auto``: after the mounts, which root made, a user namespace of our
+    own; the supervisor writes its maps when told, on the error pipe."""
+    if _linux.raw_syscall(_linux.NR["unshare"], _linux.CLONE_NEWUSER) != 0:
+        err = _linux.errno_now()
+        raise OSError(err, f"unshare(CLONE_NEWUSER) failed: {os.strerror(err)}")
+    wire.ask_for_maps(errpipe)
+    _wait_until_placed(sync)
 
 
 class Prepared(NamedTuple):
@@ -496,8 +455,11 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     if plan.supervisor >= 0:
         pollfd = _linux.pollfd_in(plan.supervisor)
         steps.append(("check the supervisor", _supervisor_gone, (pollfd,), None))
-    if plan.sync >= 0:
-        steps.append(("wait for the cgroup", _wait_until_placed, (plan.sync,), None))
+    late = child.userns == 2
+    if plan.sync >= 0 and (child.placement or child.userns == 1):
+        # Before anything else: placed in its cgroups (it must not run outside its
+        # limits), and with a user namespace of its own, its uid and gid maps written.
+        steps.append(("wait for the supervisor", _wait_until_placed, (plan.sync, not late), None))
     if plan.netns >= 0:
         # Before anything that looks at the network namespace (a sysfs mount of a
         # root filesystem shows the mounter's): made ready by the helper while idle,
@@ -509,6 +471,8 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         steps.append(("open the container's terminal", _console_stdio, (plan,), None))
     else:
         steps += _stdio_steps(plan)
+    if late:
+        steps.append(("enter a user namespace", _enter_userns, (plan.errpipe, plan.sync), None))
     if child.confine is not None:
         steps += confine_steps(child.confine)
     if child.cwd:

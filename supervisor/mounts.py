@@ -32,7 +32,7 @@ import os
 import stat
 
 from . import _linux, wire
-from .init import NamedTuple
+from ._named import NamedTuple
 
 # What typing.TYPE_CHECKING is, without importing typing (helper.py: what the spawn
 # helper may load; it loads this module, not spec or dataclasses).
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .spec import ContainerSpec, Mount
+    from .userns import Mapping
 
 #: host device nodes bind-mounted into the container's /dev (docker's set)
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -276,9 +277,12 @@ class Op(NamedTuple):
         self.fn(*self.args)
 
 
-def _overlay(lower: str, upper: str, work: str, target: str) -> None:
-    # host paths mydocker made (the state directory is root's): no resolving needed
-    KERNEL.mount("overlay", target, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+def _overlay(lower: str, upper: str, work: str, target: str, userxattr: bool = False) -> None:
+    # host paths mydocker made (in its own state directory): no resolving needed.
+    # userxattr: in a user namespace overlayfs keeps its own data in user.* xattrs
+    # (trusted.* needs the host's CAP_SYS_ADMIN).
+    data = f"lowerdir={lower},upperdir={upper},workdir={work}" + (",userxattr" if userxattr else "")
+    KERNEL.mount("overlay", target, "overlay", 0, data)
 
 
 def _mount_in(root: str, path: str, fstype: str, flags: int, data: str | None) -> None:
@@ -422,16 +426,27 @@ def _depth(m: Mount) -> int:
     return len([p for p in os.path.normpath(m.target).split("/") if p])
 
 
-def child_ops(spec: ContainerSpec, dirs: ContainerDirs, init: str | None = None) -> list[Op]:
+def child_ops(
+    spec: ContainerSpec,
+    dirs: ContainerDirs,
+    init: str | None = None,
+    *,
+    rootless: bool = False,
+    mapping: Mapping | None = None,
+) -> list[Op]:
     """The ordered filesystem operations of a container with a root filesystem made
     of ``dirs``; ``init`` is the host path of the init bound read-only at
     ``INIT_PATH``. The terminal of ``-t`` comes after them: ``open_console``.
 
-    ``--privileged`` leaves /sys and /sys/fs/cgroup writable and nothing masked."""
+    ``--privileged`` leaves /sys and /sys/fs/cgroup writable and nothing masked.
+    ``rootless``: the mounts are made in the container's own user namespace, which
+    may mount sysfs only in a network namespace it owns, cgroup2 only in a cgroup
+    namespace it owns, and give devpts a group only if it is mapped (``mapping``)."""
     root = dirs.mountpoint
     privileged = spec.privileged
+    ns = spec.namespaces
     ops = [
-        Op(f"mount overlay of {dirs.lower}", _overlay, (dirs.lower, dirs.upper, dirs.work, root)),
+        Op(f"mount overlay of {dirs.lower}", _overlay, (dirs.lower, dirs.upper, dirs.work, root, rootless)),
         Op("mount /proc", _mount_in, (root, "/proc", "proc", _NOSUID_NODEV_NOEXEC, None)),
         Op(
             "mount /dev",
@@ -449,7 +464,9 @@ def child_ops(spec: ContainerSpec, dirs: ContainerDirs, init: str | None = None)
                 "/dev/pts",
                 "devpts",
                 _linux.MS_NOSUID | _linux.MS_NOEXEC,
-                "newinstance,ptmxmode=0666,mode=0620,gid=5",  # group tty, as docker's
+                # group tty, as docker's, when the user namespace maps it
+                "newinstance,ptmxmode=0666,mode=0620"
+                + (",gid=5" if not rootless or mapping is None or mapping.maps_gid(5) else ""),
             ),
         ),
         Op("symlink /dev/ptmx", _symlink_in, (root, "pts/ptmx", "/dev/ptmx")),
@@ -471,11 +488,19 @@ def child_ops(spec: ContainerSpec, dirs: ContainerDirs, init: str | None = None)
     ):
         ops.append(Op(f"symlink /dev/{name}", _symlink_in, (root, target, f"/dev/{name}")))
     ro = 0 if privileged else _linux.MS_RDONLY
-    ops.append(Op("mount /sys", _mount_in, (root, "/sys", "sysfs", ro | _NOSUID_NODEV_NOEXEC, None)))
-    # The container's own cgroup (with a cgroup namespace), read-only: a cgroup it
-    # could write would be a way to the host (release_agent on v1, CVE-2022-0492).
-    cgroup_flags = ro | _NOSUID_NODEV_NOEXEC
-    ops.append(Op("mount /sys/fs/cgroup", _mount_in, (root, "/sys/fs/cgroup", "cgroup2", cgroup_flags, None)))
+    if rootless and "net" not in ns:
+        # sysfs shows the mounter's network namespace: one it does not own is not
+        # its to mount (--network host): the host's /sys then, read-only
+        ops.append(Op("bind /sys", _bind_in, (root, "/sys", "/sys", True)))
+    else:
+        ops.append(Op("mount /sys", _mount_in, (root, "/sys", "sysfs", ro | _NOSUID_NODEV_NOEXEC, None)))
+    if not rootless or "cgroup" in ns:
+        # The container's own cgroup (with a cgroup namespace), read-only: a cgroup
+        # it could write would be a way to the host (release_agent on v1, CVE-2022-0492).
+        cgroup_flags = ro | _NOSUID_NODEV_NOEXEC
+        ops.append(
+            Op("mount /sys/fs/cgroup", _mount_in, (root, "/sys/fs/cgroup", "cgroup2", cgroup_flags, None))
+        )
     if init is not None:
         ops.append(Op(f"bind the init {init}", _bind_in, (root, init, INIT_PATH, True)))
     for m in sorted(spec.mounts, key=_depth):  # parents before children

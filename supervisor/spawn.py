@@ -182,7 +182,7 @@ class SpawnHelper:
                 os.close(f)
             if cancelled is not None:
                 raise cancelled
-            raise _clone_error(err, detail)
+            raise _clone_error(err, detail, flags)
         if cancelled is not None:
             await self._kill_and_reap(rfds[0])
             raise cancelled
@@ -262,7 +262,12 @@ class SpawnHelper:
                 owner.event.set()
 
 
-def _clone_error(err: int, detail: str) -> StartError | NotPermittedError:
+def _clone_error(err: int, detail: str, flags: int = 0) -> StartError | NotPermittedError:
+    if flags & _linux.CLONE_NEWUSER and err in (errno.EPERM, errno.ENOSPC, errno.EUSERS):
+        return NotPermittedError(
+            f"cannot create the container's user namespace: {os.strerror(err)} "
+            "(the kernel's limit user.max_user_namespaces, or user namespaces refused to this user)"
+        )
     if err == errno.EPERM:
         return NotPermittedError(f"{NOT_PERMITTED}: clone3 was refused")
     return StartError("clone3", err, detail)
@@ -316,7 +321,7 @@ class DirectSpawner:
                 os.close(me)
         if pid < 0:
             err = _linux.errno_now()
-            raise _clone_error(err, wire.clone_failed(flags, err))
+            raise _clone_error(err, wire.clone_failed(flags, err), flags)
         return pid, pidfd.value
 
 

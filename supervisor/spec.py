@@ -382,6 +382,10 @@ class ContainerSpec:
             capability grants anything (``--security-opt no-new-privileges``).
         user: ``NAME|UID[:GROUP|GID]``, resolved in the container's own
             ``/etc/passwd`` and ``/etc/group`` (docker's ``--user``); None: root.
+        userns: ``"auto"``: a user namespace with a range of ids of its own, so
+            that the container's root is an unprivileged id on the host (root
+            only; ``userns.py``). None: the host's user namespace for root, and
+            for anyone else the rootless one (always).
         id: the container id (generated).
     """
 
@@ -406,6 +410,7 @@ class ContainerSpec:
     seccomp: object = None
     no_new_privileges: bool = False
     user: str | None = None
+    userns: str | None = None
     id: str = field(default_factory=new_id)
 
     def __post_init__(self) -> None:
@@ -469,14 +474,12 @@ class ContainerSpec:
 
             if not isinstance(self.seccomp, Profile):
                 raise SpecError(f"seccomp must be a path, 'unconfined' or a Profile, not {self.seccomp!r}")
+        if self.userns not in (None, "auto", "host"):
+            raise SpecError(f"invalid --userns {self.userns!r} (auto, or host)")
         if self.user is not None:
             from .users import parse_user_spec
 
             parse_user_spec(self.user)  # the text; names are resolved in the image at start
-        if self.init:
-            from .confine import init_binary
-
-            init_binary()  # SpecError when there is none
 
     @property
     def capabilities(self) -> frozenset[str]:

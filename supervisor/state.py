@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ._fs import DIR_FLAGS as _DIR_FLAGS
 from ._fs import remove_tree
+from .errors import MydockerError
 from .spec import ContainerSpec
 
 #: environment variable that overrides the default state directory
@@ -40,12 +41,24 @@ DEFAULT_STATE_DIR = "/var/lib/mydocker"
 #: a container's directory, and one being made
 _CONTAINER_NAME = re.compile(r"(\.new-)?[0-9a-f]{64}")
 _NEW = ".new-"
+#: a container's directory being removed: renamed first, so that a removal cut short
+#: leaves a name that says it is garbage (the lock file may be gone already)
+_TRASH = re.compile(r"\.rm-[0-9a-f]{64}")
 _NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def state_dir(explicit: str | None = None) -> str:
-    """The state directory: ``explicit``, else ``$MYDOCKER_STATE_DIR``, else /var/lib/mydocker."""
-    return os.path.abspath(explicit or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    """The state directory: ``explicit``, else ``$MYDOCKER_STATE_DIR``, else for root
+    /var/lib/mydocker, for anyone else ``$XDG_DATA_HOME/mydocker`` (by default
+    ``~/.local/share/mydocker``): images and containers' layers, as podman keeps them."""
+    chosen = explicit or os.environ.get(STATE_DIR_ENV)
+    if not chosen:
+        if os.geteuid() == 0:
+            chosen = DEFAULT_STATE_DIR
+        else:
+            data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+            chosen = os.path.join(data, "mydocker")
+    return os.path.abspath(chosen)
 
 
 def containers_dir(sdir: str) -> str:
@@ -63,11 +76,6 @@ class ContainerDir:
     def of(cls, spec: ContainerSpec) -> ContainerDir:
         """The directory of a resolved spec (``state_dir`` filled in)."""
         return cls(os.path.join(containers_dir(state_dir(spec.state_dir)), spec.id))
-
-    @property
-    def config(self) -> str:
-        """The container's spec, as JSON."""
-        return os.path.join(self.dir, "config.json")
 
     @property
     def upper(self) -> str:
@@ -178,7 +186,13 @@ class OwnedDir:
             pass
         else:
             try:
-                _remove_entry(cfd, os.path.basename(self.where.dir))
+                name = os.path.basename(self.where.dir)
+                trash = f".rm-{name}"
+                try:
+                    os.rename(name, trash, src_dir_fd=cfd, dst_dir_fd=cfd)
+                except OSError:
+                    trash = name
+                _remove_entry(cfd, trash)
             finally:
                 os.close(cfd)
         os.close(self._lock_fd)
@@ -188,9 +202,22 @@ class OwnedDir:
 def _remove_entry(dir_fd: int, name: str) -> None:
     """Remove ``name`` below ``dir_fd`` whole, never following a symlink and however
     deep a container nested its upper layer (best effort: overlayfs leaves work/work
-    with mode 000, which root removes anyway)."""
-    with contextlib.suppress(OSError):
+    with mode 000, which root removes anyway). Without root, what a container's
+    processes made as ids of the user's subordinate range is removed as the root of
+    a user namespace with that range."""
+    try:
         remove_tree(dir_fd, name)
+    except PermissionError:
+        if os.geteuid() == 0:
+            return
+        from .userns import call_in_userns, rootless_mapping
+
+        mapping = rootless_mapping()
+        if mapping.helpers:
+            with contextlib.suppress(MydockerError):
+                call_in_userns(mapping, "supervisor._fs:remove_path", f"/proc/self/fd/{dir_fd}/{name}")
+    except OSError:
+        pass
 
 
 def _owner_gone(dir_fd: int, name: str) -> bool:
@@ -224,7 +251,7 @@ def sweep_dead(sdir: str) -> list[str]:
     removed = []
     try:
         for name in os.listdir(cfd):
-            if _CONTAINER_NAME.fullmatch(name) and _owner_gone(cfd, name):
+            if (_CONTAINER_NAME.fullmatch(name) and _owner_gone(cfd, name)) or _TRASH.fullmatch(name):
                 _remove_entry(cfd, name)
                 removed.append(name)
     finally:

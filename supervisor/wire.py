@@ -20,8 +20,11 @@ Four conversations, all over fds that live only as long as one container's start
 - **console handshake** (child -> supervisor, a socketpair): with ``-t`` and a root
   filesystem the child sends the pty master it opened in its own devpts; the
   supervisor sizes the pty and answers one byte, and only then does the child go on.
-- **cgroup release** (supervisor -> child, a pipe): one byte once the child was placed
-  in its cgroup v1 directories; EOF without it means give up.
+- **release** (supervisor -> child, the "sync" pipe): one byte once the child was
+  placed in its cgroup v1 directories and its user namespace mapped; EOF without it
+  means give up. A child that enters its user namespace late (``--userns auto``)
+  asks for its maps with ``ASK_FOR_MAPS`` on the error pipe, and waits for a
+  second byte.
 
 This module is loaded by the spawn helper and runs in the child: it imports only the
 C cores of socket and struct, ``marshal`` and ``os``.
@@ -129,15 +132,6 @@ def decode_request(
     return rid, child, byrole, flags, parents
 
 
-def request_id(msg: bytes, fds: list[int]) -> int | None:
-    """The request id of a message ``decode_request`` refused, if it can be read: the
-    helper then answers that request with an error instead of leaving it unanswered."""
-    try:
-        return decode_request(msg, fds)[0]
-    except (ValueError, OSError):
-        return None
-
-
 # ---------------------------------------------------------------- spawn reply
 
 
@@ -231,13 +225,27 @@ def console_ready(sock: socket.socket) -> None:
 
 
 def release(fd: int) -> None:
-    """The child was placed in its cgroups: let it go on."""
+    """The child was placed in its cgroups, or its user namespace mapped: let it go on."""
     os.write(fd, _GO)
 
 
-def wait_released(fd: int) -> bool:
+def wait_released(fd: int, close: bool = True) -> bool:
     """In the child: block until ``release``; False on EOF (the supervisor gave up)."""
     try:
         return os.read(fd, 1) == _GO
     finally:
-        os.close(fd)
+        if close:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------- user namespace maps
+
+#: what a child that has just entered a user namespace (``--userns auto``) writes on
+#: its error pipe: a NUL first, which no failure report starts with
+ASK_FOR_MAPS = b"\0userns\0"
+
+
+def ask_for_maps(errpipe: int) -> None:
+    """In the child: ask the supervisor to write the maps of our new user namespace
+    (it answers through the sync pipe: ``release``)."""
+    os.write(errpipe, ASK_FOR_MAPS)

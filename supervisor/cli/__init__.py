@@ -29,12 +29,29 @@ def _fail(message: str, code: int = EXIT_MYDOCKER) -> NoReturn:
     sys.exit(code)
 
 
+def _say_warnings() -> None:
+    """mydocker's warnings as ``mydocker: ...`` lines, each once."""
+    import warnings
+
+    from ..errors import MydockerWarning
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        if issubclass(category, MydockerWarning):
+            from .signals import say
+
+            say(str(message))
+
+    warnings.showwarning = show
+    warnings.simplefilter("once", MydockerWarning)
+
+
 class _Group(click.Group):
     """A group whose usage errors are one line and exit 125, as docker's are."""
 
     def main(self, args: Any = None, prog_name: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         debug = "--debug" in sys.argv[1:2]
         kwargs["standalone_mode"] = False
+        _say_warnings()
         try:
             return super().main(args, prog_name, **kwargs)
         except click.exceptions.Exit as e:
@@ -56,6 +73,10 @@ class _Group(click.Group):
             if debug:
                 raise
             _fail(str(e))
+        except Exception as e:
+            if debug:
+                raise
+            _fail(f"internal error: {type(e).__name__}: {e} (run 'mydocker --debug ...' for the traceback)")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

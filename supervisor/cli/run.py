@@ -117,6 +117,11 @@ def _filesystem_options(
 @click.option("--ipc", default="", metavar="MODE", help="'host' to share the host's IPC namespace.")
 @click.option("--cgroupns", default="", metavar="MODE", help="'host' to share the host's cgroup namespace.")
 @click.option(
+    "--userns",
+    metavar="MODE",
+    help="'auto': the container's root is an unprivileged id range of its own (as root).",
+)
+@click.option(
     "--stop-timeout",
     default=10.0,
     type=float,
@@ -171,6 +176,7 @@ def run(
     uts: str,
     ipc: str,
     cgroupns: str,
+    userns: str | None,
     stop_timeout: float,
     rootfs: str | None,
     image: str | None,
@@ -208,6 +214,7 @@ def run(
         tty=tty,
         namespaces=_parse_namespaces(network, pid_mode, uts, ipc, cgroupns),
         user=user,
+        userns=userns,
         cap_add=cap_add,
         cap_drop=cap_drop,
         privileged=privileged,
