@@ -3,8 +3,9 @@ combination of options, in order, with the arguments that matter.
 
 Nothing is cloned and no step is run: each case builds a ``ContainerSpec``, digests
 it with ``init.child_spec`` as the supervisor does (root filesystem steps from
-``mounts.child_ops``, a ``Confinement``, an ``--init`` path), numbers its fds as the
-spawn helper would (``init.child_plan``) and compares the prepared steps with a
+``mounts.child_ops``, a ``Confinement``, an ``--init`` path, a cgroup placement to
+wait for, no user namespace, a rootless one or ``--userns auto``'s), numbers its fds
+as the spawn helper would (``init.child_plan``) and compares the prepared steps with a
 model of the rules written out below (``expected_names``), then checks the order
 invariants and key arguments one by one. The fds are made-up numbers: nothing here
 opens them. Runs as any user.
@@ -66,6 +67,8 @@ CONFINEMENTS: dict[str, init.Confinement | None] = {
     "user": _confinement(1000, seccomp=True, nnp=False),
     "user-nnp": _confinement(1000, seccomp=True, nnp=True),
     "user-nnp-unconfined": _confinement(1000, seccomp=False, nnp=True),
+    # rootless with only the user mapped: the user namespace refuses setgroups
+    "user-no-setgroups": _confinement(1000, seccomp=True, nnp=False)._replace(groups=None),
 }
 
 
@@ -79,9 +82,17 @@ class Case:
     confinement: str
     #: without a tty: the stdio fds as separate pipes, or already 0, 1 and 2
     inherited_stdio: bool
-    sync: bool
+    #: the supervisor places the child in cgroup v1 directories before it goes on
+    placement: bool
+    #: 0: no user namespace; 1: cloned into one (rootless); 2: ``--userns auto``
+    userns: int
     netns: bool
     supervisor: bool
+
+    @property
+    def sync(self) -> bool:
+        # what container.py does: a sync pipe whenever the child must wait for it
+        return self.placement or self.userns != 0
 
     @property
     def console(self) -> bool:
@@ -93,28 +104,39 @@ class Case:
         return CONFINEMENTS[self.confinement]
 
 
-#: the options that change only one step each (the working directory, the init, the
-#: stdio fds' numbers): every namespace set sees each of them in turn, and the
-#: combinations of them all are tested whole for two namespace sets
-MINOR = list(itertools.product((None, "/work dir"), (False, True), (False, True)))
+#: the options that move steps around with the namespaces: a tty (and with a root
+#: filesystem, the console), a root filesystem, a user namespace (none, rootless,
+#: --userns auto), a pooled network namespace, a supervisor pidfd
+MAJOR = list(itertools.product((False, True), (False, True), (0, 1, 2), (False, True), (False, True)))
+#: the options whose steps do not depend on the namespaces: the working directory, the
+#: init, the stdio fds' numbers, a cgroup placement to wait for, the confinement
+MINOR = list(
+    itertools.product((None, "/work dir"), (False, True), (False, True), (False, True), CONFINEMENTS)
+)
 
 
 def cases(namespaces: frozenset[str], every_minor: bool = False) -> list[Case]:
-    """The valid combinations of the options for one set of namespaces: all of those
-    that move steps around, and each minor option in turn (or all of them)."""
+    """The valid combinations for one set of namespaces: every major option, with the
+    minor ones in turn (spread over the namespace sets, so that each minor combination
+    meets many major ones); ``every_minor``: every minor combination with each major
+    one, for a pooled network namespace (if any) and a supervisor pidfd."""
     out = []
-    major = itertools.product(
-        (False, True), (False, True), CONFINEMENTS, (False, True), (False, True), (False, True)
-    )
-    for k, (tty, rootfs, conf, sync, netns, sup) in enumerate(major):
+    offset = NS_SETS.index(namespaces) * len(MAJOR)
+    for k, (tty, rootfs, userns, netns, sup) in enumerate(MAJOR):
         if rootfs and "mount" not in namespaces:
             continue  # ContainerSpec refuses it
         if netns and "net" not in namespaces:
             continue  # the helper's pool serves only containers with a network namespace
-        for cwd, with_init, inherited in MINOR if every_minor else [MINOR[k % len(MINOR)]]:
+        if every_minor and (netns != ("net" in namespaces) or not sup):
+            continue
+        for cwd, with_init, inherited, placement, conf in (
+            MINOR if every_minor else [MINOR[(offset + k) % len(MINOR)]]
+        ):
             if inherited and tty:
                 continue  # with a tty the three are the pty
-            out.append(Case(namespaces, tty, rootfs, cwd, with_init, conf, inherited, sync, netns, sup))
+            out.append(
+                Case(namespaces, tty, rootfs, cwd, with_init, conf, inherited, placement, userns, netns, sup)
+            )
     return out
 
 
@@ -162,7 +184,9 @@ def build(case: Case) -> Built:
     fs_ops = fs_ops_of(spec, case.init) if case.rootfs else ()
     # in a root filesystem the init is where child_ops bound it
     init_path = None if not case.init else mounts.INIT_PATH if case.rootfs else HOST_INIT
-    child = init.child_spec(spec, fs_ops, case.conf, None, init_path)
+    child = init.child_spec(
+        spec, fs_ops, case.conf, None, init_path, placement=case.placement, userns=case.userns
+    )
     if case.console:
         fds = {"stdin": CONSOLE, "stdout": CONSOLE, "stderr": CONSOLE, "console": CONSOLE}
     elif case.tty:
@@ -196,8 +220,8 @@ def confine_names(conf: init.Confinement) -> list[str]:
     seccomp = ["load the seccomp filter"] if conf.seccomp is not None else []
     if not conf.no_new_privs:
         names += seccomp
-    # setgroups, setresgid, setresuid, keepcaps 0, capset, ambient clear, pdeathsig again
-    names += ["set the user and capabilities"] * 7
+    # [setgroups,] setresgid, setresuid, keepcaps 0, capset, ambient clear, pdeathsig again
+    names += ["set the user and capabilities"] * (7 if conf.groups is not None else 6)
     if conf.no_new_privs:
         names += ["set no_new_privs", *seccomp]
     return names
@@ -209,8 +233,8 @@ def expected_names(case: Case, fs_names: list[str]) -> list[str]:
     names = ["prctl(PR_SET_PDEATHSIG)"]
     if case.supervisor:
         names.append("check the supervisor")
-    if case.sync:
-        names.append("wait for the cgroup")
+    if case.placement or case.userns == 1:
+        names.append("wait for the supervisor")
     if case.netns:
         names += ["join the network namespace"] * 2  # setns, close
     if "mount" in ns:
@@ -229,6 +253,8 @@ def expected_names(case: Case, fs_names: list[str]) -> list[str]:
         if case.tty:
             names.append("set controlling terminal")
         names += ["dup2 stdio 0", "dup2 stdio 1", "dup2 stdio 2", "close_range"]
+    if case.userns == 2:
+        names.append("enter a user namespace")
     if case.conf is not None:
         names += confine_names(case.conf)
     if case.cwd:
@@ -240,7 +266,7 @@ def expected_names(case: Case, fs_names: list[str]) -> list[str]:
 PHASES = (
     "pdeathsig",
     "supervisor",
-    "cgroup",
+    "wait",
     "netns",
     "private",
     "filesystem",
@@ -248,6 +274,7 @@ PHASES = (
     "hostname",
     "lo",
     "stdio",
+    "userns",
     "confinement",
     "cwd",
 )
@@ -256,7 +283,7 @@ PHASES = (
 _FIXED_PHASES = {
     "prctl(PR_SET_PDEATHSIG)": "pdeathsig",
     "check the supervisor": "supervisor",
-    "wait for the cgroup": "cgroup",
+    "wait for the supervisor": "wait",
     "join the network namespace": "netns",
     "make / private": "private",
     "mount /proc": "proc",
@@ -269,6 +296,7 @@ _FIXED_PHASES = {
     "dup2 stdio 1": "stdio",
     "dup2 stdio 2": "stdio",
     "close_range": "stdio",
+    "enter a user namespace": "userns",
     "join a new session keyring": "confinement",
     "drop capabilities": "confinement",
     "load the seccomp filter": "confinement",
@@ -277,14 +305,29 @@ _FIXED_PHASES = {
 }
 
 
-def phase(name: str, fs_names: list[str]) -> str:
-    if name in fs_names:  # a root filesystem's own "mount /proc" among them
-        return "filesystem"
-    if name in _FIXED_PHASES:
-        return _FIXED_PHASES[name]
-    if name.startswith("chdir "):
-        return "cwd"
-    raise AssertionError(f"a step nobody knows: {name!r}")
+_PHASE_INDEX = {name: PHASES.index(p) for name, p in _FIXED_PHASES.items()}
+
+
+def phases(names: list[str], fs_names: list[str]) -> list[int]:
+    """The phase of each step, as an index into PHASES."""
+    index = {**_PHASE_INDEX, **dict.fromkeys(fs_names, PHASES.index("filesystem"))}
+    out = []
+    for name in names:  # a root filesystem's own "mount /proc" is one of its steps
+        at = index.get(name, PHASES.index("cwd") if name.startswith("chdir ") else None)
+        assert at is not None, f"a step nobody knows: {name!r}"
+        out.append(at)
+    return out
+
+
+def well_formed(step: init.Step) -> bool:
+    """A name, a callable, a tuple of arguments, and a text for a raw call."""
+    name, fn, args, raw = step
+    return (
+        isinstance(name, str)
+        and callable(fn)
+        and isinstance(args, tuple)
+        and (raw is None or isinstance(raw, str))
+    )
 
 
 def c_array(arr: object) -> list[bytes | None]:
@@ -294,16 +337,13 @@ def c_array(arr: object) -> list[bytes | None]:
 # ---------------------------------------------------------------- every combination
 
 
-def _ns_id(ns: frozenset[str]) -> str:
-    return "+".join(n for n in NAMESPACES if n in ns) or "no-namespaces"
-
-
-@pytest.mark.parametrize("namespaces", NS_SETS, ids=[_ns_id(ns) for ns in NS_SETS])
-def test_every_combination_gives_the_steps_the_rules_say(namespaces: frozenset[str]) -> None:
-    for case in cases(namespaces):
-        b = build(case)
-        assert b.names == expected_names(case, b.fs_names), case
-        check_invariants(case, b)
+@pytest.mark.parametrize("count", range(len(NAMESPACES) + 1), ids=lambda n: f"{n}-namespaces")
+def test_every_combination_gives_the_steps_the_rules_say(count: int) -> None:
+    for namespaces in (ns for ns in NS_SETS if len(ns) == count):
+        for case in cases(namespaces):
+            b = build(case)
+            assert b.names == expected_names(case, b.fs_names), case
+            check_invariants(case, b)
 
 
 @pytest.mark.parametrize("namespaces", [frozenset(NAMESPACES), frozenset()], ids=["all", "none"])
@@ -316,12 +356,8 @@ def test_every_minor_option_with_every_other(namespaces: frozenset[str]) -> None
 
 def check_invariants(case: Case, b: Built) -> None:
     names, steps = b.names, b.prepared.steps
-    # well-formed: a name, a callable, a tuple of arguments, and a text for raw calls
-    for name, fn, args, raw in steps:
-        assert isinstance(name, str) and callable(fn) and isinstance(args, tuple), (case, name)
-        assert raw is None or isinstance(raw, str), (case, name)
     # the phases never go back
-    order = [PHASES.index(phase(n, b.fs_names)) for n in names]
+    order = phases(names, b.fs_names)
     assert order == sorted(order), (case, names)
 
     # PDEATHSIG first of all, for SIGKILL
@@ -330,10 +366,19 @@ def check_invariants(case: Case, b: Built) -> None:
     # then the supervisor check, before the child could wait for anything
     if case.supervisor:
         assert names[1] == "check the supervisor", case
-    # the cgroup wait before anything that does real work
-    if case.sync:
-        assert names.index("wait for the cgroup") == 1 + case.supervisor, case
-        assert b.step("wait for the cgroup")[2] == (SYNC,), case
+    # the wait for the cgroup placement or the rootless maps before anything that
+    # does real work (--userns auto keeps the pipe open: it waits again later)
+    if case.placement or case.userns == 1:
+        assert names.index("wait for the supervisor") == 1 + case.supervisor, case
+        assert b.step("wait for the supervisor")[2] == (SYNC, case.userns != 2), case
+    # --userns auto: the user namespace after the mounts (made as root), before the
+    # identity changes; the maps are asked for on the error pipe
+    if case.userns == 2:
+        enter = b.index("enter a user namespace")
+        assert b.prepared.steps[enter][2] == (ERRPIPE, SYNC), case
+        assert names[enter - 1] in ("close_range", "open the container's terminal"), case
+        if case.conf is not None:
+            assert names[enter + 1] == "join a new session keyring", case
     # a pooled network namespace joined, then its fd closed, before any mount
     if case.netns:
         i = b.index("join the network namespace")
@@ -343,7 +388,8 @@ def check_invariants(case: Case, b: Built) -> None:
     if "mount" in case.namespaces:
         private = b.step("make / private")
         assert private[2] == (None, b"/", None, _linux.MS_REC | _linux.MS_PRIVATE, None), case
-        mount_steps = [i for i, n in enumerate(names) if n in b.fs_names or n == "mount /proc"]
+        fs = {*b.fs_names, "mount /proc"}
+        mount_steps = [i for i, n in enumerate(names) if n in fs]
         assert all(i > b.index("make / private") for i in mount_steps), case
         if case.rootfs:
             assert b.fs_names[-1] == "pivot_root" and names[mount_steps[-1]] == "pivot_root", case
@@ -405,7 +451,10 @@ def check_confinement(case: Case, b: Built) -> None:
     assert f"setresuid({conf.uid}, {conf.uid}, {conf.uid})" in texts, case
     uid_change = first + texts.index(f"setresuid({conf.uid}, {conf.uid}, {conf.uid})")
     assert texts.index(f"setresgid({conf.gid}, {conf.gid}, {conf.gid})") < uid_change - first, case
-    assert f"setgroups({list(conf.groups)})" in texts, case
+    if conf.groups is not None:
+        assert f"setgroups({list(conf.groups)})" in texts, case
+    else:  # a user namespace with only the user mapped refuses it
+        assert not any(t.startswith("setgroups") for t in texts if t), case
     # the kernel forgets PDEATHSIG when the uid changes: asked for again after it
     assert texts.index(f"prctl(PR_SET_PDEATHSIG, {signal.SIGKILL})") > uid_change - first, case
     if conf.seccomp is not None:
@@ -446,7 +495,7 @@ def check_exec(case: Case, b: Built) -> None:
 
 
 def test_a_plain_container_in_every_namespace() -> None:
-    case = Case(frozenset(NAMESPACES), False, False, None, False, "root", False, False, False, True)
+    case = Case(frozenset(NAMESPACES), False, False, None, False, "root", False, False, 0, False, True)
     b = build(case)
     spec_host = b.spec.short_id.encode()
     assert b.names == [
@@ -467,7 +516,7 @@ def test_a_plain_container_in_every_namespace() -> None:
 
 
 def test_the_root_filesystem_steps_follow_make_private_and_come_before_the_hostname() -> None:
-    case = Case(frozenset(NAMESPACES), False, True, "/work dir", True, "user", False, True, True, True)
+    case = Case(frozenset(NAMESPACES), False, True, "/work dir", True, "user", False, True, 0, True, True)
     b = build(case)
     names = b.names
     start = b.index("make / private")
@@ -485,7 +534,7 @@ def test_the_root_filesystem_steps_follow_make_private_and_come_before_the_hostn
 
 
 def test_a_host_network_namespace_gets_no_lo_step_and_host_uts_no_hostname() -> None:
-    case = Case(frozenset({"pid", "mount"}), False, False, None, False, "none", False, False, False, False)
+    case = Case(frozenset({"pid", "mount"}), False, False, None, False, "none", False, False, 0, False, False)
     b = build(case)
     assert b.names == [
         "prctl(PR_SET_PDEATHSIG)",
@@ -497,6 +546,13 @@ def test_a_host_network_namespace_gets_no_lo_step_and_host_uts_no_hostname() -> 
         "dup2 stdio 2",
         "close_range",
     ]
+
+
+def test_every_step_is_well_formed() -> None:
+    for ns in (frozenset(NAMESPACES), frozenset({"mount", "net"}), frozenset()):
+        for case in cases(ns, every_minor=True)[::7]:
+            steps = build(case).prepared.steps
+            assert all(well_formed(step) for step in steps), case
 
 
 def test_confinement_steps_are_made_once_per_confinement() -> None:
