@@ -1,7 +1,8 @@
 """Every wire format of wire.py, encoder and decoder together over a real socket or
 pipe: the spawn request (inline and in a memfd, with its fds), the spawn reply, the
-error pipe, the console handshake and the cgroup release. No root, no clone: the
-fds that travel are pipes, sockets, a pty and a pidfd of this very process."""
+error pipe, the console handshake, the release on the sync pipe and the request for
+user namespace maps. No root, no clone: the fds that travel are pipes, sockets, a pty
+and a pidfd of this very process."""
 
 from __future__ import annotations
 
@@ -392,7 +393,7 @@ def test_receive_console_before_anything_arrived_and_after_the_child_died() -> N
         assert wire.receive_console(ours) is None
 
 
-# ---------------------------------------------------------------- cgroup release
+# ---------------------------------------------------------------- release, and a request for maps
 
 
 def test_release_lets_the_child_go_on() -> None:
@@ -422,6 +423,41 @@ def test_release_from_another_thread_wakes_the_waiting_child() -> None:
     waiter.join()
     os.close(w)
     assert result == [True]
+
+
+def test_userns_auto_asks_for_its_maps_and_waits_for_a_second_release() -> None:
+    err_r, err_w = os.pipe()
+    sync_r, sync_w = os.pipe()
+    released: list[bool] = []
+
+    def child() -> None:
+        released.append(wire.wait_released(sync_r, close=False))  # placed: the pipe stays
+        wire.ask_for_maps(err_w)  # after unshare(CLONE_NEWUSER)
+        released.append(wire.wait_released(sync_r))  # mapped
+        wire.report_failure(err_w, "exec", errno.ENOENT, "sh")
+
+    waiter = threading.Thread(target=child)
+    waiter.start()
+    try:
+        wire.release(sync_w)
+        assert os.read(err_r, len(wire.ASK_FOR_MAPS)) == wire.ASK_FOR_MAPS
+        wire.release(sync_w)
+        waiter.join()
+        os.close(err_w)
+        # what follows the request on the error pipe is an ordinary report
+        assert wire.decode_failure(os.read(err_r, 4096)) == ("exec", errno.ENOENT, "sh")
+        assert released == [True, True]
+        with pytest.raises(OSError):
+            os.fstat(sync_r)  # the second wait closed it
+    finally:
+        os.close(err_r)
+        os.close(sync_w)
+
+
+@pytest.mark.parametrize(("step", "err"), [("", 0), ("userns", 0), ("exec", errno.ENOENT)])
+def test_no_failure_report_looks_like_a_request_for_maps(step: str, err: int) -> None:
+    # (every step the child names starts with a word, never with a NUL)
+    assert not wire.encode_failure(step, err, "userns\0").startswith(wire.ASK_FOR_MAPS)
 
 
 # ---------------------------------------------------------------- fds over a socket
