@@ -253,6 +253,11 @@ def errno_now() -> int:
     return ctypes.c_int.from_address(_errno_location()).value
 
 
+def set_errno(value: int) -> None:
+    """Set errno (to hand on the error of an earlier raw call)."""
+    ctypes.c_int.from_address(_errno_location()).value = value
+
+
 def setns_call(fd: int, nstype: int) -> RawCall:
     """setns(2) as a raw call."""
     return raw_syscall, (NR["setns"], fd, nstype), f"setns({fd}, {nstype:#x})"

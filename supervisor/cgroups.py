@@ -571,7 +571,7 @@ def remove_tree(fs: CgroupFS, d: str) -> bool:
     return True
 
 
-def _kill_and_remove(fs: CgroupFS, path: str, wait: float = 0.2) -> bool:
+def _kill_and_remove(fs: CgroupFS, path: str, wait: float = 2.0) -> bool:
     """Best effort for a leftover: kill what runs in it, then remove it and all below
     it; True if gone."""
     deadline = time.monotonic() + wait
@@ -602,6 +602,10 @@ class Cgroup(Protocol):
     @property
     def needs_placement(self) -> bool:
         """Whether the child must wait until ``attach`` has placed it."""
+        ...
+
+    def open_v2(self) -> int:
+        """A new O_PATH fd of the v2 directory (an exec is cloned into it), or -1."""
         ...
 
     def attach(self, pid: int) -> None:
@@ -741,6 +745,11 @@ class ContainerCgroup:
         """Whether the child must wait (on its sync pipe) until ``attach`` has put it
         into v1 directories, which no clone can be born into."""
         return bool(self.v1_dirs)
+
+    def open_v2(self) -> int:
+        """A new O_PATH fd of the v2 directory (an exec is cloned into it; the
+        caller closes it), or -1 without one."""
+        return self._fs.open_dir(self.v2_dir) if self.v2_dir is not None and not self._destroyed else -1
 
     def child_fds(self) -> dict[str, int]:
         """The fds the clone needs: ``"cgroup"``, a v2 directory to clone into. It

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import capabilities
 from .errors import SpecError
@@ -138,3 +138,14 @@ def environment(spec: ContainerSpec, user: User) -> dict[str, str]:
     if user is not ROOT and not any(k == "HOME" for k, _ in spec.env):
         env["HOME"] = user.home_env
     return env
+
+
+class Identity(NamedTuple):
+    """Who a container's processes are, as an exec into it must be too."""
+
+    user: User
+    confinement: Confinement
+    #: its user namespace's maps, or None (the host's)
+    mapping: Mapping | None
+    #: its user namespace was made at the clone (rootless), not after its mounts
+    rootless: bool

@@ -11,60 +11,33 @@ killed and reaped before the error propagates.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import signal
-import socket
 import warnings
-from collections.abc import Callable
-from types import TracebackType
-from typing import IO, Any
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import _linux, confine, mounts, rootfs, spawn, state, userns, wire
-from ._cancel import to_the_end
+from . import _linux, confine, mounts, rootfs, spawn, state, userns
 from ._streams import FdStream
 from .cgroups import Cgroup, create_cgroup
+from .confine import Identity
 from .errors import (
-    CommandNotExecutableError,
-    CommandNotFoundError,
+    ContainerNotRunningError,
     MydockerWarning,
     SpecError,
-    StartError,
 )
 from .init import child_spec
-from .spec import DEFAULT_GRACE, DEVNULL, PIPE, STDOUT, ContainerSpec
+from .launch import Gate, StdioArg, error_pipe, finish_start, stdio_fds
+from .process import Process
+from .spec import DEFAULT_GRACE, PIPE, ContainerSpec
 
-#: what a stdio argument may be: PIPE, DEVNULL, STDOUT (stderr only), None
-#: (inherit this process's fd), an fd number, or an object with ``fileno()``
-StdioArg = int | IO[Any] | None
-
-
-def _exit_status(info: os.waitid_result) -> tuple[int, int | None]:
-    """(docker-style status, terminating signal or None) from a waitid result."""
-    if info.si_code == os.CLD_EXITED:
-        return info.si_status, None
-    return 128 + info.si_status, info.si_status
+if TYPE_CHECKING:
+    from .exec import CompletedExec, ExecProcess, Target
 
 
-def _catches(pid: int, sig: int) -> bool:
-    """Whether process ``pid`` has a handler for ``sig`` (from /proc/PID/status).
-
-    A namespace's PID 1 never receives a signal it has no handler for (except
-    SIGKILL/SIGSTOP from an ancestor namespace): sending it is a no-op.
-    """
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"SigCgt:"):
-                    return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
-    except OSError:
-        pass
-    return True
-
-
-class Container:
+class Container(Process):
     """A running (or finished) container; made by ``open_container``.
 
     Attributes:
@@ -75,6 +48,7 @@ class Container:
         signal: the signal that killed PID 1, or ``None``.
         stdin / stdout / stderr: anyio byte streams for ``PIPE`` (with a tty,
             ``stdin`` and ``stdout`` are the same stream over the pty master).
+        cgroup: its cgroup, or None.
     """
 
     def __init__(
@@ -89,23 +63,30 @@ class Container:
         stderr: FdStream | None,
         grace: float,
         cgroup: Cgroup | None = None,
+        identity: Identity | None = None,
     ) -> None:
+        super().__init__(
+            pid, pidfd, stack, stdin=stdin, stdout=stdout, stderr=stderr, grace=grace, tty=spec.tty
+        )
         self.spec = spec
-        self.pid = pid
-        self.returncode: int | None = None
-        self.signal: int | None = None
-        self.stdin = stdin
-        self.stdout = stdout
-        self.stderr = stderr
-        self.grace = grace
         self.cgroup = cgroup
-        self._pidfd = pidfd
-        self._stack = stack
-        # fast_acquire: wait() runs several times per container (run_container, stop,
-        # aclose), mostly uncontended: taking the lock need not yield to the event
-        # loop each time; waiting on the pidfd yields when there is something to wait.
-        self._wait_lock = anyio.Lock(fast_acquire=True)
-        self._closed = False
+        #: who the container's processes are and how they are confined (for ``exec``)
+        self.identity = identity
+        # Our execs into it: a PID 1 cannot finish dying while a process of its
+        # namespace that is our child waits to be reaped (zap_pid_ns_processes): so
+        # while we wait for the container, we reap those that have exited.
+        self._execs: weakref.WeakSet[Process] = weakref.WeakSet()
+
+    async def wait(self) -> int:
+        """Wait until PID 1 exits, reap it, and return its exit status (reaping our
+        execs into it that exit meanwhile).
+
+        Cancelling ``wait()`` only stops waiting: the container keeps running.
+        """
+        while self.returncode is None and any(not e.reap_if_exited() for e in list(self._execs)):
+            with anyio.move_on_after(0.05):  # polled only while execs of ours run
+                return await super().wait()
+        return await super().wait()
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -117,293 +98,71 @@ class Container:
         """True if the memory limit's OOM killer struck inside the container."""
         return bool(self.cgroup is not None and self.cgroup.oom_killed())
 
-    async def wait(self) -> int:
-        """Wait until PID 1 exits, reap it, and return its exit status.
-
-        Cancelling ``wait()`` only stops waiting: the container keeps running.
-        """
-        if self.returncode is not None:  # reaped already: nothing to wait for
-            return self.returncode
-        async with self._wait_lock:
-            if self.returncode is None:
-                await anyio.wait_readable(self._pidfd)
-                self._reap()
-        assert self.returncode is not None
-        return self.returncode
-
-    def _reap(self) -> None:
-        info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | _linux.WALL)
-        assert info is not None
-        self.returncode, self.signal = _exit_status(info)
-
-    def send_signal(self, sig: int) -> None:
-        """Send ``sig`` to the container's PID 1 through its pidfd.
-
-        A no-op once the container has exited (the pidfd makes a PID-reuse race
-        impossible). Note that PID 1 ignores signals it has no handler for.
-        """
-        if self.returncode is not None or self._closed:
-            return
-        try:
-            signal.pidfd_send_signal(self._pidfd, sig)
-        except ProcessLookupError:
-            pass
-
-    def terminate(self) -> None:
-        """Send SIGTERM to PID 1."""
-        self.send_signal(signal.SIGTERM)
-
     def kill(self) -> None:
         """Kill the container: SIGKILL to PID 1 (the kernel then kills all of its
         PID namespace) and, with a cgroup, to every process in the cgroup."""
-        self.send_signal(signal.SIGKILL)
+        super().kill()
         if self.cgroup is not None:
             self.cgroup.kill()
 
-    def handles(self, sig: int) -> bool:
-        """Whether PID 1 has a handler for ``sig`` (else the kernel drops it)."""
-        return self.returncode is None and _catches(self.pid, sig)
-
-    async def stop(self, grace: float | None = None) -> int:
-        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; return the status.
-
-        Runs shielded from cancellation: when it returns, the container is reaped.
-        If PID 1 has no SIGTERM handler the signal would be dropped by the kernel,
-        so it is killed at once instead of after a pointless wait.
-        """
-        if self.returncode is not None:  # reaped already (the common end)
-            return self.returncode
-        grace = self.grace if grace is None else grace
-        cancelled: BaseException | None = None
-        with anyio.CancelScope(shield=True):
-            if grace > 0 and self.handles(signal.SIGTERM):
-                self.terminate()
-                try:
-                    with anyio.move_on_after(grace):
-                        await self.wait()
-                except anyio.get_cancelled_exc_class() as e:
-                    # asyncio's own Task.cancel() (see _cancel.py): the rest of the
-                    # grace period is skipped, the kill and the reap are not
-                    cancelled = e
-            if self.returncode is None:
-                self.kill()
-            status, later = await to_the_end(self.wait)
-        cancelled = cancelled or later
-        if cancelled is not None:
-            raise cancelled
-        return status
-
-    async def aclose(self) -> None:
-        """Stop the container if it still runs (see ``stop``), reap it, and release
-        its streams, pidfd and cgroup. Safe to call more than once; shielded."""
-        cancelled: BaseException | None = None
-        with anyio.CancelScope(shield=True):
-            if self._closed:
-                return
-            try:
-                _, cancelled = await to_the_end(self.stop)
-                if self.cgroup is not None:
-                    _, later = await to_the_end(self.cgroup.destroy)
-                    cancelled = cancelled or later
-            finally:
-                self._closed = True
-                self._stack.close()
-        if cancelled is not None:
-            raise cancelled
+    async def _finish(self) -> None:
+        if self.cgroup is not None:
+            await self.cgroup.destroy()
 
     async def __aenter__(self) -> Container:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    def target(self) -> Target:
+        """What an exec into this running container needs (``exec.Target``).
 
-    def resize(self, rows: int, cols: int) -> None:
-        """Set the window size of the container's pty (no-op without a tty)."""
-        if self.spec.tty and self.stdout is not None and not self._closed:
-            _linux.set_winsize(self.stdout.fileno(), rows, cols)
+        Raises:
+            ContainerNotRunningError: it has exited.
+        """
+        from .exec import Target
+
+        if self.returncode is not None:
+            raise ContainerNotRunningError(f"container {self.spec.short_id} is not running")
+        return Target(self.spec, self.pid, self._pidfd, self.cgroup, self.identity, self._execs.add)
+
+    async def exec(self, command: Sequence[str], **options: Any) -> CompletedExec:
+        """Run ``command`` in the container to completion (``exec.run_exec``)."""
+        from .exec import run_exec
+
+        return await run_exec(self.target(), command, **options)
+
+    async def open_exec(self, command: Sequence[str], **options: Any) -> ExecProcess:
+        """Start ``command`` in the container (``exec.open_exec``)."""
+        from .exec import open_exec
+
+        return await open_exec(self.target(), command, **options)
+
+    async def read_file(self, path: str) -> bytes:
+        """The contents of ``path`` inside the container (``files.read_file``)."""
+        from .files import read_file
+
+        return await read_file(self.pid, self._pidfd, path)
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write ``path`` inside the container (``files.write_file``)."""
+        from .files import write_file
+
+        await write_file(self.pid, self._pidfd, path, data, mode, self.identity)
+
+    async def put_archive(self, path: str, archive: bytes | AsyncIterable[bytes]) -> None:
+        """Unpack a tar archive into directory ``path`` inside the container."""
+        from .files import put_archive
+
+        await put_archive(self.pid, self._pidfd, path, archive, self.identity)
+
+    def get_archive(self, path: str) -> AsyncIterator[bytes]:
+        """A tar stream of ``path`` inside the container, docker's way."""
+        from .files import get_archive
+
+        return get_archive(self.pid, self._pidfd, path)
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"exited {self.returncode}"
         return f"<Container {self.spec.short_id} pid={self.pid} {state} {list(self.args)!r}>"
-
-
-def _child_fd(
-    child_side: contextlib.ExitStack,
-    ours: contextlib.ExitStack,
-    arg: StdioArg,
-    index: int,
-    *,
-    readable: bool,
-    devnull: list[int],
-) -> tuple[int, FdStream | None]:
-    """(fd the child gets, our stream or None) for one stdio argument.
-
-    The child's end goes on ``child_side`` (closed after the clone), our stream on
-    ``ours`` (closed with the container) the moment each exists. ``devnull`` holds
-    the container's one /dev/null fd once opened (read-write: /dev/null keeps no
-    state worth separating, and it saves an open and a close per stream).
-
-    Raises:
-        SpecError: ``arg`` is not PIPE, DEVNULL, None, an fd or a file object.
-    """
-    if arg is None:
-        return index, None
-    if arg == PIPE:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        child_side.callback(os.close, r if readable else w)
-        stream = FdStream(w if readable else r)
-        ours.callback(stream.close)
-        return (r if readable else w), stream
-    if arg == DEVNULL:
-        if not devnull:
-            devnull.append(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
-            child_side.callback(os.close, devnull[0])
-        return devnull[0], None
-    if isinstance(arg, int) and arg >= 0:
-        return arg, None
-    fileno = getattr(arg, "fileno", None)
-    if isinstance(arg, int) or fileno is None:
-        raise SpecError(f"invalid stdio argument: {arg!r} (PIPE, DEVNULL, None, an fd or a file)")
-    return fileno(), None
-
-
-def _start_error(step: str, err: int, detail: str) -> StartError:
-    if step == "exec":
-        if err in (errno.ENOENT, errno.ENOTDIR):
-            return CommandNotFoundError(detail, err, "command not found")
-        if err in (errno.EACCES, errno.ENOEXEC, errno.EISDIR, errno.EPERM):
-            why = "is a directory" if err == errno.EISDIR else os.strerror(err).lower()
-            return CommandNotExecutableError(detail, err, f"not executable ({why})")
-        if err:  # E2BIG: the arguments and environment are too large, ...
-            return StartError(step, err, f"{detail}: {os.strerror(err)}")
-    return StartError(step, err, detail)
-
-
-async def _receive_console(
-    container: Container, sock: socket.socket, winsize: tuple[int, int] | None, *, attach_stdin: bool
-) -> None:
-    """Take the pty master the child sends, size it, and let the child go on.
-
-    If the child dies first (a setup step failed), there is no master: the error
-    pipe then says why.
-    """
-    while True:
-        try:
-            master = wire.receive_console(sock)
-            break
-        except BlockingIOError:
-            await anyio.wait_readable(sock)
-    if master is None:
-        return
-    pty = FdStream(master, eof_on_eio=True)
-    container._stack.callback(pty.close)
-    container.stdout = pty
-    container.stdin = pty if attach_stdin else None
-    if winsize:
-        _linux.set_winsize(master, *winsize)
-    with contextlib.suppress(OSError):  # the child died meanwhile: the error pipe says why
-        wire.console_ready(sock)
-
-
-async def _read_errpipe(fd: int) -> bytes:
-    """Everything the child writes on its error pipe until EOF (its exec), or until
-    it asks for its user namespace maps (``wire.ASK_FOR_MAPS``), which it then waits
-    for."""
-    chunks: list[bytes] = []
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            await anyio.wait_readable(fd)
-            continue
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-        if chunks[0].startswith(wire.ASK_FOR_MAPS):
-            return b"".join(chunks)
-
-
-class _Gate:
-    """The child's sync pipe: it waits on it before its first step until the
-    supervisor has placed it in its cgroups and mapped its user namespace, and (with
-    ``--userns auto``) again once it has entered its user namespace."""
-
-    def __init__(
-        self, needed: bool, owner: contextlib.ExitStack, child_side: contextlib.ExitStack, fds: dict[str, int]
-    ) -> None:
-        self._w = -1
-        if needed:
-            r, self._w = os.pipe2(os.O_CLOEXEC)
-            child_side.callback(os.close, r)
-            fds["sync"] = r
-            owner.callback(self.close)
-
-    def release_first(self, waits: bool) -> None:
-        """Let the child take its first step (if it waits for one)."""
-        if waits:
-            self.release()
-
-    def release(self) -> None:
-        if self._w >= 0:
-            wire.release(self._w)
-
-    def close(self) -> None:
-        """EOF on the pipe: a child still waiting gives up."""
-        if self._w >= 0:
-            fd, self._w = self._w, -1
-            os.close(fd)
-
-
-def _stdio(
-    spec: ContainerSpec,
-    stack: contextlib.ExitStack,
-    child_side: contextlib.ExitStack,
-    fds: dict[str, int],
-    streams: dict[str, FdStream | None],
-    stdin: StdioArg,
-    stdout: StdioArg,
-    stderr: StdioArg,
-    winsize: tuple[int, int] | None,
-) -> socket.socket | None:
-    """The child's stdin, stdout and stderr (into ``fds``) and our streams of them
-    (into ``streams``); with ``-t`` and a root filesystem, the console socket on
-    which the child will send the pty it opens in its own devpts."""
-    if spec.tty and spec.rootfs is not None:
-        # The docker/runc way: the child opens its pty in the container's own devpts
-        # (so `tty` names a path that exists inside) and sends the master back.
-        console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        stack.callback(console.close)
-        child_side.callback(theirs.close)
-        console.setblocking(False)
-        # stdio: placeholders until the child has its pty
-        fds.update(stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=theirs.fileno())
-        fds["console"] = theirs.fileno()
-        return console
-    if spec.tty:
-        master, slave = os.openpty()
-        os.set_inheritable(master, False)
-        child_side.callback(os.close, slave)
-        pty = FdStream(master, eof_on_eio=True)
-        stack.callback(pty.close)
-        if winsize:
-            _linux.set_winsize(slave, *winsize)
-        fds.update(stdin=slave, stdout=slave, stderr=slave)
-        streams.update(stdin=pty if stdin == PIPE else None, stdout=pty)
-        return None
-    null: list[int] = []  # the container's one /dev/null, once opened
-    for index, (role, arg) in enumerate((("stdin", stdin), ("stdout", stdout), ("stderr", stderr))):
-        if index == 2 and arg == STDOUT:
-            fds[role] = fds["stdout"]
-        else:
-            fds[role], streams[role] = _child_fd(
-                child_side, stack, arg, index, readable=index == 0, devnull=null
-            )
-    return None
 
 
 async def start_container(
@@ -461,21 +220,17 @@ async def start_container(
             init = mounts.INIT_PATH if init is not None else None
         fds: dict[str, int] = {}
         streams: dict[str, FdStream | None] = {"stdin": None, "stdout": None, "stderr": None}
-        console = _stdio(spec, stack, child_side, fds, streams, stdin, stdout, stderr, winsize)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        # Ours only until the child has exec'd (EOF): closed then, not with the
-        # container, so a running container holds one fd (its pidfd), not two.
-        errpipe = stack.enter_context(contextlib.ExitStack())
-        errpipe.callback(os.close, err_r)
-        child_side.callback(os.close, err_w)
-        fds["errpipe"] = err_w
+        console = stdio_fds(
+            spec.tty, spec.rootfs is not None, stack, child_side, fds, streams, stdin, stdout, stderr, winsize
+        )
+        err_r, errpipe = error_pipe(stack, child_side, fds)
         cgroup = (cgroup_factory or create_cgroup)(spec)
         if cgroup is not None:
             # Removes the directories if the clone fails; a no-op after destroy().
             stack.callback(cgroup.discard)
             fds.update(cgroup.child_fds())
         placement = cgroup is not None and cgroup.needs_placement
-        gate = _Gate(placement or mapping is not None, errpipe, child_side, fds)
+        gate = Gate(placement or mapping is not None, errpipe, child_side, fds)
         parents = tuple(os.path.dirname(d) for d in cgroup.dirs) if cgroup is not None else ()
         child = child_spec(
             spec,
@@ -504,31 +259,25 @@ async def start_container(
         stderr=streams["stderr"],
         grace=grace,
         cgroup=cgroup,
+        identity=Identity(user, confinement, mapping, rootless),
     )
-    try:
+
+    def place(pid: int) -> None:
         if cgroup is not None:
             cgroup.attach(pid)
         if rootless and mapping is not None:
             userns.write_maps(pid, mapping)  # before the child's first step
-        gate.release_first(placement or rootless)
-        if console is not None:
-            await _receive_console(container, console, winsize, attach_stdin=stdin == PIPE)
-        report = await _read_errpipe(err_r)
-        if report.startswith(wire.ASK_FOR_MAPS) and mapping is not None:  # --userns auto
-            userns.write_maps(pid, mapping)
-            gate.release()
-            report = report[len(wire.ASK_FOR_MAPS) :] + await _read_errpipe(err_r)
-        gate.close()
-        errpipe.close()
-    except BaseException:
-        gate.close()
-        with anyio.CancelScope(shield=True):
-            container.kill()
-            await container.aclose()
-        raise
-    if report:
-        with anyio.CancelScope(shield=True):
-            container.kill()
-            await container.aclose()
-        raise _start_error(*wire.decode_failure(report))
+
+    await finish_start(
+        container,
+        err_r,
+        errpipe,
+        gate,
+        console,
+        winsize,
+        attach_stdin=stdin == PIPE,
+        place=place,
+        waits=placement or rootless,
+        late_maps=mapping if mapping is not None and not rootless else None,
+    )
     return container

@@ -54,6 +54,14 @@ class CommandNotExecutableError(StartError):
     exit_code = 126
 
 
+class ContainerNotRunningError(MydockerError):
+    """The container has exited (or was never started): nothing to exec into."""
+
+
+class ContainerPathError(MydockerError, OSError):
+    """A path inside a container that does not exist, or is not what was needed."""
+
+
 class ContainerFailedError(MydockerError):
     """Raised by ``run_container(check=True)`` when the container exits non-zero.
 

@@ -61,6 +61,9 @@ class _Job(NamedTuple):
     prepared: Prepared
     #: a network namespace fd of the pool, or -1
     netns: int
+    #: an exec: the pidfd of the container's PID 1, whose PID namespace the helper
+    #: enters for this one clone (the child cannot enter it itself), or -1
+    pidns: int = -1
 
 
 class _NetnsPool:
@@ -240,7 +243,10 @@ def _serve_batch(
             if plan.sync >= 0:
                 drop = (*helpers_own, *batch_fds.difference(byrole.values()))
             clone_args, pidfd = _linux.clone3_args(flags, 0, byrole.get("cgroup", -1))
-            jobs.append(_Job(rid, flags, clone_args, pidfd, prepare(plan, drop), byrole.get("netns", -1)))
+            pidns = plan.target if child.join & _linux.CLONE_NEWPID else -1
+            jobs.append(
+                _Job(rid, flags, clone_args, pidfd, prepare(plan, drop), byrole.get("netns", -1), pidns)
+            )
         except Exception as e:  # noqa: BLE001 - one bad request must not end the helper
             refused.append(_Refused(rid, errno.EINVAL, f"the spawn helper cannot prepare the container: {e}"))
             if byrole.get("netns", -1) >= 0:
@@ -254,9 +260,12 @@ def _serve_batch(
     try:
         syscall, nr, size = _linux.raw_syscall, _linux.NR_CLONE3, _linux.CLONE_ARGS_SIZE
         for job in jobs:
-            pid = syscall(nr, job.clone_args, size)
-            if pid == 0:
-                run_prepared(job.prepared)  # never returns
+            if job.pidns >= 0:
+                pid = clone_in_pid_namespace(job.pidns, job.clone_args, job.prepared)
+            else:
+                pid = syscall(nr, job.clone_args, size)
+                if pid == 0:
+                    run_prepared(job.prepared)  # never returns
             pids.append(pid if pid > 0 else -_linux.errno_now())
     finally:
         for job in jobs:
@@ -264,6 +273,32 @@ def _serve_batch(
                 os.close(job.netns)
         made = zip(jobs, pids, strict=False)  # all of them, unless something raised
         _reply_batch(sock, [(job.rid, job.flags, job.pidfd.value, pid) for job, pid in made], refused)  # type: ignore[attr-defined]
+
+
+#: this process's own PID namespace, to come back to after an exec's clone
+_own_pid_ns = -1
+
+
+def clone_in_pid_namespace(target: int, clone_args: bytes, prepared: Prepared) -> int:
+    """clone3 a child into the PID namespace of process ``target`` (a pidfd): setns
+    makes it the namespace of our next children, and we come back to our own right
+    after. The pid, or -1 with errno set. Used by the helper and the CLI's direct
+    clone (single-threaded, both)."""
+    global _own_pid_ns
+    if _own_pid_ns < 0:
+        _own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    syscall, nr = _linux.raw_syscall, _linux.NR["setns"]
+    if syscall(nr, target, _linux.CLONE_NEWPID) != 0:
+        return -1
+    pid = syscall(_linux.NR_CLONE3, clone_args, _linux.CLONE_ARGS_SIZE)
+    if pid == 0:
+        run_prepared(prepared)  # never returns
+    err = _linux.errno_now()
+    if syscall(nr, _own_pid_ns, _linux.CLONE_NEWPID) != 0:
+        os._exit(70)  # never clone another container into this one: the supervisor starts a new helper
+    if pid < 0:
+        _linux.set_errno(err)
+    return pid
 
 
 def _reply_batch(

@@ -483,28 +483,46 @@ def _unpack(
     os.mkdir("rootfs", 0o755, dir_fd=tfd)
     root_fd = os.open("rootfs", _DIR_FLAGS, dir_fd=tfd)
     try:
-        with _open_source(tarball, source) as meter:
-            extractor = _Extractor(
-                root_fd,
-                meter,
-                source,
-                allow_devices=allow_devices,
-                max_size=max_size,
-                max_members=max_members,
-            )
-            try:
-                # stream mode: works for pipes (stdin); the decompression is ours
-                with tarfile.open(fileobj=meter, mode="r|", tarinfo=_Whole) as tf:  # type: ignore[call-overload]
-                    extractor.run(tf)
-            except SpecError:
-                raise
-            except (tarfile.TarError, ValueError, OverflowError, EOFError) as e:
-                # tarfile's own parsing of a malformed header (it calls int() on
-                # pax values such as GNU.sparse.size without a guard)
-                raise SpecError(f"{source}: not a readable tar archive ({e})") from None
-        return extractor.size, extractor.skipped
+        return extract_into(root_fd, tarball, source, allow_devices, max_size, max_members)
     finally:
         os.close(root_fd)
+
+
+def extract_into(
+    root_fd: int,
+    tarball: str | IO[bytes],
+    source: str,
+    allow_devices: bool = False,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+) -> tuple[int, int]:
+    """Extract a tar archive below the directory ``root_fd`` with every safety of an
+    image import (nothing written through a symlink, no ``..``, the limits);
+    (size, skipped). Also what ``files.put_archive`` unpacks into a container with.
+
+    Raises:
+        SpecError, UnsafeArchiveError: as ``import_image``.
+    """
+    with _open_source(tarball, source) as meter:
+        extractor = _Extractor(
+            root_fd,
+            meter,
+            source,
+            allow_devices=allow_devices,
+            max_size=max_size,
+            max_members=max_members,
+        )
+        try:
+            # stream mode: works for pipes (stdin); the decompression is ours
+            with tarfile.open(fileobj=meter, mode="r|", tarinfo=_Whole) as tf:  # type: ignore[call-overload]
+                extractor.run(tf)
+        except SpecError:
+            raise
+        except (tarfile.TarError, ValueError, OverflowError, EOFError) as e:
+            # tarfile's own parsing of a malformed header (it calls int() on
+            # pax values such as GNU.sparse.size without a guard)
+            raise SpecError(f"{source}: not a readable tar archive ({e})") from None
+    return extractor.size, extractor.skipped
 
 
 # ------------------------------------------------------------------ the stream

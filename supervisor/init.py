@@ -113,6 +113,10 @@ class ChildSpec(NamedTuple):
     #: the init's own arguments before ``--`` (``-s`` when it is not PID 1)
     init_args: tuple[bytes, ...]
     exec: ExecArgs
+    #: an exec into a running container: the namespaces (CLONE_NEW* flags) to join
+    #: through its PID 1's pidfd (the "target" fd); its PID namespace is joined by the
+    #: process that clones (setns for its children), before the clone. 0: a new one
+    join: int
     #: None: nothing is dropped (for tests of the bare clone path only)
     confine: Confinement | None
 
@@ -188,6 +192,38 @@ def child_spec(
         init=os.fsencode(init) if init is not None else None,
         init_args=() if "pid" in ns else (b"-s",),  # a subreaper, when it is not PID 1
         exec=_exec_args(spec.command, spec.full_env() if env is None else env),
+        join=0,
+        confine=confine,
+    )
+
+
+def exec_child_spec(
+    argv: tuple[str, ...],
+    env: dict[str, str],
+    cwd: str,
+    tty: bool,
+    join: int,
+    confine: Confinement | None,
+    *,
+    placement: bool = False,
+) -> ChildSpec:
+    """The child of an exec into a running container: it joins the namespaces in
+    ``join`` (CLONE_NEW* flags, the user namespace first), takes the container's
+    confinement, and execs ``argv`` in ``cwd`` with ``env``."""
+    return ChildSpec(
+        mount=False,
+        mount_proc=False,
+        fs_ops=(),
+        hostname=None,
+        net=False,
+        tty=tty,
+        cwd=cwd,
+        placement=placement,
+        userns=0,
+        init=None,
+        init_args=(),
+        exec=_exec_args(argv, env),
+        join=join,
         confine=confine,
     )
 
@@ -217,6 +253,8 @@ class ChildPlan(NamedTuple):
     #: a pidfd of the process PR_SET_PDEATHSIG watches: if it died before the child
     #: asked for the signal, nothing would ever send it
     supervisor: int = -1
+    #: an exec: the pidfd of the container's PID 1, whose namespaces it joins
+    target: int = -1
 
 
 def child_plan(child: ChildSpec, fds: dict[str, int], reset: tuple[int, ...] | None) -> ChildPlan:
@@ -233,6 +271,7 @@ def child_plan(child: ChildSpec, fds: dict[str, int], reset: tuple[int, ...] | N
         console=fds.get("console", -1),
         netns=fds.get("netns", -1),
         supervisor=fds.get("supervisor", -1),
+        target=fds.get("target", -1),
     )
 
 
@@ -336,7 +375,7 @@ def _console_stdio(plan: ChildPlan) -> None:
     pivot_root, so its stdio steps cannot be worked out before the clone."""
     from . import mounts  # loaded already (see the imports): no import runs in the child
 
-    slave = _call("open the container's terminal", mounts.open_console, plan.console)
+    slave = _call("open the container's terminal", mounts.open_console, plan.console, not plan.child.join)
     _run_steps(_stdio_steps(plan._replace(stdin=slave, stdout=slave, stderr=slave)))
 
 
@@ -460,6 +499,11 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         # Before anything else: placed in its cgroups (it must not run outside its
         # limits), and with a user namespace of its own, its uid and gid maps written.
         steps.append(("wait for the supervisor", _wait_until_placed, (plan.sync, not late), None))
+    if child.join:
+        # An exec: into the container's namespaces (setns through a pidfd joins them
+        # all at once, the user namespace first); the PID one the cloner joined.
+        join = child.join & ~_linux.CLONE_NEWPID
+        steps.append(("join the container", *_linux.setns_call(plan.target, join)))
     if plan.netns >= 0:
         # Before anything that looks at the network namespace (a sysfs mount of a
         # root filesystem shows the mounter's): made ready by the helper while idle,

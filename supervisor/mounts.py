@@ -380,7 +380,7 @@ def _pivot_root(new_root: str) -> None:
     k.chdir("/")
 
 
-def open_console(sock_fd: int) -> int:
+def open_console(sock_fd: int, console: bool = True) -> int:
     """In the child, after ``pivot_root``: make the container's terminal, the docker way.
 
     The pty is opened in the container's own devpts (so ``tty`` names a path that
@@ -395,7 +395,8 @@ def open_console(sock_fd: int) -> int:
     k = KERNEL
     master, slave = k.openpty()  # /dev/ptmx -> pts/ptmx: the new devpts instance
     try:
-        _bind_in("/", k.ttyname(slave), "/dev/console")
+        if console:  # PID 1's; an exec's terminal is only its own
+            _bind_in("/", k.ttyname(slave), "/dev/console")
         wire.send_console(sock_fd, master)
     except BaseException:
         k.close(slave)

@@ -24,6 +24,7 @@ from anyio.lowlevel import RunVar
 from . import _linux, wire
 from ._cancel import to_the_end
 from .errors import NOT_PERMITTED, NotPermittedError, StartError
+from .helper import clone_in_pid_namespace
 from .init import ChildSpec, child_plan, child_to_wire, prepare, run_prepared
 from .spec import ContainerSpec
 
@@ -298,7 +299,7 @@ class DirectSpawner:
         the namespace. Without one (``--pid host``) its processes would outlive us;
         the helper, which does outlive us, then removes them (``helper.py``).
         """
-        if not flags & _linux.CLONE_NEWPID or not _single_threaded():
+        if not (flags & _linux.CLONE_NEWPID or child.join & _linux.CLONE_NEWPID) or not _single_threaded():
             return await spawn(child, flags, fds, cgroup_parents, direct=False)
         # The child is a copy of this whole process: it must not keep our side of its
         # pipes (the cgroup sync pipe's write end above all, or it would never see
@@ -313,9 +314,12 @@ class DirectSpawner:
             prepared = prepare(child_plan(child, {**fds, "supervisor": me}, None), drop)
             flags &= ~_linux.CLONE_PARENT
             clone_args, pidfd = _linux.clone3_args(flags, 0, fds.get("cgroup", -1))
-            pid = _linux.raw_clone3(clone_args)
-            if pid == 0:
-                run_prepared(prepared)  # never returns
+            if child.join & _linux.CLONE_NEWPID:  # an exec: into the container's PID namespace
+                pid = clone_in_pid_namespace(fds["target"], clone_args, prepared)
+            else:
+                pid = _linux.raw_clone3(clone_args)
+                if pid == 0:
+                    run_prepared(prepared)  # never returns
         finally:
             if pid != 0:
                 os.close(me)

@@ -39,9 +39,10 @@ import marshal
 import os
 
 #: fd roles a spawn request may carry: the child's stdio, the error pipe, the cgroup
-#: v1 "sync" pipe, a cgroup2 directory for CLONE_INTO_CGROUP, and the console socket
-#: on which a child with a root filesystem sends back the master of its pty
-ROLES = ("stdin", "stdout", "stderr", "errpipe", "sync", "cgroup", "console")
+#: v1 "sync" pipe, a cgroup2 directory for CLONE_INTO_CGROUP, the console socket on
+#: which a child with a root filesystem sends back the master of its pty, and for an
+#: exec the pidfd of the container's PID 1 ("target")
+ROLES = ("stdin", "stdout", "stderr", "errpipe", "sync", "cgroup", "console", "target")
 #: the largest request that travels in the message itself (a unix socket takes at
 #: most its send buffer, ~200 kB by default)
 INLINE_MAX = 32 << 10
