@@ -7,8 +7,9 @@ it with ``init.child_spec`` as the supervisor does (root filesystem steps from
 wait for, no user namespace, a rootless one or ``--userns auto``'s), numbers its fds
 as the spawn helper would (``init.child_plan``) and compares the prepared steps with a
 model of the rules written out below (``expected_names``), then checks the order
-invariants and key arguments one by one. The fds are made-up numbers: nothing here
-opens them. Runs as any user.
+invariants and key arguments one by one. An exec into a running container
+(``init.exec_child_spec``) is checked the same way. The fds are made-up numbers:
+nothing here opens them. Runs as any user.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from supervisor import _linux, init, mounts
+from supervisor import _linux, init, mounts, spawn
 from supervisor.spec import DEFAULT_PATH, ContainerSpec, Mount
 
 NAMESPACES = ("pid", "mount", "uts", "ipc", "net", "cgroup")
@@ -33,7 +34,7 @@ DIRS = mounts.ContainerDirs("/state/lower", "/state/c/upper", "/state/c/work", "
 HOST_INIT = "/usr/bin/tini-static"
 
 # fd numbers as the process that clones sees them
-STDIN, STDOUT, STDERR, ERRPIPE, SYNC, CONSOLE, NETNS, SUPERVISOR, PTY = 10, 11, 12, 13, 14, 15, 16, 17, 18
+STDIN, STDOUT, STDERR, ERRPIPE, SYNC, CONSOLE, NETNS, SUPERVISOR, PTY, TARGET = range(10, 20)
 
 #: one BPF instruction (RET ALLOW): the step is built (a ctypes struct), never loaded
 PROGRAM = b"\x06\x00\x00\x00\x00\x00\xff\x7f"
@@ -553,6 +554,53 @@ def test_every_step_is_well_formed() -> None:
         for case in cases(ns, every_minor=True)[::7]:
             steps = build(case).prepared.steps
             assert all(well_formed(step) for step in steps), case
+
+
+@pytest.mark.parametrize(
+    "join",
+    [
+        sum(spawn.NAMESPACE_FLAGS.values()),
+        sum(spawn.NAMESPACE_FLAGS.values()) | _linux.CLONE_NEWUSER,  # a rootless container's
+        spawn.NAMESPACE_FLAGS["mount"] | spawn.NAMESPACE_FLAGS["pid"],  # --network/--uts/--ipc host
+    ],
+    ids=["all", "all+user", "mount+pid"],
+)
+def test_an_exec_joins_the_container_first_and_sets_up_no_namespace(join: int) -> None:
+    for tty, console, conf, placement, sup in itertools.product(
+        (False, True), (False, True), CONFINEMENTS, (False, True), (False, True)
+    ):
+        if console and not tty:
+            continue
+        child = init.exec_child_spec(
+            COMMAND, {"PATH": DEFAULT_PATH}, "/srv", tty, join, CONFINEMENTS[conf], placement=placement
+        )
+        fds = {"stdin": PTY, "stdout": PTY, "stderr": PTY} if tty else {"stdin": 0, "stdout": 1, "stderr": 2}
+        if console:  # an exec into a container with a root filesystem
+            fds = dict.fromkeys(("stdin", "stdout", "stderr", "console"), CONSOLE)
+        fds.update(errpipe=ERRPIPE, target=TARGET)
+        if placement:
+            fds["sync"] = SYNC
+        if sup:
+            fds["supervisor"] = SUPERVISOR
+        prepared = init.prepare(init.child_plan(child, fds, reset=()))
+        names = [step[0] for step in prepared.steps]
+        expected = ["prctl(PR_SET_PDEATHSIG)"]
+        expected += ["check the supervisor"] * sup + ["wait for the supervisor"] * placement
+        expected.append("join the container")
+        if console:
+            expected.append("open the container's terminal")
+        else:
+            expected += ["setsid", *["set controlling terminal"] * tty]
+            expected += ["dup2 stdio 0", "dup2 stdio 1", "dup2 stdio 2", "close_range"]
+        conf_steps = CONFINEMENTS[conf]
+        expected += confine_names(conf_steps) if conf_steps is not None else []
+        expected.append("chdir /srv")
+        assert names == expected, (tty, console, conf, placement, sup)
+        # one setns through PID 1's pidfd for all but the PID namespace, which the
+        # process that clones joined for it
+        joined = prepared.steps[names.index("join the container")]
+        assert joined[2][1:] == (TARGET, join & ~_linux.CLONE_NEWPID)
+        assert prepared.init is None and c_array(prepared.exec[1])[:-1] == [os.fsencode(a) for a in COMMAND]
 
 
 def test_confinement_steps_are_made_once_per_confinement() -> None:
