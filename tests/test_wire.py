@@ -46,13 +46,14 @@ def receive_request(sock: socket.socket) -> tuple[bytes, list[int]]:
 def role_fds(tmp_path: Path) -> Iterator[dict[str, int]]:
     """A container's fds by role, as the supervisor hands them over: stdout and
     stderr one pipe (``STDOUT``), stdin another, the error pipe, the sync pipe, a
-    cgroup directory (O_PATH) and the console socket."""
+    cgroup directory (O_PATH), the console socket and (an exec's) a pidfd."""
     stdin_r, stdin_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     sync_r, sync_w = os.pipe()
     cgroup = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    target = os.pidfd_open(os.getpid())
     yield {
         "stdin": stdin_r,
         "stdout": out_w,
@@ -61,8 +62,9 @@ def role_fds(tmp_path: Path) -> Iterator[dict[str, int]]:
         "sync": sync_r,
         "cgroup": cgroup,
         "console": theirs.fileno(),
+        "target": target,
     }
-    for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w, sync_r, sync_w, cgroup):
+    for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w, sync_r, sync_w, cgroup, target):
         os.close(fd)
     console.close()
     theirs.close()
@@ -80,7 +82,8 @@ def test_a_request_and_its_fds_arrive_whole(
     message, fdlist, memfd = wire.encode_request(7, child, role_fds, 0x7E020000, parents)
     assert memfd == -1 and message[:1] == b"I"
     # an fd serving several roles travels once
-    assert len(fdlist) == len(set(role_fds.values())) == 6
+    assert set(role_fds) == set(wire.ROLES)
+    assert len(fdlist) == len(set(role_fds.values())) == len(wire.ROLES) - 1
     wire.send_fds(a, message, fdlist)
     msg, fds = receive_request(b)
     try:
