@@ -3,18 +3,21 @@
 #
 #   scripts/debian-deps.sh run    what `mydocker run` needs: libseccomp2 (the seccomp
 #                                 compiler), tini (--init), uidmap (newuidmap: a
-#                                 subordinate id range for rootless containers)
+#                                 subordinate id range for rootless containers),
+#                                 libnftables1 (networks: mydocker's nftables tables)
 #   scripts/debian-deps.sh test   that, and what the tests use: busybox-static (the
 #                                 image of the root filesystem tests), procps (ps and
 #                                 top inside containers), util-linux (unshare,
 #                                 setpriv), vim-tiny (a full-screen program for the
-#                                 pty tests)
+#                                 pty tests), nftables (nft, to look at the tables)
+#                                 and iproute2 (ip: the network tests' outside host
+#                                 and bench/network.py's baseline)
 #
 # Without root or apt-get it only says what is missing (mydocker itself then says
 # what it cannot do, in one line, when it is asked to).
 set -eu
-packages="libseccomp2 tini uidmap"
-[ "${1:-run}" = test ] && packages="$packages busybox-static procps util-linux vim-tiny"
+packages="libseccomp2 tini uidmap libnftables1"
+[ "${1:-run}" = test ] && packages="$packages busybox-static procps util-linux vim-tiny nftables iproute2"
 need=""
 for pkg in $packages; do
     dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"

@@ -701,3 +701,111 @@ def bpf_prog_query(target_fd: int, attach_type: int, max_progs: int = 64) -> tup
         _raise(f"bpf(BPF_PROG_QUERY, cgroup fd {target_fd}, type {attach_type})")
     _fd, _type, _qflags, flags, _ptr, count = _PROG_QUERY.unpack(attr.raw)
     return flags, list(ids[:count])
+
+
+# ---------------------------------------------------------------- libnftables
+#
+# nftables' own library (Debian's libnftables1, which the nftables package brings):
+# the JSON interface of ``nft -j -f -``, in this process. A transaction takes ~0.2 ms
+# here against ~2.3 ms for an exec of nft (measured on the development machine), and
+# a container on a network makes two. Loaded on first use only (never in the spawn
+# helper, whose every mapped page each clone pays for).
+
+#: <nftables/libnftables.h>: enum nft_output_flags NFT_CTX_OUTPUT_JSON
+_NFT_CTX_OUTPUT_JSON = 1 << 4
+_nft: ctypes.CDLL | None = None
+
+
+def _libnftables() -> ctypes.CDLL:
+    global _nft
+    if _nft is None:
+        lib = ctypes.CDLL("libnftables.so.1", use_errno=True)  # OSError when not installed
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_free.restype = None
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_output_set_flags.restype = None
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+            getattr(lib, name).restype = ctypes.c_int
+        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+            getattr(lib, name).restype = ctypes.c_char_p
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        _nft = lib
+    return _nft
+
+
+def nft_available() -> bool:
+    """Whether libnftables can be loaded (the nftables package is installed)."""
+    try:
+        _libnftables()
+    except OSError:
+        return False
+    return True
+
+
+#: this process's libnftables context (and so its netlink socket), made on first use
+#: and kept: closing an nftables socket after a transaction that deleted something
+#: waits for the kernel to free it (an RCU grace period: ~10 ms a container here);
+#: a socket kept open lets the kernel do that in the background
+_nft_ctx: int | None = None
+_nft_lock = None
+_nft_fds: list[int] = []
+
+
+def nft_fds() -> tuple[int, ...]:
+    """The fds libnftables keeps open for this process (none may reach a container)."""
+    return tuple(_nft_fds)
+
+
+def nft_run(commands: str) -> str:
+    """Run nftables commands as one transaction, in nft's JSON form (``{"nftables":
+    [...]}``, what ``nft -j -f -`` reads) or else in its own syntax; return what nft
+    prints (JSON). Thread-safe.
+
+    Raises:
+        OSError: libnftables is missing (ENOENT), or nft refused the commands (the
+            message is nft's own first line, e.g. "Could not process rule: No such
+            file or directory").
+    """
+    global _nft_ctx, _nft_lock
+    try:
+        lib = _libnftables()
+    except OSError as e:
+        raise OSError(2, f"libnftables.so.1 cannot be loaded ({e}): is nftables installed?") from None
+    if _nft_lock is None:
+        import threading
+
+        _nft_lock = threading.Lock()
+    with _nft_lock:
+        if _nft_ctx is None:
+            before = set(os.listdir("/proc/self/fd"))
+            ctx = lib.nft_ctx_new(0)
+            if not ctx:
+                raise OSError(12, "nft_ctx_new() failed: out of memory")
+            # libnftables opens its netlink socket without SOCK_CLOEXEC: no child may
+            # inherit it (its fd is not in the API: it is the one that appeared)
+            for fd in set(os.listdir("/proc/self/fd")) - before:
+                try:
+                    os.set_inheritable(int(fd), False)
+                    _nft_fds.append(int(fd))
+                except OSError:
+                    pass  # the fd listdir used, closed already
+            lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON)
+            lib.nft_ctx_buffer_output(ctx)
+            lib.nft_ctx_buffer_error(ctx)
+            _nft_ctx = ctx
+        ctx = _nft_ctx
+        ctypes.set_errno(0)
+        rc = lib.nft_run_cmd_from_buffer(ctx, commands.encode())
+        err = ctypes.get_errno()
+        # each get_*_buffer call hands over what was buffered and starts anew
+        output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+        text = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace").strip()
+    if rc != 0:
+        first = text.splitlines()[0].split("Error: ", 1)[-1] if text else "failed"
+        raise OSError(err or 22, f"nft: {first}")
+    return output

@@ -49,6 +49,8 @@ class Container(Process):
         stdin / stdout / stderr: anyio byte streams for ``PIPE`` (with a tty,
             ``stdin`` and ``stdout`` are the same stream over the pty master).
         cgroup: its cgroup, or None.
+        endpoint: on a network, its ``network.endpoint.Endpoint`` (``address``,
+            ``ports`` with the host ports chosen); else None.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class Container(Process):
         )
         self.spec = spec
         self.cgroup = cgroup
+        self.endpoint: Any = None
         #: who the container's processes are and how they are confined (for ``exec``)
         self.identity = identity
         # Our execs into it: a PID 1 cannot finish dying while a process of its
@@ -213,9 +216,16 @@ async def start_container(
         confinement = confine.confinement(spec, user, mapping)
         # The container's directory (overlay layers): removed when the stack closes.
         dirs = rootfs.make_container_dir(spec, stack)
+        endpoint = None
+        if spec.network is not None:  # its lease, ports and /etc files; plugged in after the clone
+            from .network import prepare_endpoint
+
+            endpoint = prepare_endpoint(spec)
+            stack.callback(endpoint.detach)
         fs_ops: tuple[tuple[str, str, tuple[object, ...]], ...] = ()
         if dirs is not None and "mount" in spec.namespaces:
-            ops = mounts.child_ops(spec, dirs, init, rootless=rootless, mapping=mapping)
+            with_files = spec if endpoint is None else spec.evolve(mounts=(*spec.mounts, *endpoint.mounts))
+            ops = mounts.child_ops(with_files, dirs, init, rootless=rootless, mapping=mapping)
             fs_ops = tuple((op.step, op.fn.__name__, op.args) for op in ops)
             init = mounts.INIT_PATH if init is not None else None
         fds: dict[str, int] = {}
@@ -230,7 +240,7 @@ async def start_container(
             stack.callback(cgroup.discard)
             fds.update(cgroup.child_fds())
         placement = cgroup is not None and cgroup.needs_placement
-        gate = Gate(placement or mapping is not None, errpipe, child_side, fds)
+        gate = Gate(placement or mapping is not None or endpoint is not None, errpipe, child_side, fds)
         parents = tuple(os.path.dirname(d) for d in cgroup.dirs) if cgroup is not None else ()
         child = child_spec(
             spec,
@@ -261,12 +271,15 @@ async def start_container(
         cgroup=cgroup,
         identity=Identity(user, confinement, mapping, rootless),
     )
+    container.endpoint = endpoint
 
-    def place(pid: int) -> None:
+    async def place(pid: int) -> None:
         if cgroup is not None:
             cgroup.attach(pid)
         if rootless and mapping is not None:
             userns.write_maps(pid, mapping)  # before the child's first step
+        if endpoint is not None:
+            await endpoint.attach(pid)  # eth0 in the child's namespace, before its first step
 
     await finish_start(
         container,
@@ -277,7 +290,7 @@ async def start_container(
         winsize,
         attach_stdin=stdin == PIPE,
         place=place,
-        waits=placement or rootless,
+        waits=placement or rootless or endpoint is not None,
         late_maps=mapping if mapping is not None and not rootless else None,
     )
     return container

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -238,10 +238,17 @@ async def open_exec(
         console,
         winsize,
         attach_stdin=stdin == PIPE,
-        place=cgroup.attach if placement and cgroup is not None else None,
+        place=_placer(cgroup) if placement and cgroup is not None else None,
         waits=placement,
     )
     return proc
+
+
+def _placer(cgroup: Cgroup) -> Callable[[int], Awaitable[None]]:
+    async def place(pid: int) -> None:
+        cgroup.attach(pid)
+
+    return place
 
 
 async def run_exec(

@@ -39,6 +39,7 @@ import os
 from . import _linux, wire
 from ._named import NamedTuple
 from .init import (
+    NET_PLUGGED,
     ChildSpec,
     Prepared,
     child_from_wire,
@@ -192,8 +193,10 @@ def _parse(
     except Exception as e:  # noqa: BLE001 - one bad request must not end the helper
         return _Refused(rid, errno.EINVAL, f"the spawn helper cannot serve this request: {e}")
     # A pool namespace belongs to the helper's user namespace: a child in one of its
-    # own (rootless) could not use it, and must own the one it gets.
-    netns = pool.take() if flags & _linux.CLONE_NEWNET and not flags & _linux.CLONE_NEWUSER else -1
+    # own (rootless) could not use it, and must own the one it gets. A child the
+    # supervisor plugs into a network must have its namespace from the clone on.
+    pooled = flags & _linux.CLONE_NEWNET and not flags & _linux.CLONE_NEWUSER and child.net != NET_PLUGGED
+    netns = pool.take() if pooled else -1
     if netns >= 0:
         flags &= ~_linux.CLONE_NEWNET
         byrole["netns"] = netns

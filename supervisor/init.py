@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 # filesystem has it loaded in the helper by the time it is cloned: ``prepare``
 # imports it for its CHILD_FUNCTIONS.
 
+#: ``ChildSpec.net``: a network namespace of its own; one the supervisor plugs into a network
+NET_OWN, NET_PLUGGED = 1, 2
+
 #: exit status of a child that failed before exec (the supervisor reports the
 #: error from the pipe; the status only matters if nobody reads it)
 EXIT_SETUP_FAILED = 125
@@ -97,8 +100,12 @@ class ChildSpec(NamedTuple):
     fs_ops: tuple[FsOpRef, ...]
     #: the hostname to set (a UTS namespace of its own), else None
     hostname: str | None
-    #: a network namespace of its own (bring up lo unless the helper did)
-    net: bool
+    #: 0: the host's network namespace; ``NET_OWN``: one of its own (bring up lo
+    #: unless the helper did); ``NET_PLUGGED``: one of its own made at the clone,
+    #: which the supervisor plugs into a network (``network/``) while the child
+    #: waits on its sync pipe (never one of the helper's pool: the supervisor must
+    #: reach the child's namespace through /proc/PID/ns/net at that wait)
+    net: int
     tty: bool
     cwd: str | None
     #: the child waits before anything else until the supervisor has put it into its
@@ -184,7 +191,7 @@ def child_spec(
         mount_proc=mount and spec.rootfs is None and "pid" in ns,
         fs_ops=fs_ops,
         hostname=spec.effective_hostname if "uts" in ns else None,
-        net="net" in ns,
+        net=(NET_PLUGGED if spec.network is not None else NET_OWN) if "net" in ns else 0,
         tty=spec.tty,
         cwd=spec.cwd,
         placement=placement,
@@ -495,9 +502,10 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         pollfd = _linux.pollfd_in(plan.supervisor)
         steps.append(("check the supervisor", _supervisor_gone, (pollfd,), None))
     late = child.userns == 2
-    if plan.sync >= 0 and (child.placement or child.userns == 1):
+    if plan.sync >= 0 and (child.placement or child.userns == 1 or child.net == NET_PLUGGED):
         # Before anything else: placed in its cgroups (it must not run outside its
-        # limits), and with a user namespace of its own, its uid and gid maps written.
+        # limits), with a user namespace of its own, its uid and gid maps written,
+        # and on a network, its eth0 configured (nothing runs before it is there).
         steps.append(("wait for the supervisor", _wait_until_placed, (plan.sync, not late), None))
     if child.join:
         # An exec: into the container's namespaces (setns through a pidfd joins them

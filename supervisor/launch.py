@@ -13,7 +13,7 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 import anyio
@@ -147,11 +147,12 @@ async def finish_start(
     winsize: tuple[int, int] | None,
     *,
     attach_stdin: bool,
-    place: Callable[[int], None] | None = None,
+    place: Callable[[int], Awaitable[None]] | None = None,
     waits: bool = False,
     late_maps: userns.Mapping | None = None,
 ) -> None:
-    """After the clone: place the child (``place``: cgroups, user namespace maps),
+    """After the clone: place the child (``place``: cgroups, user namespace maps,
+    network),
     let it go (``waits``), take its terminal, and wait until its exec (EOF on the
     error pipe), writing the maps of a user namespace it enters late. A failure
     kills and reaps it, releases everything, and raises the typed error.
@@ -162,7 +163,7 @@ async def finish_start(
     """
     try:
         if place is not None:
-            place(proc.pid)
+            await place(proc.pid)
         gate.release_first(waits)
         if console is not None:
             await _receive_console(proc, console, winsize, attach_stdin=attach_stdin)
@@ -188,8 +189,9 @@ async def finish_start(
 
 class Gate:
     """The child's sync pipe: it waits on it before its first step until the
-    supervisor has placed it in its cgroups and mapped its user namespace, and (with
-    ``--userns auto``) again once it has entered its user namespace."""
+    supervisor has placed it in its cgroups, mapped its user namespace and plugged
+    it into its network, and (with ``--userns auto``) again once it has entered its
+    user namespace."""
 
     def __init__(
         self, needed: bool, owner: contextlib.ExitStack, child_side: contextlib.ExitStack, fds: dict[str, int]

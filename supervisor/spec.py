@@ -233,6 +233,69 @@ class Limits:
         )
 
 
+#: a network's name: what ``mydocker network create`` takes (its bridge is ``myd-NAME``,
+#: and a Linux interface name has at most 15 bytes)
+NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,10}")
+#: ``ContainerSpec.network`` values that name no network: a namespace with only
+#: ``lo`` (the default), and the host's namespace
+NETWORK_MODES = ("none", "host")
+#: a container name that may stand in a hosts file (docker's rule for names)
+_CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+@dataclass(frozen=True)
+class Port:
+    """A published port: ``host_ip:host_port`` on the host forwards to
+    ``container_port`` of the container (docker's ``-p``).
+
+    Attributes:
+        container_port: the port inside the container (1-65535).
+        host_port: the port on the host; 0: one the kernel picks (``-p 80``).
+        host_ip: the host address it is published on; ``0.0.0.0``: all of them.
+        protocol: ``"tcp"`` or ``"udp"``.
+    """
+
+    container_port: int
+    host_port: int = 0
+    host_ip: str = "0.0.0.0"
+    protocol: str = "tcp"
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        for what in ("container_port", "host_port"):
+            value = getattr(self, what)
+            lowest = 1 if what == "container_port" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= 65535:
+                raise SpecError(f"invalid port {value!r} (1 to 65535)")
+        if self.protocol not in ("tcp", "udp"):
+            raise SpecError(f"invalid protocol {self.protocol!r} (tcp or udp)")
+        try:
+            ip = ipaddress.IPv4Address(self.host_ip)
+        except ValueError:
+            raise SpecError(f"invalid host address {self.host_ip!r} (an IPv4 address)") from None
+        object.__setattr__(self, "host_ip", str(ip))
+
+    @classmethod
+    def parse(cls, text: str) -> Port:
+        """Parse docker's ``-p [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp]``.
+
+        Raises:
+            SpecError: when the text does not have that shape.
+        """
+        address, _, proto = text.partition("/")
+        parts = address.split(":")
+        numbers = parts[-2:] if len(parts) > 1 else parts
+        if len(parts) > 3 or not parts[-1] or not all(n.isascii() and n.isdigit() for n in numbers if n):
+            raise SpecError(f"invalid port {text!r} (use [IP:][HOSTPORT:]CONTAINERPORT[/tcp|/udp])")
+        host_ip = parts[0] if len(parts) == 3 and parts[0] else "0.0.0.0"
+        host_port = int(parts[-2] or 0) if len(parts) > 1 else 0
+        return cls(int(parts[-1]), host_port, host_ip, proto or "tcp")
+
+    def __str__(self) -> str:
+        return f"{self.host_ip}:{self.host_port}->{self.container_port}/{self.protocol}"
+
+
 #: the kinds of ``Mount``
 MOUNT_TYPES = ("bind", "tmpfs")
 # <sys/mount.h>: what the tmpfs options turn into (spec imports nothing of _linux)
@@ -386,6 +449,11 @@ class ContainerSpec:
             that the container's root is an unprivileged id on the host (root
             only; ``userns.py``). None: the host's user namespace for root, and
             for anyone else the rootless one (always).
+        network: the name of a network (``mydocker network create``; ``"bridge"``
+            is made on first use): the container gets ``eth0`` on it. ``None`` or
+            ``"none"``: a network namespace with only ``lo``; ``"host"``: the
+            host's (``"net"`` leaves ``namespaces``).
+        ports: published ports (``Port``), on a network only.
         id: the container id (generated).
     """
 
@@ -411,6 +479,8 @@ class ContainerSpec:
     no_new_privileges: bool = False
     user: str | None = None
     userns: str | None = None
+    network: str | None = None
+    ports: tuple[Port, ...] = ()
     id: str = field(default_factory=new_id)
 
     def __post_init__(self) -> None:
@@ -419,6 +489,12 @@ class ContainerSpec:
         object.__setattr__(self, "command", tuple(self.command))
         object.__setattr__(self, "namespaces", frozenset(self.namespaces))
         object.__setattr__(self, "mounts", tuple(self.mounts))
+        object.__setattr__(self, "ports", tuple(self.ports))
+        if self.network == "none":
+            object.__setattr__(self, "network", None)
+        elif self.network == "host":
+            object.__setattr__(self, "network", None)
+            object.__setattr__(self, "namespaces", self.namespaces - {"net"})
         for name in ("cap_add", "cap_drop"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -464,6 +540,32 @@ class ContainerSpec:
         self._validate_filesystem()
         self._validate_cgroups()
         self._validate_confinement()
+        self._validate_network()
+
+    def _validate_network(self) -> None:
+        if self.network is not None:
+            if not isinstance(self.network, str) or not NETWORK_NAME.fullmatch(self.network):
+                raise SpecError(f"invalid network name {self.network!r} (see 'mydocker network create')")
+            if "net" not in self.namespaces:
+                raise SpecError("a network needs a network namespace of the container's own")
+            if self.name is not None and not _CONTAINER_NAME.fullmatch(self.name):
+                raise SpecError(
+                    f"invalid container name {self.name!r} on a network (letters, digits, '_', '.' and '-', "
+                    "starting with a letter or digit): other containers find it by that name"
+                )
+        for port in self.ports:
+            if not isinstance(port, Port):
+                raise SpecError(f"ports must be Port objects, not {type(port).__name__}")
+        if self.ports and self.network is None:
+            raise SpecError("publishing a port needs a network (--network NAME, e.g. bridge)")
+        seen: set[tuple[str, int, str]] = set()
+        for port in self.ports:
+            key = (port.host_ip, port.host_port, port.protocol)
+            if port.host_port and key in seen:
+                raise SpecError(
+                    f"host port {port.host_ip}:{port.host_port}/{port.protocol} is published twice"
+                )
+            seen.add(key)
 
     def _validate_confinement(self) -> None:
         from .capabilities import parse_caps  # not in the spawn helper (helper.py)

@@ -104,23 +104,45 @@ def _cgroup_leftovers() -> set[str]:
 
 
 def _owner_fds() -> set[int]:
-    """The fds this process keeps for its lifetime: its cgroup owner markers, and the
-    device programs it loaded (one per distinct rule set)."""
-    from supervisor import cgroups
+    """The fds this process keeps for its lifetime: its cgroup owner markers, the
+    device programs it loaded (one per distinct rule set) and libnftables' socket."""
+    from supervisor import _linux, cgroups
 
     fs = cgroups.current_layout().fs
-    return set(cgroups.owner().marker_fds()) | set(fs.device_programs().fds())
+    return set(cgroups.owner().marker_fds()) | set(fs.device_programs().fds()) | set(_linux.nft_fds())
+
+
+def _network_state() -> tuple[set[str], set[str], str, set[str]]:
+    """mydocker's interfaces (``myd*``), nftables tables named after it, the IPv4
+    forwarding switch and the named network namespaces."""
+    links = {name for name in os.listdir("/sys/class/net") if name.startswith("myd")}
+    tables: set[str] = set()
+    if ROOT:
+        from supervisor import _linux
+
+        if _linux.nft_available():
+            from supervisor.network import nft
+
+            tables = {f"{family} {name}" for family, name in nft.tables() if "mydocker" in name}
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        forward = f.read().strip()
+    netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    return links, tables, forward, netns
 
 
 @pytest.fixture(autouse=True)
 def host_unchanged() -> Iterator[None]:
-    """Fail a test that leaves a mount, an fd, a child process (zombie or not) or a
-    container cgroup."""
+    """Fail a test that leaves a mount, an fd, a child process (zombie or not), a
+    container cgroup, an interface or nftables table of mydocker's, a changed
+    ip_forward or a named network namespace."""
+    network = _network_state()
     mounts, fds, cgroups = _mounts(), _fds(), _cgroup_leftovers()
     yield
     _settle(lambda: not _children() and _fds() - _owner_fds() <= fds and not _cgroup_leftovers() - cgroups)
     leftover = _cgroup_leftovers() - cgroups
     assert not leftover, f"cgroups left behind: {sorted(leftover)}"
+    _settle(lambda: _network_state() == network)
+    assert _network_state() == network, f"network state changed: {network} -> {_network_state()}"
     assert _mounts() == mounts, "the host's mount table changed"
     leaked = _fds() - _owner_fds() - fds
     assert not leaked, f"fds leaked: {[_describe_fd(fd) for fd in leaked]}"

@@ -1,6 +1,6 @@
 """The ``mydocker`` command line: builds a ContainerSpec, runs it, exits with its status.
 
-One module per command group (``run.py``, ``image.py``), the foreground runner
+One module per command group (``run.py``, ``image.py``, ``network.py``), the foreground runner
 (``foreground.py``, with ``signals.py`` and ``tty.py``) below them; this module is
 the group, its global flags and its one way of reporting errors.
 
@@ -88,10 +88,12 @@ def main(debug: bool) -> None:
 
 def _add_commands() -> None:
     from .image import image
+    from .network import network
     from .run import run
 
     main.add_command(run)
     main.add_command(image)
+    main.add_command(network)
 
 
 _add_commands()

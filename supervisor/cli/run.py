@@ -11,8 +11,16 @@ import click
 from ..errors import SpecError
 
 
+def _network(network: str) -> tuple[str, str | None]:
+    """(the --network value as a namespace mode, the network's name or None)."""
+    if network in ("", "none", "private", "host"):
+        return network, None
+    return "", network
+
+
 def _parse_namespaces(network: str, pid: str, uts: str, ipc: str, cgroupns: str) -> frozenset[str]:
     ns = {"mount"}
+    network, _name = _network(network)
     for name, flag, value in (
         ("net", "network", network),
         ("pid", "pid", pid),
@@ -109,7 +117,20 @@ def _filesystem_options(
 @click.option(
     "--init", "use_init", is_flag=True, help="Run a minimal init as PID 1 that forwards signals and reaps."
 )
-@click.option("--network", default="none", metavar="MODE", help="'none' (own namespace with lo) or 'host'.")
+@click.option(
+    "--network",
+    default="none",
+    metavar="NAME|MODE",
+    help="A network ('mydocker network'; 'bridge' is made on first use), 'none' (only lo) or 'host'.",
+)
+@click.option(
+    "-p",
+    "--publish",
+    "ports",
+    multiple=True,
+    metavar="[IP:][HOSTPORT:]PORT[/udp]",
+    help="Publish a container port on the host (needs --network NAME).",
+)
 @click.option(
     "--pid", "pid_mode", default="", metavar="MODE", help="'host' to share the host's PID namespace."
 )
@@ -172,6 +193,7 @@ def run(
     name: str | None,
     use_init: bool,
     network: str,
+    ports: tuple[str, ...],
     pid_mode: str,
     uts: str,
     ipc: str,
@@ -199,7 +221,7 @@ def run(
     Exit status: the command's; 128+N if killed by signal N; 125 if mydocker
     failed; 126 if COMMAND cannot be executed; 127 if it was not found.
     """
-    from ..spec import ContainerSpec, Limits, Mount, parse_env
+    from ..spec import ContainerSpec, Limits, Mount, Port, parse_env
 
     if command and command[0] == "--":
         command = command[1:]
@@ -213,6 +235,8 @@ def run(
         cwd=workdir,
         tty=tty,
         namespaces=_parse_namespaces(network, pid_mode, uts, ipc, cgroupns),
+        network=_network(network)[1],
+        ports=tuple(Port.parse(text) for text in ports),
         user=user,
         userns=userns,
         cap_add=cap_add,
