@@ -87,13 +87,16 @@ class Case:
     placement: bool
     #: 0: no user namespace; 1: cloned into one (rootless); 2: ``--userns auto``
     userns: int
+    #: a network namespace from the helper's pool (lo up already)
     netns: bool
+    #: on a network (``--network NAME``): the supervisor plugs it in while it waits
+    network: bool
     supervisor: bool
 
     @property
     def sync(self) -> bool:
         # what container.py does: a sync pipe whenever the child must wait for it
-        return self.placement or self.userns != 0
+        return self.placement or self.userns != 0 or self.network
 
     @property
     def console(self) -> bool:
@@ -107,8 +110,11 @@ class Case:
 
 #: the options that move steps around with the namespaces: a tty (and with a root
 #: filesystem, the console), a root filesystem, a user namespace (none, rootless,
-#: --userns auto), a pooled network namespace, a supervisor pidfd
-MAJOR = list(itertools.product((False, True), (False, True), (0, 1, 2), (False, True), (False, True)))
+#: --userns auto), the network namespace (made by the clone, from the helper's pool,
+#: or made by the clone and plugged into a network), a supervisor pidfd
+MAJOR = list(
+    itertools.product((False, True), (False, True), (0, 1, 2), ("own", "pool", "plugged"), (False, True))
+)
 #: the options whose steps do not depend on the namespaces: the working directory, the
 #: init, the stdio fds' numbers, a cgroup placement to wait for, the confinement
 MINOR = list(
@@ -123,32 +129,46 @@ def cases(namespaces: frozenset[str], every_minor: bool = False) -> list[Case]:
     one, for a pooled network namespace (if any) and a supervisor pidfd."""
     out = []
     offset = NS_SETS.index(namespaces) * len(MAJOR)
-    for k, (tty, rootfs, userns, netns, sup) in enumerate(MAJOR):
+    for k, (tty, rootfs, userns, net, sup) in enumerate(MAJOR):
         if rootfs and "mount" not in namespaces:
             continue  # ContainerSpec refuses it
-        if netns and "net" not in namespaces:
-            continue  # the helper's pool serves only containers with a network namespace
-        if every_minor and (netns != ("net" in namespaces) or not sup):
+        if net != "own" and "net" not in namespaces:
+            continue  # a pool's namespace or a network: only with a network namespace
+        if every_minor and (net != ("pool" if "net" in namespaces else "own") or not sup):
             continue
+        netns, network = net == "pool", net == "plugged"
         for cwd, with_init, inherited, placement, conf in (
             MINOR if every_minor else [MINOR[(offset + k) % len(MINOR)]]
         ):
             if inherited and tty:
                 continue  # with a tty the three are the pty
             out.append(
-                Case(namespaces, tty, rootfs, cwd, with_init, conf, inherited, placement, userns, netns, sup)
+                Case(
+                    namespaces,
+                    tty,
+                    rootfs,
+                    cwd,
+                    with_init,
+                    conf,
+                    inherited,
+                    placement,
+                    userns,
+                    netns,
+                    network,
+                    sup,
+                )
             )
     return out
 
 
 @functools.cache
-def spec_of(namespaces: frozenset[str], tty: bool, rootfs: bool, cwd: str | None) -> ContainerSpec:
-    extra: dict[str, object] = {}
+def spec_of(
+    namespaces: frozenset[str], tty: bool, rootfs: bool, cwd: str | None, network: bool
+) -> ContainerSpec:
+    extra: dict[str, object] = {"network": "bridge"} if network else {}
     if rootfs:
-        extra = {
-            "rootfs": ROOTFS,
-            "mounts": (Mount("/data", "/srv/data"), Mount("/tmp", type="tmpfs")),
-        }
+        extra["rootfs"] = ROOTFS
+        extra["mounts"] = (Mount("/data", "/srv/data"), Mount("/tmp", type="tmpfs"))
     return ContainerSpec(
         COMMAND, namespaces=namespaces, tty=tty, cwd=cwd, id="ab" * 32, env=(("A", "1"),), **extra
     )
@@ -181,7 +201,7 @@ class Built:
 
 
 def build(case: Case) -> Built:
-    spec = spec_of(case.namespaces, case.tty, case.rootfs, case.cwd)
+    spec = spec_of(case.namespaces, case.tty, case.rootfs, case.cwd, case.network)
     fs_ops = fs_ops_of(spec, case.init) if case.rootfs else ()
     # in a root filesystem the init is where child_ops bound it
     init_path = None if not case.init else mounts.INIT_PATH if case.rootfs else HOST_INIT
@@ -234,7 +254,7 @@ def expected_names(case: Case, fs_names: list[str]) -> list[str]:
     names = ["prctl(PR_SET_PDEATHSIG)"]
     if case.supervisor:
         names.append("check the supervisor")
-    if case.placement or case.userns == 1:
+    if case.placement or case.userns == 1 or case.network:
         names.append("wait for the supervisor")
     if case.netns:
         names += ["join the network namespace"] * 2  # setns, close
@@ -367,9 +387,9 @@ def check_invariants(case: Case, b: Built) -> None:
     # then the supervisor check, before the child could wait for anything
     if case.supervisor:
         assert names[1] == "check the supervisor", case
-    # the wait for the cgroup placement or the rootless maps before anything that
-    # does real work (--userns auto keeps the pipe open: it waits again later)
-    if case.placement or case.userns == 1:
+    # the wait for the cgroup placement, the rootless maps or the network before
+    # anything that does real work (--userns auto keeps the pipe open: it waits again)
+    if case.placement or case.userns == 1 or case.network:
         assert names.index("wait for the supervisor") == 1 + case.supervisor, case
         assert b.step("wait for the supervisor")[2] == (SYNC, case.userns != 2), case
     # --userns auto: the user namespace after the mounts (made as root), before the
@@ -496,7 +516,7 @@ def check_exec(case: Case, b: Built) -> None:
 
 
 def test_a_plain_container_in_every_namespace() -> None:
-    case = Case(frozenset(NAMESPACES), False, False, None, False, "root", False, False, 0, False, True)
+    case = Case(frozenset(NAMESPACES), False, False, None, False, "root", False, False, 0, False, False, True)
     b = build(case)
     spec_host = b.spec.short_id.encode()
     assert b.names == [
@@ -517,7 +537,9 @@ def test_a_plain_container_in_every_namespace() -> None:
 
 
 def test_the_root_filesystem_steps_follow_make_private_and_come_before_the_hostname() -> None:
-    case = Case(frozenset(NAMESPACES), False, True, "/work dir", True, "user", False, True, 0, True, True)
+    case = Case(
+        frozenset(NAMESPACES), False, True, "/work dir", True, "user", False, True, 0, True, False, True
+    )
     b = build(case)
     names = b.names
     start = b.index("make / private")
@@ -535,7 +557,9 @@ def test_the_root_filesystem_steps_follow_make_private_and_come_before_the_hostn
 
 
 def test_a_host_network_namespace_gets_no_lo_step_and_host_uts_no_hostname() -> None:
-    case = Case(frozenset({"pid", "mount"}), False, False, None, False, "none", False, False, 0, False, False)
+    case = Case(
+        frozenset({"pid", "mount"}), False, False, None, False, "none", False, False, 0, False, False, False
+    )
     b = build(case)
     assert b.names == [
         "prctl(PR_SET_PDEATHSIG)",
