@@ -181,10 +181,12 @@ def _parse(
         rid, child_tuple, byrole, flags, cgroup_parents = wire.decode_request(msg, fds)
     except (ValueError, OSError):
         return None
-    for p in cgroup_parents:
-        if p not in parents:  # not even a reference count written when known
-            parents.add(p)
     try:
+        if not isinstance(cgroup_parents, tuple) or not all(isinstance(p, str) for p in cgroup_parents):
+            raise ValueError("cgroup parents that are not paths")
+        for p in cgroup_parents:
+            if p not in parents:  # not even a reference count written when known
+                parents.add(p)
         child = child_from_wire(child_tuple)
         if not isinstance(flags, int):
             raise ValueError("a request of another version of mydocker")

@@ -68,6 +68,9 @@ INIT_PATH = "/sbin/docker-init"
 #: docker's read-only paths
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
+#: how often ``Kernel.open_in`` tries a lookup that raced with a rename or a mount
+_OPEN_IN_TRIES = 32
+
 _NOSUID_NODEV_NOEXEC = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
 #: the per-mount flags a read-only remount must keep (statvfs f_flag bits equal MS_*)
 _KEEP_FLAGS = _NOSUID_NODEV_NOEXEC | 1024 | 2048 | 4096  # | MS_NOATIME | MS_NODIRATIME | MS_RELATIME
@@ -119,8 +122,18 @@ class Kernel:
 
     def open_in(self, root_fd: int, path: str, flags: int) -> int:
         """openat2(2) of ``path`` inside the directory ``root_fd`` as if it were ``/``:
-        symlinks, absolute ones too, and ``..`` never leave it; no magic links."""
+        symlinks, absolute ones too, and ``..`` never leave it; no magic links.
+
+        RESOLVE_IN_ROOT gives up (EAGAIN) when a rename or a mount anywhere on the
+        host, in any mount namespace, raced with a ``..`` of the lookup: containers
+        starting side by side make that happen. Another try sees the tree as it is
+        now (``users.read_in_root`` does the same)."""
         resolve = _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS
+        for _attempt in range(_OPEN_IN_TRIES - 1):
+            try:
+                return _linux.openat2(root_fd, path, flags | os.O_CLOEXEC, resolve=resolve)
+            except BlockingIOError:
+                continue
         return _linux.openat2(root_fd, path, flags | os.O_CLOEXEC, resolve=resolve)
 
     def mkdir_at(self, dir_fd: int, name: str) -> None:

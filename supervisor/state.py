@@ -119,7 +119,13 @@ def _open_containers(sdir: str, create: bool) -> int:
     if create:
         with contextlib.suppress(FileExistsError):
             os.makedirs(path, mode=0o711)
-    return os.open(path, _DIR_FLAGS)
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except NotADirectoryError:
+        # O_DIRECTORY | O_NOFOLLOW on a symlink fails with ENOTDIR, not ELOOP
+        if os.path.islink(path):
+            raise OSError(errno.ELOOP, f"{path} is a symlink", path) from None
+        raise
 
 
 #: the file whose presence keeps a container's directory after its owner is gone

@@ -49,6 +49,7 @@ INLINE_MAX = 32 << 10
 _INLINE, _IN_MEMFD = b"I", b"F"
 #: the head of a reply: request id, pid (0: the clone failed), errno
 REPLY = _struct.Struct("=qqi")
+_RID_MIN, _RID_MAX = -(1 << 63), (1 << 63) - 1  # what the reply's "q" takes
 _SOL_SOCKET, _SCM_RIGHTS = _socket.SOL_SOCKET, _socket.SCM_RIGHTS
 
 # What typing.TYPE_CHECKING is, without importing typing (helper.py says why).
@@ -125,6 +126,8 @@ def decode_request(
     try:
         rid, child, roles, flags, parents = marshal.loads(data)
         byrole = {role: fds[i] for role, i in roles}
+        if not isinstance(rid, int) or not _RID_MIN <= rid <= _RID_MAX:
+            raise ValueError(f"a request id no reply can carry: {rid!r}")
     except (EOFError, TypeError, IndexError, ValueError) as e:
         raise ValueError(f"malformed request: {e}") from None
     return rid, child, byrole, flags, parents
