@@ -604,6 +604,7 @@ def test_the_helper_ends_with_its_event_loop(runner: str) -> None:
     assert not _helper_pids()
 
 
+@pytest.mark.orphans
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_sigkilled_supervisor_takes_helper_and_containers_with_it(backend: str) -> None:
     code = textwrap.dedent(

@@ -185,6 +185,7 @@ def test_failed_exec_with_limits_is_127_and_leaves_no_cgroup() -> None:
     assert r.returncode == 127, r.stderr
 
 
+@pytest.mark.orphans
 def test_daemon_that_escaped_pid_1_dies_with_the_container() -> None:
     # With the host's PID namespace nothing kills a double-forked daemon when PID 1
     # exits, except the container's cgroup (cgroup.kill): even without limits.
@@ -198,6 +199,7 @@ def test_daemon_that_escaped_pid_1_dies_with_the_container() -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.orphans
 def test_leftovers_of_a_killed_mydocker_are_cleaned_by_the_next_run() -> None:
     # mydocker SIGKILLed: PID 1 dies with it (PR_SET_PDEATHSIG) but a --pid host
     # daemon lives on in the container's cgroups, which nobody removed.
@@ -292,6 +294,7 @@ async def test_api_cancelled_container_leaves_no_cgroup(anyio_backend: str) -> N
     assert not [d for d in dirs if os.path.exists(d)]
 
 
+@pytest.mark.orphans
 @pytest.mark.anyio
 async def test_api_daemon_escaping_pid_1_is_killed(anyio_backend: str) -> None:
     result = await run_container(
@@ -367,6 +370,7 @@ async def test_api_cancelled_while_starting_leaves_no_cgroup(anyio_backend: str)
         assert our_dirs() == before
 
 
+@pytest.mark.orphans
 def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service() -> None:
     # A service embedding the library is SIGKILLed: its containers die with it, and
     # its spawn helper, on the way out, kills what escaped and removes the cgroups.

@@ -293,6 +293,7 @@ def test_state_dir_from_the_environment(busybox: Path, state: Path) -> None:
     assert f"upperdir={state}/containers/" in out(res)
 
 
+@pytest.mark.orphans
 @pytest.mark.root
 def test_dirs_of_a_sigkilled_supervisor_are_swept_by_the_next_run(busybox: Path, state: Path) -> None:
     cmd = [*mydocker_cmd(), "run", "--state-dir", str(state), "--rootfs", str(busybox), "sleep", "60"]
