@@ -182,6 +182,33 @@ def _owner_fds() -> set[int]:
     return set(cgroups.owner().marker_fds()) | set(fs.device_programs().fds())
 
 
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    """A cgroup of the test's own, in every hierarchy, to pass as ``--cgroup-parent``.
+
+    The first container a mydocker makes below a parent kills and removes what a
+    killed mydocker left there. Below pytest's own cgroup, any mydocker run on this
+    host (another test session's) may do that at any moment, and so hide whether
+    the killed one's container died with it. Below this cgroup only the test's own
+    runs sweep. It must be empty again at the end.
+    """
+    from supervisor import cgroups
+
+    layout = cgroups.current_layout()
+    name = f"test-parent-{os.getpid()}"
+    made: list[str] = []
+    try:
+        for h in ([layout.v2] if layout.v2 is not None else []) + list(layout.v1):
+            parent = h.parent_dir(name)
+            assert parent is not None
+            os.mkdir(parent)
+            made.append(parent)
+        yield name
+    finally:
+        for parent in reversed(made):
+            os.rmdir(parent)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",

@@ -42,17 +42,20 @@ def our_dirs() -> list[str]:
         f"{parent}/{name}"
         for parent in cgroups.parents_of(layout)
         for name in os.listdir(parent)
-        if name.startswith("mydocker-") and name.endswith(f"-{token}")
+        if name.startswith("mydocker-")
+        and not name.startswith("mydocker-owner-")  # our marker: there while we live
+        and name.endswith(f"-{token}")
     ]
 
 
-def other_dirs() -> list[str]:
-    """The container cgroups of other mydocker processes (live or dead) below ours."""
+def other_dirs(cgroup_parent: str | None = None) -> list[str]:
+    """The container cgroups of other mydocker processes (live or dead) below ours,
+    or below ``cgroup_parent``."""
     layout = cgroups.current_layout()
     token = cgroups.owner().token
     return [
         f"{parent}/{name}"
-        for parent in cgroups.parents_of(layout)
+        for parent in cgroups.parents_of(layout, cgroup_parent)
         for name in os.listdir(parent)
         if name.startswith("mydocker-")
         and not name.startswith("mydocker-owner-")
@@ -200,13 +203,17 @@ def test_daemon_that_escaped_pid_1_dies_with_the_container() -> None:
 
 
 @pytest.mark.orphans
-def test_leftovers_of_a_killed_mydocker_are_cleaned_by_the_next_run() -> None:
+def test_leftovers_of_a_killed_mydocker_are_cleaned_by_the_next_run(cgroup_parent: str) -> None:
     # mydocker SIGKILLed: PID 1 dies with it (PR_SET_PDEATHSIG) but a --pid host
-    # daemon lives on in the container's cgroups, which nobody removed.
+    # daemon lives on in the container's cgroups, which nobody removed until the
+    # next run below the same parent: a cgroup of the test's own, so that no other
+    # mydocker run on this host sweeps them first.
     proc = subprocess.Popen(
         [
             *mydocker_cmd(),
             "run",
+            "--cgroup-parent",
+            cgroup_parent,
             "--pid",
             "host",
             "-m",
@@ -223,15 +230,19 @@ def test_leftovers_of_a_killed_mydocker_are_cleaned_by_the_next_run() -> None:
     proc.kill()
     proc.wait()
     proc.stdout.close()
+    swept = False
     try:
-        left = other_dirs()
+        left = other_dirs(cgroup_parent)
         assert left and any("/memory/" in d for d in left)  # v2 and the v1 memory cgroup
         assert not gone_or_zombie(daemon)
-        r = run_cli("run", "true")
+        r = run_cli("run", "--cgroup-parent", cgroup_parent, "true")
+        swept = True
         assert r.returncode == 0, r.stderr
         assert not [d for d in left if os.path.exists(d)]
         assert wait_until(lambda: gone_or_zombie(daemon))
     finally:
+        if not swept:
+            run_cli("run", "--cgroup-parent", cgroup_parent, "true")
         if not gone_or_zombie(daemon):
             os.kill(daemon, signal.SIGKILL)
 
@@ -371,15 +382,17 @@ async def test_api_cancelled_while_starting_leaves_no_cgroup(anyio_backend: str)
 
 
 @pytest.mark.orphans
-def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service() -> None:
+def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service(cgroup_parent: str) -> None:
     # A service embedding the library is SIGKILLed: its containers die with it, and
-    # its spawn helper, on the way out, kills what escaped and removes the cgroups.
+    # its spawn helper, on the way out, kills what escaped and removes the cgroups
+    # (below a cgroup of the test's own: no other mydocker on this host sweeps there).
     code = (
         "import anyio, sys\n"
         "from supervisor import open_container, DEVNULL\n"
         "async def main():\n"
         "    c = await open_container(['sh', '-c', 'setsid sleep 1000 & echo $!; sleep 1000'],\n"
-        "        stdin=DEVNULL, namespaces={'mount', 'uts', 'ipc', 'net'}, limits={'memory': '64m'})\n"
+        "        stdin=DEVNULL, namespaces={'mount', 'uts', 'ipc', 'net'}, limits={'memory': '64m'},\n"
+        f"        cgroup_parent={cgroup_parent!r})\n"
         "    sys.stdout.write((await c.stdout.receive()).decode())\n"
         "    sys.stdout.flush()\n"
         "    await anyio.sleep_forever()\n"
@@ -390,7 +403,7 @@ def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service() -> None:
     assert proc.stdout is not None
     daemon = int(proc.stdout.readline())
     try:
-        left = other_dirs()
+        left = other_dirs(cgroup_parent)
         assert len(left) == 2  # v2 and the v1 memory cgroup
         proc.kill()
         proc.wait()
