@@ -63,6 +63,50 @@ def other_dirs(cgroup_parent: str | None = None) -> list[str]:
     ]
 
 
+def hierarchies_for(*controllers: str) -> set[cgroups.Hierarchy]:
+    """The hierarchies in which a container whose limits need ``controllers`` gets a
+    cgroup, on this host's layout: cgroup v2 where it is mounted, and the v1
+    hierarchy of each controller bound to one (without cgroup v2, devices' too)."""
+    layout = cgroups.current_layout()
+    found = {h for c in controllers if (h := layout.v1_for(c)) is not None}
+    if layout.v2 is not None:
+        found.add(layout.v2)
+    elif (devices := layout.v1_for("devices")) is not None:
+        found.add(devices)
+    return found
+
+
+def cgroup_dir(pid: int, controller: str) -> str:
+    """The directory of process ``pid``'s cgroup with ``controller``'s files: in the v1
+    hierarchy the controller is bound to, else in cgroup v2."""
+    layout = cgroups.current_layout()
+    with open(f"/proc/{pid}/cgroup") as f:
+        v2_path, v1_paths = cgroups.parse_proc_cgroup(f.read())
+    h = layout.v1_for(controller)
+    if h is not None:
+        path = v1_paths[h.controllers]
+    else:
+        assert layout.v2 is not None and v2_path is not None, f"no cgroup of {pid} has {controller}"
+        h, path = layout.v2, v2_path
+    d = h.dir_of(path)
+    assert d is not None, (h, path)
+    return d
+
+
+def processes_with_argv(argv: list[str]) -> list[int]:
+    """Live processes anywhere on the host whose command line is exactly ``argv``."""
+    want = "\0".join(argv).encode() + b"\0"
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == want:
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def gone_or_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -151,12 +195,66 @@ def test_limits_land_in_the_containers_own_cgroups() -> None:
         "/proc/self/cgroup",
     )
     assert r.returncode == 0, r.stderr
-    lines = dict(line.split(":", 2)[1:] for line in r.stdout.decode().splitlines())
-    for key in ("", "memory", "pids"):
-        assert "/mydocker-" in lines[key]
-    cpu_key = next(k for k in lines if "cpu" in k.split(",") and "cpuset" not in k)
-    assert "/mydocker-" in lines[cpu_key]
-    assert "/mydocker-" not in lines.get("cpuset", "/")  # no hierarchy without a limit in it
+    layout = cgroups.current_layout()
+    v2_path, v1_paths = cgroups.parse_proc_cgroup(r.stdout.decode())
+    if layout.v2 is not None:
+        assert v2_path is not None and "/mydocker-" in v2_path  # every container has one
+    for controller in ("memory", "cpu", "pids"):
+        h = layout.v1_for(controller)
+        path = v1_paths[h.controllers] if h is not None else v2_path
+        assert path is not None and "/mydocker-" in path, (controller, path)
+    cpuset = layout.v1_for("cpuset")
+    if cpuset is not None:  # no v1 hierarchy without a limit in it
+        assert "/mydocker-" not in v1_paths[cpuset.controllers]
+
+
+def test_the_kernel_holds_the_limits_while_the_container_runs() -> None:
+    # Read back, from the cgroup files of this host's layout (the v1 hierarchy a
+    # controller is bound to, else cgroup v2), the values the kernel enforces.
+    cpu = min(os.sched_getaffinity(0))
+    v1 = {
+        "memory": {"memory.limit_in_bytes": str(64 << 20)},
+        "cpu": {"cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000", "cpu.shares": "512"},
+        "cpuset": {"cpuset.cpus": str(cpu)},
+        "pids": {"pids.max": "20"},
+    }
+    v2 = {
+        "memory": {"memory.max": str(64 << 20)},
+        "cpu": {"cpu.max": "50000 100000", "cpu.weight": "20"},  # 512 shares, as runc maps them
+        "cpuset": {"cpuset.cpus": str(cpu)},
+        "pids": {"pids.max": "20"},
+    }
+    # with swap accounting (the file exists), swap is limited by default as docker does:
+    # memory plus swap twice the memory limit
+    swap = {"memory.memsw.limit_in_bytes": str(128 << 20), "memory.swap.max": str(64 << 20)}
+    argv = ["sleep", f"1000.{os.getpid()}{time.monotonic_ns() % 1_000_000:06d}"]  # no other process's
+    proc = subprocess.Popen(
+        [*mydocker_cmd(), "run", "-m", "64m", "--cpus", "0.5", "--cpu-shares", "512",
+         "--cpuset-cpus", str(cpu), "--pids-limit", "20", *argv],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    layout = cgroups.current_layout()
+    try:
+        assert wait_until(lambda: processes_with_argv(argv)), "the container never ran"
+        [pid] = processes_with_argv(argv)
+        for controller in ("memory", "cpu", "cpuset", "pids"):
+            d = cgroup_dir(pid, controller)
+            assert os.path.basename(d).startswith("mydocker-"), d
+            files = dict((v1 if layout.v1_for(controller) is not None else v2)[controller])
+            if controller == "memory":
+                files.update((f, v) for f, v in swap.items() if os.path.exists(os.path.join(d, f)))
+            got = {}
+            for name in files:
+                with open(os.path.join(d, name)) as f:
+                    got[name] = f.read().strip()
+            assert got == files, controller
+    finally:
+        proc.send_signal(signal.SIGTERM)  # sleep has no handler: killed at once
+        status = proc.wait(timeout=30)
+        err = proc.stderr.read()
+        proc.stderr.close()
+    assert status == 128 + signal.SIGKILL, err
 
 
 @pytest.mark.parametrize(
@@ -233,7 +331,9 @@ def test_leftovers_of_a_killed_mydocker_are_cleaned_by_the_next_run(cgroup_paren
     swept = False
     try:
         left = other_dirs(cgroup_parent)
-        assert left and any("/memory/" in d for d in left)  # v2 and the v1 memory cgroup
+        # cgroup v2 and the memory hierarchy (v1 or v2)
+        parents = [h.parent_dir(cgroup_parent) for h in hierarchies_for("memory")]
+        assert sorted(os.path.dirname(d) for d in left) == sorted(parents), left
         assert not gone_or_zombie(daemon)
         r = run_cli("run", "--cgroup-parent", cgroup_parent, "true")
         swept = True
@@ -298,7 +398,8 @@ async def test_api_cancelled_container_leaves_no_cgroup(anyio_backend: str) -> N
     with anyio.CancelScope() as scope:
         async with await open_container(["sleep", "100"], limits=limits, grace=0.1) as c:
             dirs = c.cgroup.dirs
-            assert len(dirs) >= 3 and all(os.path.isdir(d) for d in dirs)
+            assert len(dirs) == len(hierarchies_for("memory", "pids", "cpu"))
+            assert all(os.path.isdir(d) for d in dirs)
             scope.cancel()
             await c.wait()
     assert c.returncode == 128 + signal.SIGKILL
@@ -365,7 +466,7 @@ async def test_api_writes_only_inside_the_containers_own_cgroups(
     async with await open_container(["sleep", "100"], limits=limits, grace=0) as c:
         dirs = c.cgroup.dirs
         c.kill()
-    assert written and len(dirs) == 5  # v2 + memory, cpu, cpuset, pids
+    assert written and len(dirs) == len(hierarchies_for("memory", "cpu", "cpuset", "pids"))
     for path in written:
         assert os.path.dirname(path) in dirs, path
         assert os.path.basename(os.path.dirname(path)).startswith("mydocker-")
@@ -404,7 +505,7 @@ def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service(cgroup_parent: 
     daemon = int(proc.stdout.readline())
     try:
         left = other_dirs(cgroup_parent)
-        assert len(left) == 2  # v2 and the v1 memory cgroup
+        assert len(left) == len(hierarchies_for("memory"))
         proc.kill()
         proc.wait()
         assert wait_until(lambda: not [d for d in left if os.path.exists(d)])
