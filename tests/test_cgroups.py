@@ -7,7 +7,9 @@ any test after which a ``mydocker-*`` cgroup of ours remains.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -318,18 +320,21 @@ def test_leftovers_of_a_killed_mydocker_are_cleaned_by_the_next_run(cgroup_paren
             "64m",
             "sh",
             "-c",
-            "setsid sleep 1000 & echo $!; sleep 1000",
+            "echo $$; setsid sleep 1000 & echo $!; sleep 1000",
         ],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
     assert proc.stdout is not None
+    pid1 = os.pidfd_open(int(proc.stdout.readline()))
     daemon = int(proc.stdout.readline())
     proc.kill()
     proc.wait()
     proc.stdout.close()
     swept = False
     try:
+        # PID 1 died with mydocker, before the next run (30 s: a hang detector)
+        assert select.select([pid1], [], [], 30)[0], "PID 1 outlived the SIGKILLed mydocker"
         left = other_dirs(cgroup_parent)
         # cgroup v2 and the memory hierarchy (v1 or v2)
         parents = [h.parent_dir(cgroup_parent) for h in hierarchies_for("memory")]
@@ -345,6 +350,9 @@ def test_leftovers_of_a_killed_mydocker_are_cleaned_by_the_next_run(cgroup_paren
             run_cli("run", "--cgroup-parent", cgroup_parent, "true")
         if not gone_or_zombie(daemon):
             os.kill(daemon, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pid1, signal.SIGKILL)  # if it lived on
+        os.close(pid1)
 
 
 def test_cgroup_parent_places_the_container_below_it() -> None:

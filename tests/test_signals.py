@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import mydocker_cmd
+from .conftest import mydocker_cmd, run_cli
 
 pytestmark = pytest.mark.root
 
@@ -150,6 +150,34 @@ def test_second_interrupt_kills_a_pid_1_that_ignores_sigint(popen) -> None:
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 128 + signal.SIGKILL
     assert b"second interrupt: killing the container" in proc.stderr.read()
+
+
+def test_a_sigkilled_mydocker_takes_its_container_with_it(popen, cgroup_parent: str) -> None:
+    # PID 1 asked for PR_SET_PDEATHSIG: it dies with mydocker, there and then, not
+    # when a later mydocker run sweeps the cgroups the dead one left behind (below a
+    # cgroup of the test's own, no other run on this host sweeps them meanwhile).
+    argv = ["sleep", f"1000.{os.getpid()}{time.monotonic_ns() % 1_000_000:06d}"]  # no other process's
+    cmdline = "\0".join(argv).encode() + b"\0"
+    proc = popen("run", "--cgroup-parent", cgroup_parent, *argv)
+    _wait_for(lambda: bool(_processes_running(cmdline)), "sleep runs as PID 1")
+    [pid] = _processes_running(cmdline)
+    pidfd = os.pidfd_open(pid)  # immune to pid reuse
+    exited = False
+    try:
+        proc.kill()
+        proc.wait()
+        # readable once PID 1 has exited; 30 s is a hang detector, not a speed limit
+        exited = bool(select.select([pidfd], [], [], 30)[0])
+        assert exited, "the container outlived the SIGKILLed mydocker"
+    finally:
+        if not exited:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        # pytest is a child subreaper (conftest): the orphan is ours to reap
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        os.close(pidfd)
+        # the dead mydocker's cgroups: the next run below the same parent removes them
+        assert run_cli("run", "--cgroup-parent", cgroup_parent, "true").returncode == 0
+    assert info is not None and (info.si_code, info.si_status) == (os.CLD_KILLED, signal.SIGKILL)
 
 
 def test_init_stops_on_sigint(popen) -> None:
