@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -429,24 +430,46 @@ async def test_api_daemon_escaping_pid_1_is_killed(anyio_backend: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _waits_on_a_pipe(pid: int) -> bool:
+    """Whether ``pid`` sleeps in a pipe read (``pipe_read``, ``anon_pipe_read``)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "pipe_read" in f.read()
+    except OSError:
+        return False
+
+
 @pytest.mark.anyio
+@pytest.mark.skipif(
+    cgroups.current_layout().v1_for("pids") is None,
+    reason="cgroup v1 only: with cgroup v2 the child is cloned into its cgroup",
+)
 async def test_api_failed_placement_is_a_start_error_leaving_nothing(
-    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Fault injection: the kernel refuses the v1 cgroup.procs write. The child,
-    # blocked on the sync pipe, must never run the command.
+    # blocked on the sync pipe, must never run the command (which would leave a file
+    # on the host: without a root filesystem the container sees the host's).
+    ran = tmp_path / "ran"
     real_write = cgroups.CgroupFS.write
 
     def refuse_procs(self: cgroups.CgroupFS, path: str, value: str) -> None:
         if path.endswith("/cgroup.procs"):
+            # A child that did not wait to be placed gets every chance to show it:
+            # until the command has run, or the child sleeps in its wait for the
+            # placement (2 s when the kernel names that wait otherwise).
+            deadline = time.monotonic() + 2
+            while not ran.exists() and not _waits_on_a_pipe(int(value)) and time.monotonic() < deadline:
+                time.sleep(0.005)
             raise OSError(13, f"write {value!r} to {path}: Permission denied")
         real_write(self, path, value)
 
     monkeypatch.setattr(cgroups.CgroupFS, "write", refuse_procs)
     before = our_dirs()
     with pytest.raises(StartError, match="place the container in its cgroup") as err:
-        await run_container(["sh", "-c", "echo ran > /dev/stderr"], limits=Limits(pids=10))
+        await run_container(["sh", "-c", f"echo ran > {ran}"], limits=Limits(pids=10))
     assert err.value.errno == 13
+    assert not ran.exists(), "the command ran before the container was placed in its cgroups"
     assert our_dirs() == before
 
 
