@@ -458,12 +458,26 @@ def test_shared_pipes_are_left_blocking(backend: str) -> None:
 
 @pytest.mark.root
 def test_output_to_a_closed_pipe_ends_the_container(backend: str) -> None:
-    r = subprocess.run(
-        f"{shlex.join(mydocker_cmd())} run -t yes | head -1",
-        shell=True, capture_output=True, timeout=60, env=_env(backend), stdin=subprocess.DEVNULL,
+    # `mydocker run -t yes | head -1`: `yes` would run for ever; mydocker kills it
+    # once nobody reads its output, and says nothing about the broken pipe.
+    mydocker = subprocess.Popen(
+        [*mydocker_cmd(), "run", "-t", "yes"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(backend),
     )  # fmt: skip
-    # `yes` would run for ever: mydocker kills it once nobody reads its output
-    assert r.stdout == b"y\r\n", r.stderr
+    assert mydocker.stdout is not None and mydocker.stderr is not None
+    try:
+        head = subprocess.run(["head", "-1"], stdin=mydocker.stdout, capture_output=True, timeout=60)
+        mydocker.stdout.close()  # head has gone: now nobody reads
+        status = mydocker.wait(timeout=30)
+        err = mydocker.stderr.read()
+    finally:
+        if mydocker.poll() is None:
+            mydocker.kill()
+            mydocker.wait()
+        mydocker.stdout.close()
+        mydocker.stderr.close()
+    assert head.stdout == b"y\r\n"
+    assert (status, err) == (128 + signal.SIGKILL, b"")
 
 
 # -- the pieces, without a container ------------------------------------------------------
