@@ -197,6 +197,39 @@ def test_ctrl_c_interrupts_the_command_inside_and_the_shell_survives(spawn) -> N
     assert _finish(child) == 0
 
 
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.root
+def test_ctrl_z_stops_the_command_inside_and_not_mydocker(spawn) -> None:
+    # Ctrl-Z is a byte for the container's terminal: its shell stops the foreground
+    # job. Were it a signal for mydocker instead, mydocker would stop and relay
+    # nothing more.
+    child = spawn(SH)
+    child.expect_exact(PROMPT)
+    _wait_raw(child)
+    child.sendline("sleep 100")
+    sleep = _wait_for_descendant(child.pid, "sleep")
+    child.sendcontrol("z")
+    child.expect(r"Stopped +sleep 100")
+    child.expect_exact(PROMPT)
+    assert _state(sleep) == "T"
+    child.sendline("fg")
+    deadline = time.monotonic() + 20
+    while _state(sleep) == "T":  # SIGCONT from the shell's fg
+        assert time.monotonic() < deadline, "fg did not resume the job"
+        time.sleep(0.02)
+    child.sendcontrol("c")
+    child.expect_exact(PROMPT)
+    child.sendline("echo status=$?")
+    child.expect(r"status=(\d+)")
+    assert child.match.group(1) == b"130"
+    child.sendline("exit 0")
+    assert _finish(child) == 0
+
+
 @pytest.mark.root
 def test_top_runs(spawn) -> None:
     child = spawn(SH, dimensions=(30, 100))
@@ -381,6 +414,16 @@ def test_tty_without_a_terminal_here(backend: str) -> None:
     assert lines[1] == b"24 80"  # the default size
     assert lines[2] == b"done"
     assert r.stderr == b""
+
+
+@pytest.mark.root
+def test_term_is_set_with_a_tty_and_absent_without(backend: str) -> None:
+    # docker's TERM=xterm with -t; without it, none (not even the caller's: _env sets one)
+    script = 'echo "TERM=${TERM-unset}"'
+    r = _run(backend, "run", "-t", "sh", "-c", script)
+    assert (r.returncode, r.stdout) == (0, b"TERM=xterm\r\n"), r.stderr
+    r = _run(backend, "run", "sh", "-c", script)
+    assert (r.returncode, r.stdout) == (0, b"TERM=unset\n"), r.stderr
 
 
 @pytest.mark.root
