@@ -37,6 +37,25 @@ def test_network_host_shares_the_network_namespace() -> None:
     assert r.stdout.decode().strip() == os.readlink("/proc/self/ns/net")
 
 
+@pytest.mark.parametrize("ns", ["uts", "ipc"])
+def test_uts_and_ipc_host_share_that_namespace_only(ns: str) -> None:
+    script = "; ".join(f"readlink /proc/self/ns/{n}" for n in NAMESPACES)
+    r = sh(script, f"--{ns}", "host")
+    assert r.returncode == 0, r.stderr
+    inside = dict(zip(NAMESPACES, r.stdout.decode().split(), strict=True))
+    for n, link in inside.items():
+        shared = link == os.readlink(f"/proc/self/ns/{n}")
+        assert shared == (n == ns), f"--{ns} host: the {n} namespace is {'' if shared else 'not '}the host's"
+
+
+def test_uts_host_shows_the_hosts_hostname_and_leaves_it_alone() -> None:
+    host = os.uname().nodename
+    r = run_cli("run", "--uts", "host", "sh", "-c", "hostname; echo $HOSTNAME")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == [host, host]
+    assert os.uname().nodename == host
+
+
 def test_command_is_pid_1_and_proc_shows_only_the_container() -> None:
     r = sh("echo $$; ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '")
     lines = r.stdout.decode().splitlines()
