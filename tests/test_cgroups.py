@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -281,6 +282,29 @@ def test_bad_limits_are_one_line_125_before_anything_starts(args: list[str], mes
     assert r.stdout == b""  # the command never ran
     lines = r.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mydocker: ") and message in lines[0], r.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "controller"), [("-m", "64m", "memory"), ("--pids-limit", "8", "pids")]
+)
+def test_a_limit_pure_v2_cannot_enforce_is_one_line_and_125(flag: str, value: str, controller: str) -> None:
+    # In a mount namespace without the v1 hierarchies, a hybrid host looks like a
+    # pure cgroup v2 one whose hierarchy lacks the controllers bound to v1: the limit
+    # cannot be enforced, and nothing may start without it.
+    layout = cgroups.current_layout()
+    if layout.v2 is None or layout.v1_for(controller) is None:
+        pytest.skip(f"needs a hybrid host, with {controller} bound to a v1 hierarchy")
+    umount = "".join(f"umount {shlex.quote(h.mountpoint)} && " for h in layout.v1)
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{umount}exec "$@"', "sh",
+         *mydocker_cmd(), "run", flag, value, "sh", "-c", "echo started"],
+        capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 125, r.stderr
+    assert r.stdout == b""  # the command never ran
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mydocker: "), r.stderr
+    assert f"the cgroup v2 '{controller}' controller" in lines[0], lines[0]
 
 
 def test_failed_exec_with_limits_is_127_and_leaves_no_cgroup() -> None:
