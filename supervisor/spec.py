@@ -624,7 +624,9 @@ class ContainerSpec:
 
     @property
     def effective_hostname(self) -> str:
-        """The hostname the container will see."""
+        """The hostname the container will see (the host's with ``--uts host``)."""
+        if "uts" not in self.namespaces:
+            return os.uname().nodename
         return self.hostname or self.short_id
 
     def full_env(self) -> dict[str, str]:

@@ -1,10 +1,12 @@
 """Shared fixtures: both anyio backends, root gating, and a host-leak check that
-runs around every test (mounts, fds, child processes, zombies)."""
+runs around every test (mounts, fds, child processes and orphans, zombies)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -69,8 +71,30 @@ def _describe_fd(fd: int) -> str:
         return str(fd)
 
 
-def _children() -> set[int]:
-    out: set[int] = set()
+#: <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture(autouse=True, scope="session")
+def child_subreaper() -> Iterator[None]:
+    """Make pytest a child subreaper for the whole session.
+
+    A container that ``mydocker run`` starts is a grandchild of the test (pytest ->
+    mydocker -> container), and so is a spawn helper: were one to outlive mydocker,
+    it would be re-parented to the host's init, out of ``host_unchanged``'s sight. As
+    a subreaper, pytest inherits every orphan of the processes a test starts, so "no
+    child left behind" covers them too.
+    """
+    from supervisor import _linux
+
+    _linux.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    yield
+    _linux.prctl(PR_SET_CHILD_SUBREAPER, 0)
+
+
+def _child_stats() -> dict[int, list[str]]:
+    """Our child processes (zombies too): pid -> the /proc/PID/stat fields after the name."""
+    out: dict[int, list[str]] = {}
     me = str(os.getpid())
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -81,8 +105,54 @@ def _children() -> set[int]:
         except OSError:
             continue
         if fields[1] == me:
-            out.add(int(pid))
+            out[int(pid)] = fields
     return out
+
+
+def child_processes() -> set[int]:
+    """Our child processes, zombies and orphans re-parented to us included."""
+    return set(_child_stats())
+
+
+def _reap_zombies() -> None:
+    """Reap our zombie children, as init would have reaped these orphans."""
+    for pid, fields in _child_stats().items():
+        if fields[0] == "Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def describe_process(pid: int) -> str:
+    """``pid (name) state: argv`` (a zombie has no argv left)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            head, tail = f.read().rsplit(")", 1)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"{pid} (gone)"
+    state = tail.split()[0]
+    return f"{pid} ({head.split('(', 1)[1]}) {'zombie' if state == 'Z' else state}: {argv or '-'}"
+
+
+def _kill_and_reap_children() -> None:
+    """SIGKILL and reap every child of ours (a child's pid is not reused until it is
+    reaped), and the orphans that their deaths hand down to us in turn."""
+    for _ in range(10):
+        pids = child_processes()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _no_child_left(orphans_expected: bool) -> bool:
+    if orphans_expected:
+        _reap_zombies()
+    return not child_processes()
 
 
 def _settle(check: object, timeout: float = 5.0) -> None:
@@ -130,15 +200,66 @@ def _network_state() -> tuple[set[str], set[str], str, set[str]]:
     return links, tables, forward, netns
 
 
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    """A cgroup of the test's own, in every hierarchy, to pass as ``--cgroup-parent``.
+
+    The first container a mydocker makes below a parent kills and removes what a
+    killed mydocker left there. Below pytest's own cgroup, any mydocker run on this
+    host (another test session's) may do that at any moment, and so hide whether
+    the killed one's container died with it. Below this cgroup only the test's own
+    runs sweep. It must be empty again at the end.
+    """
+    from supervisor import cgroups
+
+    layout = cgroups.current_layout()
+    name = f"test-parent-{os.getpid()}"
+    made: list[str] = []
+    try:
+        for h in ([layout.v2] if layout.v2 is not None else []) + list(layout.v1):
+            parent = h.parent_dir(name)
+            assert parent is not None
+            os.mkdir(parent)
+            made.append(parent)
+        yield name
+    finally:
+        for parent in reversed(made):
+            os.rmdir(parent)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "orphans: the test makes processes that outlive their parent (it SIGKILLs a "
+        "supervisor, or a daemon escapes PID 1); those that died once re-parented to "
+        "pytest are reaped as init would, not reported as left behind",
+    )
+
+
 @pytest.fixture(autouse=True)
-def host_unchanged() -> Iterator[None]:
+def host_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves a mount, an fd, a child process (zombie or not), a
     container cgroup, an interface or nftables table of mydocker's, a changed
-    ip_forward or a named network namespace."""
+    ip_forward or a named network namespace.
+
+    Children include the orphans of every process the test started: pytest is a
+    child subreaper (``child_subreaper``). Whatever is left is killed and reaped, so
+    that the next test starts clean.
+    """
+    orphans_expected = request.node.get_closest_marker("orphans") is not None
     network = _network_state()
     mounts, fds, cgroups = _mounts(), _fds(), _cgroup_leftovers()
     yield
-    _settle(lambda: not _children() and _fds() - _owner_fds() <= fds and not _cgroup_leftovers() - cgroups)
+    _settle(
+        lambda: (
+            _no_child_left(orphans_expected)
+            and _fds() - _owner_fds() <= fds
+            and not _cgroup_leftovers() - cgroups
+        )
+    )
+    left = sorted(child_processes())
+    described = [describe_process(pid) for pid in left]
+    _kill_and_reap_children()
     leftover = _cgroup_leftovers() - cgroups
     assert not leftover, f"cgroups left behind: {sorted(leftover)}"
     _settle(lambda: _network_state() == network)
@@ -146,5 +267,5 @@ def host_unchanged() -> Iterator[None]:
     assert _mounts() == mounts, "the host's mount table changed"
     leaked = _fds() - _owner_fds() - fds
     assert not leaked, f"fds leaked: {[_describe_fd(fd) for fd in leaked]}"
-    assert not _children(), f"child processes left behind: {_children()}"
+    assert not left, f"child processes (or orphans of the test's) left behind: {described}"
     assert os.path.exists("/proc/1/status"), "the host's /proc is broken"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -369,8 +370,13 @@ def test_not_root_is_not_permitted(tmp_path: Path) -> None:
 
 async def test_timeout_kills_and_reaps() -> None:
     argv = ["sleep", "60.25"]  # an odd duration: findable on the host by its cmdline
-    with anyio.move_on_after(0.5) as scope:
-        await run_container(argv)
+    # PID 1 has no SIGTERM handler: killed at once, not after the grace period, which
+    # is long here, and twice the hang detector (anything that waits it out fails).
+    with anyio.move_on_after(30) as hang:
+        with anyio.move_on_after(0.5) as scope:
+            await run_container(argv, grace=60)
+        await anyio.lowlevel.checkpoint()
+    assert not hang.cancelled_caught, "the grace period was waited out"
     assert scope.cancelled_caught
     # Right away, not after some settling: the contract is "reaped before the
     # cancellation propagates".
@@ -380,11 +386,15 @@ async def test_timeout_kills_and_reaps() -> None:
 
 async def test_fail_after_raises_timeout_and_reaps() -> None:
     argv = ["sleep", "60.5"]
-    with pytest.raises(TimeoutError):
-        with anyio.fail_after(0.5):
-            async with await open_container(argv, stdin=DEVNULL) as c:
-                await c.wait()
-    assert c.returncode == 128 + signal.SIGKILL  # PID 1 without a TERM handler: killed at once
+    with anyio.move_on_after(30) as hang:  # a hang detector: half the grace period
+        with pytest.raises(TimeoutError):
+            with anyio.fail_after(0.5):
+                async with await open_container(argv, stdin=DEVNULL, grace=60) as c:
+                    await c.wait()
+        await anyio.lowlevel.checkpoint()
+    # PID 1 without a TERM handler: killed at once, not after the grace period
+    assert not hang.cancelled_caught, "the grace period was waited out"
+    assert c.returncode == 128 + signal.SIGKILL
     assert not _processes_running(argv)
     assert not _zombie_children()
 
@@ -499,14 +509,17 @@ async def test_cancel_kills_after_grace_when_term_is_not_enough() -> None:
 
 async def test_ignored_term_means_kill() -> None:
     script = "trap '' TERM; echo ready; while :; do sleep 0.05; done"
-    with anyio.CancelScope() as scope:
-        async with await open_container(["sh", "-c", script], stdin=DEVNULL, grace=60) as c:
-            assert c.stdout is not None
-            assert await c.stdout.receive() == b"ready\n"
-            scope.cancel()
-            await c.wait()
+    with anyio.move_on_after(30) as hang:  # a hang detector: half the grace period
+        with anyio.CancelScope() as scope:
+            async with await open_container(["sh", "-c", script], stdin=DEVNULL, grace=60) as c:
+                assert c.stdout is not None
+                assert await c.stdout.receive() == b"ready\n"
+                scope.cancel()
+                await c.wait()
+        await anyio.lowlevel.checkpoint()
     # The kernel drops a signal that PID 1 ignores, so waiting 60 s for it would be
     # pointless: it is killed without the wait.
+    assert not hang.cancelled_caught, "the grace period was waited out"
     assert c.returncode == 128 + signal.SIGKILL
     assert not _zombie_children()
 
@@ -604,6 +617,7 @@ def test_the_helper_ends_with_its_event_loop(runner: str) -> None:
     assert not _helper_pids()
 
 
+@pytest.mark.orphans
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_sigkilled_supervisor_takes_helper_and_containers_with_it(backend: str) -> None:
     code = textwrap.dedent(

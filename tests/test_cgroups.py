@@ -7,11 +7,15 @@ any test after which a ``mydocker-*`` cgroup of ours remains.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -42,29 +46,69 @@ def our_dirs() -> list[str]:
         f"{parent}/{name}"
         for parent in cgroups.parents_of(layout)
         for name in os.listdir(parent)
-        if name.startswith("mydocker-") and name.endswith(f"-{token}")
+        if name.startswith("mydocker-")
+        and not name.startswith("mydocker-owner-")  # our marker: there while we live
+        and name.endswith(f"-{token}")
     ]
 
 
-def dead_dirs() -> list[str]:
-    """What dead owners (a SIGKILLed mydocker) left below our own cgroups; another
-    mydocker running meanwhile is left out."""
-    layout = cgroups.current_layout()
-    return [d for d in cgroups.leftovers(layout.fs, cgroups.parents_of(layout)) if "-owner-" not in d]
-
-
-def other_dirs() -> list[str]:
-    """The container cgroups of other mydocker processes (live or dead) below ours."""
+def other_dirs(cgroup_parent: str | None = None) -> list[str]:
+    """The container cgroups of other mydocker processes (live or dead) below ours,
+    or below ``cgroup_parent``."""
     layout = cgroups.current_layout()
     token = cgroups.owner().token
     return [
         f"{parent}/{name}"
-        for parent in cgroups.parents_of(layout)
+        for parent in cgroups.parents_of(layout, cgroup_parent)
         for name in os.listdir(parent)
         if name.startswith("mydocker-")
         and not name.startswith("mydocker-owner-")
         and not name.endswith(token)
     ]
+
+
+def hierarchies_for(*controllers: str) -> set[cgroups.Hierarchy]:
+    """The hierarchies in which a container whose limits need ``controllers`` gets a
+    cgroup, on this host's layout: cgroup v2 where it is mounted, and the v1
+    hierarchy of each controller bound to one (without cgroup v2, devices' too)."""
+    layout = cgroups.current_layout()
+    found = {h for c in controllers if (h := layout.v1_for(c)) is not None}
+    if layout.v2 is not None:
+        found.add(layout.v2)
+    elif (devices := layout.v1_for("devices")) is not None:
+        found.add(devices)
+    return found
+
+
+def cgroup_dir(pid: int, controller: str) -> str:
+    """The directory of process ``pid``'s cgroup with ``controller``'s files: in the v1
+    hierarchy the controller is bound to, else in cgroup v2."""
+    layout = cgroups.current_layout()
+    with open(f"/proc/{pid}/cgroup") as f:
+        v2_path, v1_paths = cgroups.parse_proc_cgroup(f.read())
+    h = layout.v1_for(controller)
+    if h is not None:
+        path = v1_paths[h.controllers]
+    else:
+        assert layout.v2 is not None and v2_path is not None, f"no cgroup of {pid} has {controller}"
+        h, path = layout.v2, v2_path
+    d = h.dir_of(path)
+    assert d is not None, (h, path)
+    return d
+
+
+def processes_with_argv(argv: list[str]) -> list[int]:
+    """Live processes anywhere on the host whose command line is exactly ``argv``."""
+    want = "\0".join(argv).encode() + b"\0"
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == want:
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def gone_or_zombie(pid: int) -> bool:
@@ -155,12 +199,66 @@ def test_limits_land_in_the_containers_own_cgroups() -> None:
         "/proc/self/cgroup",
     )
     assert r.returncode == 0, r.stderr
-    lines = dict(line.split(":", 2)[1:] for line in r.stdout.decode().splitlines())
-    for key in ("", "memory", "pids"):
-        assert "/mydocker-" in lines[key]
-    cpu_key = next(k for k in lines if "cpu" in k.split(",") and "cpuset" not in k)
-    assert "/mydocker-" in lines[cpu_key]
-    assert "/mydocker-" not in lines.get("cpuset", "/")  # no hierarchy without a limit in it
+    layout = cgroups.current_layout()
+    v2_path, v1_paths = cgroups.parse_proc_cgroup(r.stdout.decode())
+    if layout.v2 is not None:
+        assert v2_path is not None and "/mydocker-" in v2_path  # every container has one
+    for controller in ("memory", "cpu", "pids"):
+        h = layout.v1_for(controller)
+        path = v1_paths[h.controllers] if h is not None else v2_path
+        assert path is not None and "/mydocker-" in path, (controller, path)
+    cpuset = layout.v1_for("cpuset")
+    if cpuset is not None:  # no v1 hierarchy without a limit in it
+        assert "/mydocker-" not in v1_paths[cpuset.controllers]
+
+
+def test_the_kernel_holds_the_limits_while_the_container_runs() -> None:
+    # Read back, from the cgroup files of this host's layout (the v1 hierarchy a
+    # controller is bound to, else cgroup v2), the values the kernel enforces.
+    cpu = min(os.sched_getaffinity(0))
+    v1 = {
+        "memory": {"memory.limit_in_bytes": str(64 << 20)},
+        "cpu": {"cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000", "cpu.shares": "512"},
+        "cpuset": {"cpuset.cpus": str(cpu)},
+        "pids": {"pids.max": "20"},
+    }
+    v2 = {
+        "memory": {"memory.max": str(64 << 20)},
+        "cpu": {"cpu.max": "50000 100000", "cpu.weight": "20"},  # 512 shares, as runc maps them
+        "cpuset": {"cpuset.cpus": str(cpu)},
+        "pids": {"pids.max": "20"},
+    }
+    # with swap accounting (the file exists), swap is limited by default as docker does:
+    # memory plus swap twice the memory limit
+    swap = {"memory.memsw.limit_in_bytes": str(128 << 20), "memory.swap.max": str(64 << 20)}
+    argv = ["sleep", f"1000.{os.getpid()}{time.monotonic_ns() % 1_000_000:06d}"]  # no other process's
+    proc = subprocess.Popen(
+        [*mydocker_cmd(), "run", "-m", "64m", "--cpus", "0.5", "--cpu-shares", "512",
+         "--cpuset-cpus", str(cpu), "--pids-limit", "20", *argv],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    layout = cgroups.current_layout()
+    try:
+        assert wait_until(lambda: processes_with_argv(argv)), "the container never ran"
+        [pid] = processes_with_argv(argv)
+        for controller in ("memory", "cpu", "cpuset", "pids"):
+            d = cgroup_dir(pid, controller)
+            assert os.path.basename(d).startswith("mydocker-"), d
+            files = dict((v1 if layout.v1_for(controller) is not None else v2)[controller])
+            if controller == "memory":
+                files.update((f, v) for f, v in swap.items() if os.path.exists(os.path.join(d, f)))
+            got = {}
+            for name in files:
+                with open(os.path.join(d, name)) as f:
+                    got[name] = f.read().strip()
+            assert got == files, controller
+    finally:
+        proc.send_signal(signal.SIGTERM)  # sleep has no handler: killed at once
+        status = proc.wait(timeout=30)
+        err = proc.stderr.read()
+        proc.stderr.close()
+    assert status == 128 + signal.SIGKILL, err
 
 
 @pytest.mark.parametrize(
@@ -186,12 +284,36 @@ def test_bad_limits_are_one_line_125_before_anything_starts(args: list[str], mes
     assert len(lines) == 1 and lines[0].startswith("mydocker: ") and message in lines[0], r.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "controller"), [("-m", "64m", "memory"), ("--pids-limit", "8", "pids")]
+)
+def test_a_limit_pure_v2_cannot_enforce_is_one_line_and_125(flag: str, value: str, controller: str) -> None:
+    # In a mount namespace without the v1 hierarchies, a hybrid host looks like a
+    # pure cgroup v2 one whose hierarchy lacks the controllers bound to v1: the limit
+    # cannot be enforced, and nothing may start without it.
+    layout = cgroups.current_layout()
+    if layout.v2 is None or layout.v1_for(controller) is None:
+        pytest.skip(f"needs a hybrid host, with {controller} bound to a v1 hierarchy")
+    umount = "".join(f"umount {shlex.quote(h.mountpoint)} && " for h in layout.v1)
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{umount}exec "$@"', "sh",
+         *mydocker_cmd(), "run", flag, value, "sh", "-c", "echo started"],
+        capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 125, r.stderr
+    assert r.stdout == b""  # the command never ran
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mydocker: "), r.stderr
+    assert f"the cgroup v2 '{controller}' controller" in lines[0], lines[0]
+
+
 def test_failed_exec_with_limits_is_127_and_leaves_no_cgroup() -> None:
     # The conftest leak check fails this test if a cgroup of the dead CLI remains.
     r = run_cli("run", "-m", "32m", "--memory-swap", "-1", "--pids-limit", "8", "/nonexistent")
     assert r.returncode == 127, r.stderr
 
 
+@pytest.mark.orphans
 def test_daemon_that_escaped_pid_1_dies_with_the_container() -> None:
     # With the host's PID namespace nothing kills a double-forked daemon when PID 1
     # exits, except the container's cgroup (cgroup.kill): even without limits.
@@ -205,42 +327,50 @@ def test_daemon_that_escaped_pid_1_dies_with_the_container() -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def test_leftovers_of_a_killed_mydocker_are_cleaned_at_once() -> None:
+@pytest.mark.orphans
+def test_leftovers_of_a_killed_mydocker_are_cleaned_at_once(cgroup_parent: str) -> None:
     # mydocker SIGKILLed: PID 1 dies with it (PR_SET_PDEATHSIG) but a --pid host
     # daemon lives on in the container's cgroups. Such a container is cloned by the
     # spawn helper even for the CLI, and the helper, which outlives the CLI, kills
-    # what is left and removes the cgroups: no later run is needed.
+    # what is left and removes the cgroups: no later run is needed. Below a cgroup
+    # of the test's own, so that no other mydocker run on this host sweeps them first.
     proc = subprocess.Popen(
         [
             *mydocker_cmd(),
             "run",
+            "--cgroup-parent",
+            cgroup_parent,
             "--pid",
             "host",
             "-m",
             "64m",
             "sh",
             "-c",
-            "setsid sleep 1000 & echo $!; sleep 1000",
+            "echo $$; setsid sleep 1000 & echo $!; sleep 1000",
         ],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
     assert proc.stdout is not None
+    pid1 = os.pidfd_open(int(proc.stdout.readline()))
     daemon = int(proc.stdout.readline())
-    assert other_dirs()  # its v2 and v1 memory cgroups
+    assert other_dirs(cgroup_parent)  # its v2 and v1 memory cgroups
     pidfd = os.pidfd_open(daemon)
     proc.kill()
     proc.wait()
     proc.stdout.close()
     try:
-        import select
-
+        # PID 1 and the daemon die with mydocker, without a next run (30 s: a hang detector)
+        assert select.select([pid1], [], [], 30)[0], "PID 1 outlived the SIGKILLed mydocker"
         assert select.select([pidfd], [], [], 30)[0], "the daemon outlived its mydocker"
-        assert wait_until(lambda: not dead_dirs())
+        assert wait_until(lambda: not other_dirs(cgroup_parent))
     finally:
         os.close(pidfd)
         if not gone_or_zombie(daemon):
             os.kill(daemon, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pid1, signal.SIGKILL)  # if it lived on
+        os.close(pid1)
 
 
 def test_cgroup_parent_places_the_container_below_it() -> None:
@@ -294,13 +424,15 @@ async def test_api_cancelled_container_leaves_no_cgroup(anyio_backend: str) -> N
     with anyio.CancelScope() as scope:
         async with await open_container(["sleep", "100"], limits=limits, grace=0.1) as c:
             dirs = c.cgroup.dirs
-            assert len(dirs) >= 3 and all(os.path.isdir(d) for d in dirs)
+            assert len(dirs) == len(hierarchies_for("memory", "pids", "cpu"))
+            assert all(os.path.isdir(d) for d in dirs)
             scope.cancel()
             await c.wait()
     assert c.returncode == 128 + signal.SIGKILL
     assert not [d for d in dirs if os.path.exists(d)]
 
 
+@pytest.mark.orphans
 @pytest.mark.anyio
 async def test_api_daemon_escaping_pid_1_is_killed(anyio_backend: str) -> None:
     result = await run_container(
@@ -315,24 +447,46 @@ async def test_api_daemon_escaping_pid_1_is_killed(anyio_backend: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _waits_on_a_pipe(pid: int) -> bool:
+    """Whether ``pid`` sleeps in a pipe read (``pipe_read``, ``anon_pipe_read``)."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "pipe_read" in f.read()
+    except OSError:
+        return False
+
+
 @pytest.mark.anyio
+@pytest.mark.skipif(
+    cgroups.current_layout().v1_for("pids") is None,
+    reason="cgroup v1 only: with cgroup v2 the child is cloned into its cgroup",
+)
 async def test_api_failed_placement_is_a_start_error_leaving_nothing(
-    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Fault injection: the kernel refuses the v1 cgroup.procs write. The child,
-    # blocked on the sync pipe, must never run the command.
+    # blocked on the sync pipe, must never run the command (which would leave a file
+    # on the host: without a root filesystem the container sees the host's).
+    ran = tmp_path / "ran"
     real_write = cgroups.CgroupFS.write
 
     def refuse_procs(self: cgroups.CgroupFS, path: str, value: str) -> None:
         if path.endswith("/cgroup.procs"):
+            # A child that did not wait to be placed gets every chance to show it:
+            # until the command has run, or the child sleeps in its wait for the
+            # placement (2 s when the kernel names that wait otherwise).
+            deadline = time.monotonic() + 2
+            while not ran.exists() and not _waits_on_a_pipe(int(value)) and time.monotonic() < deadline:
+                time.sleep(0.005)
             raise OSError(13, f"write {value!r} to {path}: Permission denied")
         real_write(self, path, value)
 
     monkeypatch.setattr(cgroups.CgroupFS, "write", refuse_procs)
     before = our_dirs()
     with pytest.raises(StartError, match="place the container in its cgroup") as err:
-        await run_container(["sh", "-c", "echo ran > /dev/stderr"], limits=Limits(pids=10))
+        await run_container(["sh", "-c", f"echo ran > {ran}"], limits=Limits(pids=10))
     assert err.value.errno == 13
+    assert not ran.exists(), "the command ran before the container was placed in its cgroups"
     assert our_dirs() == before
 
 
@@ -360,7 +514,7 @@ async def test_api_writes_only_inside_the_containers_own_cgroups(
     async with await open_container(["sleep", "100"], limits=limits, grace=0) as c:
         dirs = c.cgroup.dirs
         c.kill()
-    assert written and len(dirs) == 5  # v2 + memory, cpu, cpuset, pids
+    assert written and len(dirs) == len(hierarchies_for("memory", "cpu", "cpuset", "pids"))
     for path in written:
         assert os.path.dirname(path) in dirs, path
         assert os.path.basename(os.path.dirname(path)).startswith("mydocker-")
@@ -376,17 +530,19 @@ async def test_api_cancelled_while_starting_leaves_no_cgroup(anyio_backend: str)
         assert our_dirs() == before
 
 
-def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service() -> None:
+@pytest.mark.orphans
+def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service(cgroup_parent: str) -> None:
     # A service embedding the library is SIGKILLed: its containers die with it, and
-    # its spawn helper, on the way out, kills what escaped and removes the cgroups.
+    # its spawn helper, on the way out, kills what escaped and removes the cgroups
+    # (below a cgroup of the test's own: no other mydocker on this host sweeps there).
     code = (
         "import anyio, sys\n"
         "from supervisor import open_container, DEVNULL\n"
         "async def main():\n"
         "    c = await open_container(['sh', '-c', 'setsid sleep 1000 & echo $!; sleep 1000'],\n"
-        "        stdin=DEVNULL, namespaces={'mount', 'uts', 'ipc', 'net'}, limits={'memory': '64m'})\n"
-        "    from supervisor import cgroups\n"
-        "    sys.stdout.write(cgroups.owner().token + ' ' + (await c.stdout.receive()).decode())\n"
+        "        stdin=DEVNULL, namespaces={'mount', 'uts', 'ipc', 'net'}, limits={'memory': '64m'},\n"
+        f"        cgroup_parent={cgroup_parent!r})\n"
+        "    sys.stdout.write((await c.stdout.receive()).decode())\n"
         "    sys.stdout.flush()\n"
         "    await anyio.sleep_forever()\n"
         "anyio.run(main)\n"
@@ -394,11 +550,10 @@ def test_spawn_helper_removes_the_cgroups_of_a_sigkilled_service() -> None:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, cwd=repo)
     assert proc.stdout is not None
-    token, pid = proc.stdout.readline().split()
-    daemon = int(pid)
+    daemon = int(proc.stdout.readline())
     try:
-        left = [d for d in other_dirs() if d.endswith(token.decode())]  # the service's own
-        assert len(left) == 2  # v2 and the v1 memory cgroup
+        left = other_dirs(cgroup_parent)
+        assert len(left) == len(hierarchies_for("memory"))
         proc.kill()
         proc.wait()
         assert wait_until(lambda: not [d for d in left if os.path.exists(d)])

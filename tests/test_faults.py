@@ -409,6 +409,7 @@ def test_a_cpuset_beyond_any_host_is_one_line_and_125(cpus: str) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.orphans
 def test_pid_host_processes_die_soon_after_a_sigkilled_cli() -> None:
     """Fixed in 63dc943: the CLI clones a container without a PID namespace of its
     own through the spawn helper, which outlives it and kills what is left in its

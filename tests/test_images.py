@@ -163,6 +163,19 @@ def test_device_nodes_are_skipped_unless_allowed(tmp_path: Path, state: Path) ->
         assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 8
 
 
+@pytest.mark.root
+def test_cli_creates_device_nodes_only_with_allow_devices(tmp_path: Path, state: Path) -> None:
+    tar = make_tar(tmp_path / "t.tar", ("file", "ok", b"x"), ("chr", "sda", (8, 0)))
+    res = run_cli("image", "--state-dir", str(state), "import", "nodev", str(tar))
+    assert res.returncode == 0, res.stderr
+    assert b"1 device nodes or special files skipped" in res.stdout + res.stderr
+    assert not (Path(image_rootfs("nodev", str(state))) / "sda").exists()
+    res = run_cli("image", "--state-dir", str(state), "import", "--allow-devices", "dev", str(tar))
+    assert res.returncode == 0, res.stderr
+    st = os.lstat(Path(image_rootfs("dev", str(state))) / "sda")
+    assert stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (8, 0)
+
+
 def test_not_a_tarball(tmp_path: Path, state: Path) -> None:
     junk = tmp_path / "junk"
     junk.write_bytes(b"\x00not a tar" * 100)

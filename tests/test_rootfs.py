@@ -284,6 +284,36 @@ def test_proc_and_sys_are_masked_and_read_only(busybox: Path, state: Path) -> No
 
 
 @pytest.mark.root
+def test_proc_irq_and_bus_are_read_only(busybox: Path, state: Path) -> None:
+    res = run_in(state, busybox, "cat /proc/self/mounts; echo 1 > /proc/irq/default_smp_affinity")
+    mounts = {}  # mount point -> options of the last (visible) mount there
+    for line in out(res).splitlines():
+        fields = line.split()
+        mounts[fields[1]] = fields[3].split(",")
+    for path in ("/proc/irq", "/proc/bus"):
+        assert "ro" in mounts.get(path, []), (path, mounts.get(path))
+    assert "Read-only file system" in res.stderr.decode(), res.stderr
+
+
+@pytest.mark.root
+def test_tmpfs_options_at_run_time(busybox: Path, state: Path) -> None:
+    script = (
+        "grep ' /small ' /proc/self/mounts; stat -c %a /small /plain; "
+        "head -c 2097152 /dev/zero > /small/f; echo fill=$?; stat -c %s /small/f; "  # 2 MiB into 1
+        "cp /bin/busybox /plain/true && /plain/true; echo plain=$?; "
+        "cp /bin/busybox /exec/true && /exec/true; echo exec=$?"
+    )
+    tmpfs = ["--tmpfs", "/small:size=1m,mode=700", "--tmpfs", "/plain", "--tmpfs", "/exec:exec"]
+    res = run_in(state, busybox, script, *tmpfs)
+    mount, small_mode, plain_mode, fill, filled, *rest = out(res).split("\n")[:-1]
+    options = mount.split()[3].split(",")
+    assert "size=1024k" in options and "mode=700" in options, mount
+    assert (small_mode, plain_mode) == ("700", "1777")  # docker's default mode
+    assert fill != "fill=0" and int(filled) <= 1 << 20, (fill, filled)  # the size holds
+    assert rest == ["plain=126", "exec=0"], res.stderr  # noexec unless asked for
+
+
+@pytest.mark.root
 def test_state_dir_from_the_environment(busybox: Path, state: Path) -> None:
     res = run_cli(
         "run", "--rootfs", str(busybox), "cat", "/proc/self/mountinfo",
@@ -293,6 +323,7 @@ def test_state_dir_from_the_environment(busybox: Path, state: Path) -> None:
     assert f"upperdir={state}/containers/" in out(res)
 
 
+@pytest.mark.orphans
 @pytest.mark.root
 def test_dirs_of_a_sigkilled_supervisor_are_swept_by_the_next_run(busybox: Path, state: Path) -> None:
     cmd = [*mydocker_cmd(), "run", "--state-dir", str(state), "--rootfs", str(busybox), "sleep", "60"]

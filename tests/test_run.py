@@ -8,10 +8,11 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
-from .conftest import mydocker_cmd, run_cli
+from .conftest import child_processes, describe_process, mydocker_cmd, run_cli
 
 pytestmark = pytest.mark.root
 
@@ -34,6 +35,25 @@ def test_namespaces_differ_from_the_hosts() -> None:
 def test_network_host_shares_the_network_namespace() -> None:
     r = run_cli("run", "--network", "host", "readlink", "/proc/self/ns/net")
     assert r.stdout.decode().strip() == os.readlink("/proc/self/ns/net")
+
+
+@pytest.mark.parametrize("ns", ["uts", "ipc"])
+def test_uts_and_ipc_host_share_that_namespace_only(ns: str) -> None:
+    script = "; ".join(f"readlink /proc/self/ns/{n}" for n in NAMESPACES)
+    r = sh(script, f"--{ns}", "host")
+    assert r.returncode == 0, r.stderr
+    inside = dict(zip(NAMESPACES, r.stdout.decode().split(), strict=True))
+    for n, link in inside.items():
+        shared = link == os.readlink(f"/proc/self/ns/{n}")
+        assert shared == (n == ns), f"--{ns} host: the {n} namespace is {'' if shared else 'not '}the host's"
+
+
+def test_uts_host_shows_the_hosts_hostname_and_leaves_it_alone() -> None:
+    host = os.uname().nodename
+    r = run_cli("run", "--uts", "host", "sh", "-c", "hostname; echo $HOSTNAME")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == [host, host]
+    assert os.uname().nodename == host
 
 
 def test_command_is_pid_1_and_proc_shows_only_the_container() -> None:
@@ -215,13 +235,35 @@ def test_host_mounts_and_proc_untouched() -> None:
     assert os.path.exists(f"/proc/{os.getpid()}/status") and os.path.exists("/proc/1/status")
 
 
-def test_no_zombie_or_helper_left_by_the_cli() -> None:
-    proc = subprocess.Popen([*mydocker_cmd(), "run", "sh", "-c", "sleep 0.2"], stdout=subprocess.PIPE)
+def _processes_with_argv(argv: list[str]) -> list[int]:
+    """Live processes anywhere on the host whose command line is exactly ``argv``."""
+    want = "\0".join(argv).encode() + b"\0"
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == want:
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_no_zombie_or_helper_left_by_the_cli(child_subreaper: None) -> None:
+    # A command line no other process has (other test runs share this host).
+    tag = f"1000.{os.getpid()}{time.monotonic_ns() % 1_000_000:06d}"
+    proc = subprocess.Popen(
+        [*mydocker_cmd(), "run", "sh", "-c", f"sleep {tag} & sleep 0.1"],
+        stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
     assert proc.wait(timeout=30) == 0
-    # The CLI's children (helper, containers) died with it: nothing was re-parented
-    # to us or left running with the CLI as parent.
-    out = subprocess.run(["ps", "-eo", "ppid=,stat=,args="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        ppid, stat, args = line.split(None, 2)
-        assert int(ppid) != proc.pid, line
-        assert not (stat.startswith("Z") and "sleep 0.2" in args), line
+    # pytest is a child subreaper (conftest): whatever the CLI left behind (its spawn
+    # helper, its container's PID 1, a zombie of either) was re-parented to us when
+    # it exited, rather than to the host's init, where nothing here would see it.
+    left = [describe_process(pid) for pid in sorted(child_processes())]
+    # What the container started died with it, wherever it might have gone.
+    survivors = _processes_with_argv(["sleep", tag])
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"the CLI left processes behind: {left}"
+    assert not survivors, f"the container's background sleep outlived it: {survivors}"

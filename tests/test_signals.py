@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import mydocker_cmd
+from .conftest import mydocker_cmd, run_cli
 
 pytestmark = pytest.mark.root
 
@@ -109,8 +109,9 @@ def test_sigterm_reaches_a_trapping_pid_1(popen) -> None:
     assert not _processes_running(b"sleep\x00987654\x00")
 
 
-@pytest.mark.parametrize("sig", ["USR1", "USR2", "HUP", "INT", "QUIT"])
+@pytest.mark.parametrize("sig", ["USR1", "USR2", "HUP", "INT", "QUIT", "WINCH"])
 def test_other_signals_are_forwarded(popen, sig: str) -> None:
+    # WINCH too, without a tty: a PID 1 that handles it gets it
     proc = popen("run", "sh", "-c", TRAP.format(sig=sig, code=7))
     _read_until(proc.stdout, b"ready\n")
     proc.send_signal(getattr(signal, f"SIG{sig}"))
@@ -119,10 +120,26 @@ def test_other_signals_are_forwarded(popen, sig: str) -> None:
 
 
 def test_sigterm_kills_a_pid_1_without_handler(popen) -> None:
-    proc = popen("run", "sleep", "1000")
+    # The kernel drops a SIGTERM that PID 1 has no handler for: mydocker kills it at
+    # once instead of waiting out the grace period for nothing. The grace period is
+    # long and the hang detector half of it, so that waiting it out fails the test.
+    proc = popen("run", "--stop-timeout", "60", "sleep", "1000")
     _wait_for(lambda: any(_comm(p) == "sleep" for p in _children(proc.pid)), "sleep runs as PID 1")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+    # silently: not "the container did not stop within 60s of SIGTERM: killing it"
+    assert proc.stderr.read() == b""
+
+
+@pytest.mark.parametrize("sig", ["HUP", "QUIT"])
+def test_hup_or_quit_kills_a_pid_1_without_handler(popen, sig: str) -> None:
+    # Like SIGTERM: the kernel would drop it, so mydocker kills the container, at
+    # once (the grace period is only for a SIGTERM that PID 1 handles).
+    proc = popen("run", "--stop-timeout", "60", "sleep", "1000")
+    _wait_for(lambda: any(_comm(p) == "sleep" for p in _children(proc.pid)), "sleep runs as PID 1")
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+    assert proc.stderr.read() == b""
 
 
 def test_handled_sigterm_that_does_not_stop_it_kills_after_the_grace_period(popen) -> None:
@@ -140,11 +157,44 @@ def test_second_interrupt_kills_a_pid_1_that_ignores_sigint(popen) -> None:
     proc = popen("run", "sleep", "1000")
     _wait_for(lambda: any(_comm(p) == "sleep" for p in _children(proc.pid)), "sleep runs as PID 1")
     proc.send_signal(signal.SIGINT)
-    _read_until(proc.stderr, b"press Ctrl-C again")
-    assert proc.poll() is None  # the first one only warns
+    # the first one only warns, naming the window in which a second one kills
+    notice = _read_until(proc.stderr, b"(or use --init)\n")
+    assert notice == (
+        b"mydocker: the container's PID 1 ignores SIGINT; press Ctrl-C again within 3s "
+        b"to kill it (or use --init)\n"
+    )
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 128 + signal.SIGKILL
     assert b"second interrupt: killing the container" in proc.stderr.read()
+
+
+def test_a_sigkilled_mydocker_takes_its_container_with_it(popen, cgroup_parent: str) -> None:
+    # PID 1 asked for PR_SET_PDEATHSIG: it dies with mydocker, there and then, not
+    # when a later mydocker run sweeps the cgroups the dead one left behind (below a
+    # cgroup of the test's own, no other run on this host sweeps them meanwhile).
+    argv = ["sleep", f"1000.{os.getpid()}{time.monotonic_ns() % 1_000_000:06d}"]  # no other process's
+    cmdline = "\0".join(argv).encode() + b"\0"
+    proc = popen("run", "--cgroup-parent", cgroup_parent, *argv)
+    _wait_for(lambda: bool(_processes_running(cmdline)), "sleep runs as PID 1")
+    [pid] = _processes_running(cmdline)
+    pidfd = os.pidfd_open(pid)  # immune to pid reuse
+    exited = False
+    try:
+        proc.kill()
+        proc.wait()
+        # readable once PID 1 has exited; 30 s is a hang detector, not a speed limit
+        exited = bool(select.select([pidfd], [], [], 30)[0])
+        assert exited, "the container outlived the SIGKILLed mydocker"
+    finally:
+        if not exited:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        # pytest is a child subreaper (conftest): the orphan is ours to reap
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        os.close(pidfd)
+        # the dead mydocker's cgroups: the next run below the same parent removes them
+        assert run_cli("run", "--cgroup-parent", cgroup_parent, "true").returncode == 0
+    assert info is not None and (info.si_code, info.si_status) == (os.CLD_KILLED, signal.SIGKILL)
 
 
 def test_init_stops_on_sigint(popen) -> None:
@@ -157,6 +207,16 @@ def test_init_stops_on_sigint(popen) -> None:
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 128 + signal.SIGINT
     assert proc.stderr.read() == b""  # no "press Ctrl-C again": init handles it
+
+
+@pytest.mark.parametrize("sig", ["USR1", "TERM", "HUP", "WINCH"])
+def test_init_passes_other_signals_on_to_the_command(popen, sig: str) -> None:
+    # mydocker -> the init (PID 1) -> the command, which handles it
+    proc = popen("run", "--init", "sh", "-c", TRAP.format(sig=sig, code=7))
+    _read_until(proc.stdout, b"ready\n")
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    assert proc.wait(timeout=30) == 7
+    assert proc.stdout.read() == f"got-{sig}\n".encode()
 
 
 def test_init_is_pid_1_and_reaps_orphans(popen) -> None:

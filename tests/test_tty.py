@@ -197,6 +197,39 @@ def test_ctrl_c_interrupts_the_command_inside_and_the_shell_survives(spawn) -> N
     assert _finish(child) == 0
 
 
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.root
+def test_ctrl_z_stops_the_command_inside_and_not_mydocker(spawn) -> None:
+    # Ctrl-Z is a byte for the container's terminal: its shell stops the foreground
+    # job. Were it a signal for mydocker instead, mydocker would stop and relay
+    # nothing more.
+    child = spawn(SH)
+    child.expect_exact(PROMPT)
+    _wait_raw(child)
+    child.sendline("sleep 100")
+    sleep = _wait_for_descendant(child.pid, "sleep")
+    child.sendcontrol("z")
+    child.expect(r"Stopped +sleep 100")
+    child.expect_exact(PROMPT)
+    assert _state(sleep) == "T"
+    child.sendline("fg")
+    deadline = time.monotonic() + 20
+    while _state(sleep) == "T":  # SIGCONT from the shell's fg
+        assert time.monotonic() < deadline, "fg did not resume the job"
+        time.sleep(0.02)
+    child.sendcontrol("c")
+    child.expect_exact(PROMPT)
+    child.sendline("echo status=$?")
+    child.expect(r"status=(\d+)")
+    assert child.match.group(1) == b"130"
+    child.sendline("exit 0")
+    assert _finish(child) == 0
+
+
 @pytest.mark.root
 def test_top_runs(spawn) -> None:
     child = spawn(SH, dimensions=(30, 100))
@@ -384,6 +417,16 @@ def test_tty_without_a_terminal_here(backend: str) -> None:
 
 
 @pytest.mark.root
+def test_term_is_set_with_a_tty_and_absent_without(backend: str) -> None:
+    # docker's TERM=xterm with -t; without it, none (not even the caller's: _env sets one)
+    script = 'echo "TERM=${TERM-unset}"'
+    r = _run(backend, "run", "-t", "sh", "-c", script)
+    assert (r.returncode, r.stdout) == (0, b"TERM=xterm\r\n"), r.stderr
+    r = _run(backend, "run", "sh", "-c", script)
+    assert (r.returncode, r.stdout) == (0, b"TERM=unset\n"), r.stderr
+
+
+@pytest.mark.root
 def test_all_output_is_drained_before_mydocker_exits(backend: str) -> None:
     r = _run(backend, "run", "-t", "sh", "-c", "seq 1 30000; exit 9")
     assert r.returncode == 9
@@ -458,12 +501,26 @@ def test_shared_pipes_are_left_blocking(backend: str) -> None:
 
 @pytest.mark.root
 def test_output_to_a_closed_pipe_ends_the_container(backend: str) -> None:
-    r = subprocess.run(
-        f"{shlex.join(mydocker_cmd())} run -t yes | head -1",
-        shell=True, capture_output=True, timeout=60, env=_env(backend), stdin=subprocess.DEVNULL,
+    # `mydocker run -t yes | head -1`: `yes` would run for ever; mydocker kills it
+    # once nobody reads its output, and says nothing about the broken pipe.
+    mydocker = subprocess.Popen(
+        [*mydocker_cmd(), "run", "-t", "yes"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(backend),
     )  # fmt: skip
-    # `yes` would run for ever: mydocker kills it once nobody reads its output
-    assert r.stdout == b"y\r\n", r.stderr
+    assert mydocker.stdout is not None and mydocker.stderr is not None
+    try:
+        head = subprocess.run(["head", "-1"], stdin=mydocker.stdout, capture_output=True, timeout=60)
+        mydocker.stdout.close()  # head has gone: now nobody reads
+        status = mydocker.wait(timeout=30)
+        err = mydocker.stderr.read()
+    finally:
+        if mydocker.poll() is None:
+            mydocker.kill()
+            mydocker.wait()
+        mydocker.stdout.close()
+        mydocker.stderr.close()
+    assert head.stdout == b"y\r\n"
+    assert (status, err) == (128 + signal.SIGKILL, b"")
 
 
 # -- the pieces, without a container ------------------------------------------------------
