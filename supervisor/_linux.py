@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import _socket  # socket's C core: socket.py loads enum, selectors and more (see spawn)
 import ctypes
+import errno
 import os
 import struct
 
@@ -587,18 +588,31 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
     With ``RESOLVE_IN_ROOT``, ``path`` is resolved as if ``dirfd`` were ``/``: an
     absolute symlink or a ``..`` lands inside it, never above it. Unlike open(2),
     openat2 refuses unknown ``flags`` bits (EINVAL) instead of ignoring them.
+
+    RESOLVE_IN_ROOT gives up (EAGAIN) when a rename or a mount anywhere on the host,
+    in any mount namespace, raced with a ``..`` of the lookup: containers starting
+    side by side make that happen. Another try sees the tree as it is now: up to
+    ``_OPENAT2_TRIES`` are made.
     """
     how = OpenHow(flags=flags, mode=mode, resolve=resolve)
-    fd = _syscall(
-        ctypes.c_long(NR_OPENAT2),
-        ctypes.c_int(dirfd),
-        _b(path),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        _raise(f"openat2({dirfd}, {path!r}, {flags:#o}, {mode:#o}, resolve={resolve:#x})")
-    return int(fd)
+    for _attempt in range(_OPENAT2_TRIES):
+        fd = _syscall(
+            ctypes.c_long(NR_OPENAT2),
+            ctypes.c_int(dirfd),
+            _b(path),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+        if fd >= 0:
+            return int(fd)
+        if ctypes.get_errno() != errno.EAGAIN or not resolve & RESOLVE_IN_ROOT:
+            break
+    _raise(f"openat2({dirfd}, {path!r}, {flags:#o}, {mode:#o}, resolve={resolve:#x})")
+    raise AssertionError("unreachable")
+
+
+#: how often ``openat2`` tries again after EAGAIN
+_OPENAT2_TRIES = 32
 
 
 # ---------------------------------------------------------------- bpf(2)

@@ -47,6 +47,9 @@ else:
             def __repr__(self: tuple[object, ...]) -> str:
                 return f"{name}({', '.join(f'{f}={v!r}' for f, v in zip(fields, self, strict=True))})"
 
+            def __getnewargs__(self: tuple[object, ...]) -> tuple[object, ...]:
+                return tuple(self)  # pickle: X(*fields), not X(tuple)
+
             body: dict[str, object] = {
                 "__slots__": (),
                 "__new__": __new__,
@@ -57,6 +60,7 @@ else:
                 "_make": classmethod(tuple.__new__),
                 "_replace": _replace,
                 "__repr__": __repr__,
+                "__getnewargs__": __getnewargs__,
             }
             for key, value in ns.items():  # methods and class attributes
                 if key not in fields and not key.startswith("__"):

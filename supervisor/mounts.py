@@ -68,8 +68,6 @@ INIT_PATH = "/sbin/docker-init"
 #: docker's read-only paths
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
-#: how often ``Kernel.open_in`` tries a lookup that raced with a rename or a mount
-_OPEN_IN_TRIES = 32
 
 _NOSUID_NODEV_NOEXEC = _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC
 #: the per-mount flags a read-only remount must keep (statvfs f_flag bits equal MS_*)
@@ -122,18 +120,9 @@ class Kernel:
 
     def open_in(self, root_fd: int, path: str, flags: int) -> int:
         """openat2(2) of ``path`` inside the directory ``root_fd`` as if it were ``/``:
-        symlinks, absolute ones too, and ``..`` never leave it; no magic links.
-
-        RESOLVE_IN_ROOT gives up (EAGAIN) when a rename or a mount anywhere on the
-        host, in any mount namespace, raced with a ``..`` of the lookup: containers
-        starting side by side make that happen. Another try sees the tree as it is
-        now (``users.read_in_root`` does the same)."""
+        symlinks, absolute ones too, and ``..`` never leave it; no magic links
+        (``_linux.openat2`` tries again when a rename raced with the lookup)."""
         resolve = _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS
-        for _attempt in range(_OPEN_IN_TRIES - 1):
-            try:
-                return _linux.openat2(root_fd, path, flags | os.O_CLOEXEC, resolve=resolve)
-            except BlockingIOError:
-                continue
         return _linux.openat2(root_fd, path, flags | os.O_CLOEXEC, resolve=resolve)
 
     def mkdir_at(self, dir_fd: int, name: str) -> None:

@@ -282,22 +282,18 @@ def read_in_root(rootfs: str | None, path: str, limit: int = MAX_FILE_SIZE) -> b
 
 def _open_in_root(root_fd: int, relpath: str, where: str) -> int | None:
     resolve = _linux.RESOLVE_IN_ROOT | _linux.RESOLVE_NO_MAGICLINKS
-    for _attempt in range(8):
-        try:
-            return _linux.openat2(root_fd, relpath, os.O_PATH | os.O_CLOEXEC, 0, resolve)
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR):
-                return None
-            if e.errno == errno.EAGAIN:
-                # RESOLVE_IN_ROOT gives up when a rename or mount raced with a ".."
-                # lookup; another try sees the tree as it is now.
-                continue
-            if e.errno == errno.ENOSYS:
-                raise SpecError(f"cannot read {where}: openat2 needs Linux 5.6 or later") from None
-            if e.errno == errno.ELOOP:
-                raise SpecError(f"cannot read {where}: too many symlinks, or a /proc magic link") from None
-            raise SpecError(f"cannot read {where}: {e.strerror}") from None
-    raise SpecError(f"cannot read {where}: the path kept changing while it was resolved")
+    try:
+        return _linux.openat2(root_fd, relpath, os.O_PATH | os.O_CLOEXEC, 0, resolve)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        if e.errno == errno.EAGAIN:
+            raise SpecError(f"cannot read {where}: the path kept changing while it was resolved") from None
+        if e.errno == errno.ENOSYS:
+            raise SpecError(f"cannot read {where}: openat2 needs Linux 5.6 or later") from None
+        if e.errno == errno.ELOOP:
+            raise SpecError(f"cannot read {where}: too many symlinks, or a /proc magic link") from None
+        raise SpecError(f"cannot read {where}: {e.strerror}") from None
 
 
 def resolve_user(spec_text: str, rootfs: str | None) -> User:

@@ -701,24 +701,31 @@ def test_what_is_missing_is_made_a_directory_or_an_empty_file(tree: Tree) -> Non
 def test_a_lookup_that_raced_with_a_rename_is_tried_again(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # RESOLVE_IN_ROOT's EAGAIN: the kernel could not tell whether a ".." stayed inside
-    real, failures = _linux.openat2, iter(range(5))
+    # RESOLVE_IN_ROOT's EAGAIN: the kernel could not tell whether a ".." stayed inside;
+    # _linux.openat2 tries again, for every caller (mounts, users, files)
+    import ctypes
 
-    def racing(*args: object, **kw: object) -> int:
-        if next(failures, None) is not None:
-            raise BlockingIOError(errno.EAGAIN, "openat2: Resource temporarily unavailable")
-        return real(*args, **kw)  # type: ignore[arg-type]
+    real, failures = _linux._syscall, iter(range(5))
 
-    monkeypatch.setattr(_linux, "openat2", racing)
+    def racing(nr: object, *args: object) -> int:
+        if getattr(nr, "value", None) == _linux.NR_OPENAT2 and next(failures, None) is not None:
+            ctypes.set_errno(errno.EAGAIN)
+            return -1
+        return int(real(nr, *args))
+
+    monkeypatch.setattr(_linux, "_syscall", racing)
     fd = mounts.open_target(str(tmp_path), "/a/../b")
     os.close(fd)
     assert (tmp_path / "b").is_dir()
 
     # a lookup that never gets through is an error, not a loop
-    def always_racing(*args: object, **kw: object) -> int:
-        raise BlockingIOError(errno.EAGAIN, "openat2: Resource temporarily unavailable")
+    def always_racing(nr: object, *args: object) -> int:
+        if getattr(nr, "value", None) == _linux.NR_OPENAT2:
+            ctypes.set_errno(errno.EAGAIN)
+            return -1
+        return int(real(nr, *args))
 
-    monkeypatch.setattr(_linux, "openat2", always_racing)
+    monkeypatch.setattr(_linux, "_syscall", always_racing)
     with pytest.raises(BlockingIOError):
         mounts.open_target(str(tmp_path), "/b")
 

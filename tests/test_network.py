@@ -400,6 +400,7 @@ def test_rm_refused_while_a_container_runs(state: Path, busybox: Path, network: 
 
 @root
 @needs_nft
+@pytest.mark.orphans
 def test_a_killed_mydocker_is_swept(state: Path, busybox: Path, network: str) -> None:
     port = free_port()
     proc = running(state, busybox, "sleep 60", "--network", network, "-p", f"{port}:80")

@@ -317,6 +317,7 @@ def test_no_user_namespace_is_not_permitted_with_the_reason() -> None:
     assert b"user namespace" in r.stdout
 
 
+@pytest.mark.orphans
 def test_a_sigkilled_rootless_mydocker_takes_its_container_with_it(code: Path, home: Path) -> None:
     marker = "60.424242"
     etc = home.parent / "etc"

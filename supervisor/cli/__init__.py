@@ -89,6 +89,7 @@ def main(debug: bool) -> None:
 def _add_commands() -> None:
     from . import containers
     from .daemon import daemon
+    from .exec import cp, exec_
     from .image import image
     from .network import network
     from .run import run
@@ -103,6 +104,8 @@ def _add_commands() -> None:
         containers.rm,
         containers.inspect,
         containers.commit,
+        exec_,
+        cp,
     ):
         main.add_command(command)
     main.add_command(image)

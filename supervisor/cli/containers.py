@@ -231,7 +231,9 @@ def stop(timeout: int, state_dir: str | None, containers: tuple[str, ...]) -> No
 
 
 @click.command(short_help="Send a signal to running containers.")
-@click.option("-s", "--signal", "sig", default="KILL", metavar="SIGNAL", help="Name or number (default KILL).")
+@click.option(
+    "-s", "--signal", "sig", default="KILL", metavar="SIGNAL", help="Name or number (default KILL)."
+)
 @state_dir_option
 @click.argument("containers", nargs=-1, required=True)
 def kill(sig: str, state_dir: str | None, containers: tuple[str, ...]) -> None:
@@ -329,7 +331,9 @@ def render_format(template: str, value: Any) -> str:
         if expr.startswith("json "):
             return json.dumps(field(expr[5:].strip()))
         if not expr.startswith("."):
-            raise MydockerError(f"template: only {{{{.Field}}}} and {{{{json .Field}}}} are supported, not {expr!r}")
+            raise MydockerError(
+                f"template: only {{{{.Field}}}} and {{{{json .Field}}}} are supported, not {expr!r}"
+            )
         v = field(expr)
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -375,9 +379,8 @@ def inspect(fmt: str | None, state_dir: str | None, containers: tuple[str, ...])
 def commit(state_dir: str | None, container: str, image: str) -> None:
     """Save CONTAINER's root filesystem, with its changes, as image IMAGE
     (`mydocker run --image IMAGE` then sees them)."""
-    from .. import records
-    from ..commit import commit_container
+    from .. import layers, records
 
     sdir = resolve_state_dir(state_dir)
-    made = commit_container(sdir, records.find(sdir, container), image)
-    click.echo(made.name)
+    layers.commit(sdir, records.find(sdir, container), image)
+    click.echo(image)

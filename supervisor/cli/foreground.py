@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -19,16 +18,11 @@ from ..process import Process
 from ..records import Registration
 from ..spec import DEVNULL, PIPE, ContainerSpec
 from .signals import FORWARDED_SIGNALS, forward_signals, report_oom, say
-from .stdio import Progress, StdinReader, StdoutWriter, drain, pump_out
+from .stdio import Progress, Starter, StdinReader, StdoutWriter, drain, pump_out
 
 #: the hidden ``MYDOCKER_BACKEND`` environment variable may name one of these (tests
 #: run the CLI on both); the default is asyncio
 BACKENDS = ("asyncio", "trio")
-
-
-#: starts the process to run in the foreground, given its stdin, stdout, stderr and
-#: (with a pty) the pty's size: a container (``run``) or an exec into one (``exec``)
-Starter = Callable[[StdioArg, StdioArg, StdioArg, "tuple[int, int] | None"], Awaitable[Process]]
 
 
 async def _run(start: Starter, tty: bool, interactive: bool) -> int:

@@ -9,7 +9,9 @@ import click
 
 F = TypeVar("F", bound=Callable[..., object])
 
-STATE_DIR_HELP = "Images, containers and the daemon's socket (default: $MYDOCKER_STATE_DIR or /var/lib/mydocker)."
+STATE_DIR_HELP = (
+    "Images, containers and the daemon's socket (default: $MYDOCKER_STATE_DIR or /var/lib/mydocker)."
+)
 
 
 def state_dir_option(f: F) -> F:

@@ -95,6 +95,15 @@ def _filesystem_options(
     context_settings={"allow_interspersed_args": False},
     short_help="Run a command in a new container.",
 )
+@click.option("-d", "--detach", is_flag=True, help="Run in the background (the daemon's); print the id.")
+@click.option("--rm", "remove", is_flag=True, help="Remove a detached container when it exits.")
+@click.option(
+    "--log-opt",
+    "log_opts",
+    multiple=True,
+    metavar="max-size=SIZE",
+    help="A detached container's log: rotated past SIZE (default 32m; two files kept).",
+)
 @click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin attached.")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY[=VALUE]", help="Set an environment variable.")
@@ -180,6 +189,9 @@ def _filesystem_options(
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
+    detach: bool,
+    remove: bool,
+    log_opts: tuple[str, ...],
     tty: bool,
     interactive: bool,
     env: tuple[str, ...],
@@ -255,6 +267,48 @@ def run(
         ),
         cgroup_parent=cgroup_parent,
     )
+    if detach:
+        _run_detached(spec, remove, interactive, stop_timeout, _log_max_size(log_opts))
+        return
     from .foreground import run_cli
 
     sys.exit(run_cli(spec, interactive=interactive, grace=stop_timeout))
+
+
+def _log_max_size(opts: tuple[str, ...]) -> int:
+    from ..logs import DEFAULT_MAX_SIZE
+    from ..spec import parse_size
+
+    size = DEFAULT_MAX_SIZE
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if key != "max-size" or not sep:
+            raise SpecError(f"invalid --log-opt {opt!r} (max-size=SIZE)")
+        size = parse_size(value, "--log-opt max-size")
+        if size < 4096:
+            raise SpecError(f"--log-opt max-size must be at least 4k, not {value!r}")
+    return size
+
+
+def _run_detached(spec: Any, remove: bool, interactive: bool, grace: float, log_max_size: int) -> None:
+    """``run -d``: the daemon starts it; print its id once its command runs."""
+    from ..daemon import client, protocol
+    from ..state import state_dir
+    from .signals import say
+
+    sdir = state_dir(spec.state_dir)
+    spec = spec.evolve(state_dir=sdir)
+    reply = client.request(
+        sdir,
+        {
+            "op": "run",
+            "spec": protocol.pack(spec),
+            "autoremove": remove,
+            "interactive": interactive,
+            "grace": grace,
+            "log_max_size": log_max_size,
+        },
+    )
+    for warning in reply.get("warnings") or []:
+        say(str(warning))
+    click.echo(reply["id"])

@@ -20,11 +20,21 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 
 from .._streams import FdStream
+
+if TYPE_CHECKING:
+    from ..launch import StdioArg
+    from ..process import Process
+
+#: starts the process to run in the foreground, given its stdin, stdout, stderr and
+#: (with a pty) the pty's size: a container (``run``) or an exec into one (``exec``)
+Starter = Callable[["StdioArg", "StdioArg", "StdioArg", "tuple[int, int] | None"], Awaitable["Process"]]
 
 #: after PID 1 exits, stop draining its output if none came for this long: only
 #: processes outside a PID namespace of their own (``--pid host``) can keep the pipe

@@ -27,11 +27,10 @@ import anyio
 from .. import _linux
 from ..spec import DEVNULL, PIPE
 from .signals import FORWARDED_SIGNALS, SignalForwarder, drops_default_signals, report_oom, say
-from .stdio import Progress, StdinReader, StdoutWriter, drain, pump_out
+from .stdio import Progress, Starter, StdinReader, StdoutWriter, drain, pump_out
 
 if TYPE_CHECKING:
     from ..process import Process
-    from .foreground import Starter
 
 #: the pty's size when mydocker has no terminal to copy it from (CI, pipes)
 DEFAULT_WINSIZE = (24, 80)

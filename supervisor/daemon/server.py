@@ -142,8 +142,10 @@ class Daemon:
         token = _warnings.set(found)
         self.starting += 1
         try:
+            # -i: a stdin that stays open and empty (the daemon holds its other end)
+            stdin = PIPE if request.get("interactive") else DEVNULL
             container = await start_container(
-                spec, stdin=DEVNULL, stdout=PIPE, stderr=PIPE, grace=grace, register=reg
+                spec, stdin=stdin, stdout=PIPE, stderr=PIPE, grace=grace, register=reg
             )
         finally:
             self.starting -= 1
