@@ -96,6 +96,8 @@ _SYSCALLS = {
         "seccomp": 317,
         "bpf": 321,
         "keyctl": 250,
+        "prlimit64": 302,
+        "waitid": 247,
     },
     "aarch64": {
         "clone3": 435,
@@ -107,6 +109,8 @@ _SYSCALLS = {
         "seccomp": 277,
         "bpf": 280,
         "keyctl": 219,
+        "prlimit64": 261,
+        "waitid": 95,
     },
 }
 NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
@@ -297,6 +301,18 @@ def seccomp_filter_call(program: bytes, flags: int = 0) -> RawCall:
         raw_syscall,
         (NR["seccomp"], SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(fprog)),
         f"seccomp(SECCOMP_SET_MODE_FILTER, {flags:#x}, <{len(program) // 8} instructions>)",
+    )
+
+
+def prlimit_call(resource: int, soft: int, hard: int) -> RawCall:
+    """prlimit64(0, resource, {soft, hard}, NULL) as a raw call: this process's
+    limit (``RLIM64_INFINITY`` for unlimited). Raising a hard limit needs
+    CAP_SYS_RESOURCE in the initial user namespace."""
+    limit = (ctypes.c_uint64 * 2)(soft, hard)
+    return (
+        raw_syscall,
+        (NR["prlimit64"], 0, resource, limit, None),
+        f"prlimit64(0, {resource}, {{{soft}, {hard}}}, NULL)",
     )
 
 

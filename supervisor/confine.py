@@ -27,6 +27,7 @@ from . import capabilities
 from .errors import SpecError
 from .init import Confinement
 from .spec import UNCONFINED, ContainerSpec
+from .ulimits import child_rlimits
 from .userns import Mapping
 from .users import User, resolve_user
 
@@ -117,6 +118,7 @@ def confinement(spec: ContainerSpec, user: User, mapping: Mapping | None = None)
         seccomp_flags=flags,
         no_new_privs=spec.no_new_privileges,
         split=split,
+        rlimits=child_rlimits(spec.ulimits),
     )
 
 

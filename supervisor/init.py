@@ -76,6 +76,8 @@ class Confinement(NamedTuple):
     #: helper loads once, and what each of its children adds; None: whole only. The
     #: supervisor picks one before the request leaves it; the child never sees this.
     split: tuple[bytes, bytes] | None = None
+    #: rlimits to set, ``(docker's name, resource, soft, hard)`` (``ulimits.child_rlimits``)
+    rlimits: tuple[tuple[str, int, int, int], ...] = ()
 
 
 class ChildSpec(NamedTuple):
@@ -471,6 +473,11 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         steps.append(("open the container's terminal", _console_stdio, (plan,), None))
     else:
         steps += _stdio_steps(plan)
+    if child.confine is not None and child.confine.rlimits:
+        # After the mounts and the stdio (a low nofile would fail their opens), before
+        # a user namespace of its own and the confinement take CAP_SYS_RESOURCE, which
+        # raising a hard limit needs.
+        steps += rlimit_steps(child.confine.rlimits)
     if late:
         steps.append(("enter a user namespace", _enter_userns, (plan.errpipe, plan.sync), None))
     if child.confine is not None:
@@ -487,6 +494,22 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         init_argv = _linux.c_string_array((child.init, *child.init_args, b"--", *argv))
         init = (child.init, init_argv, envp_array)
     return Prepared(drop_fds, reset, masked, steps, how, init, plan.errpipe)
+
+
+#: the rlimit steps of each distinct set of rlimits, built once per process (their
+#: ctypes buffers and texts would otherwise be made for every container)
+_rlimit_cache: dict[tuple[tuple[str, int, int, int], ...], list[Step]] = {}
+
+
+def rlimit_steps(rlimits: tuple[tuple[str, int, int, int], ...]) -> list[Step]:
+    """One raw ``prlimit64`` per ``(name, resource, soft, hard)``."""
+    steps = _rlimit_cache.get(rlimits)
+    if steps is None:
+        steps = [(f"set the {name} rlimit", *_linux.prlimit_call(*r)) for name, *r in rlimits]
+        if len(_rlimit_cache) >= 64:
+            _rlimit_cache.clear()
+        _rlimit_cache[rlimits] = steps
+    return steps
 
 
 #: the steps of each distinct confinement, built once per process: a few dozen raw
