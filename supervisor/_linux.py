@@ -208,6 +208,37 @@ def setns(fd: int, nstype: int = 0) -> None:
         _raise(f"setns({fd}, {nstype:#x})")
 
 
+# <linux/wait.h>
+P_PIDFD = 3
+#: siginfo_t (128 bytes): si_signo, si_errno, si_code, padding, then for SIGCHLD
+#: si_pid, si_uid, si_status (<asm-generic/siginfo.h>, 64-bit)
+_SIGINFO_CHLD = struct.Struct("=iiiiiIi")
+#: struct rusage (<linux/resource.h>, 64-bit): ru_utime and ru_stime (timevals), then
+#: 14 longs, ru_maxrss (KiB) the first
+_RUSAGE = struct.Struct("=qqqqq")
+_RUSAGE_SIZE = 144
+
+
+def waitid_pidfd(pidfd: int, options: int) -> tuple[int, int, float, float, int]:
+    """waitid(P_PIDFD, pidfd, ..., options, &rusage): ``os.waitid`` with what it
+    leaves out, the child's rusage (it counts the descendants the child reaped).
+
+    Returns:
+        ``(si_code, si_status, user seconds, system seconds, max RSS in bytes)``;
+        si_code 0 when ``WNOHANG`` found nothing to reap.
+
+    Raises:
+        OSError: naming the call (ECHILD: reaped already).
+    """
+    info = ctypes.create_string_buffer(128)
+    usage = ctypes.create_string_buffer(_RUSAGE_SIZE)
+    if _syscall(ctypes.c_long(NR["waitid"]), P_PIDFD, pidfd, info, options, usage) != 0:
+        _raise(f"waitid(P_PIDFD, {pidfd}, {options:#x})")
+    code, status = _SIGINFO_CHLD.unpack_from(info)[2::4]
+    usec, uusec, ssec, susec, maxrss = _RUSAGE.unpack_from(usage)
+    return code, status, usec + uusec / 1e6, ssec + susec / 1e6, maxrss * 1024
+
+
 def prctl(option: int, arg2: int = 0) -> None:
     """prctl(2) with one argument."""
     if _prctl(option, arg2, 0, 0, 0) != 0:

@@ -53,6 +53,7 @@ from typing import NamedTuple, Protocol
 from . import devices
 from .errors import NOT_PERMITTED, SpecError, StartError
 from .spec import ContainerSpec, Limits, cpu_list
+from .usage import Counters, read_counters, read_cpu
 
 #: every directory we make starts with this (the leak checks look for it)
 PREFIX = "mydocker-"
@@ -616,6 +617,14 @@ class Cgroup(Protocol):
         """Whether the memory limit's OOM killer struck."""
         ...
 
+    def counters(self) -> Counters:
+        """CPU time and memory peak so far; after ``destroy``, the last figures."""
+        ...
+
+    def cpu_usec(self) -> int | None:
+        """The CPU time of all the container's processes so far (None: unknown)."""
+        ...
+
     def discard(self) -> None:
         """Remove a cgroup that never held a running container (synchronous)."""
         ...
@@ -649,6 +658,11 @@ class ContainerCgroup:
         #: the v1 directories, one per hierarchy a limit needs
         self.v1_dirs: list[str] = []
         self._memory: tuple[int, str] | None = None  # (version, dir) to read OOM kills from
+        #: (version, dir) of the CPU time counters (usage.py: v2 cpu.stat, v1 cpuacct)
+        self._cpu: tuple[int, str] | None = None
+        #: (version, dir) of the memory peak, if the kernel keeps one for us
+        self._peak: tuple[int, str] | None = None
+        self._final = Counters()
         self._cgroup_fd = -1
         self._oom: bool | None = None
         self._destroyed = False
@@ -681,6 +695,13 @@ class ContainerCgroup:
                 self._make_v1(spec, h, plan.parents[h], ctrls, plan.needed)
                 if "devices" in ctrls:
                     devices.apply_v1(fs, self.v1_dirs[-1], rules)
+            if self._cpu is None and spec.limits.cpu_time is not None:
+                raise StartError(
+                    "cgroups", 0, "--cpu-time needs the container's cgroup, which cannot be made here"
+                )
+            self._peak = self._memory
+            if self._peak is None and self.v2_dir is not None and layout.v1_for("memory") is None:
+                self._peak = (2, self.v2_dir)  # memory.peak, if the parent passes memory down
         except BaseException as e:
             self.discard()
             if isinstance(e, OSError):
@@ -705,6 +726,7 @@ class ContainerCgroup:
                 raise
             return
         self.v2_dir = d
+        self._cpu = (2, d)  # cpu.stat: in every cgroup2 directory, controller or not
         if fs.has_kill_file is None:  # a kernel feature (5.14): asked once per cgroupfs
             fs.has_kill_file = fs.exists(posixpath.join(d, "cgroup.kill"))
         _apply(fs, d, [w for w in limit_writes(spec.limits, 2) if w.controller in wanted], plan.needed)
@@ -730,6 +752,8 @@ class ContainerCgroup:
         _apply(fs, d, [w for w in writes if w.file != "cpuset.cpus"], needed)
         if "memory" in ctrls:
             self._memory = (1, d)
+        if "cpuacct" in ctrls and self._cpu is None:
+            self._cpu = (1, d)
 
     @property
     def dirs(self) -> list[str]:
@@ -809,6 +833,21 @@ class ContainerCgroup:
             return self._read_oom()
         return self._oom
 
+    def counters(self) -> Counters:
+        """CPU time and memory peak so far (``usage.py``: where each comes from);
+        after ``destroy``, the last figures read before the directories went."""
+        if self._destroyed:
+            return self._final
+        return read_counters(self._fs.read, self._cpu, self._peak)
+
+    def cpu_usec(self) -> int | None:
+        """The CPU time of all the container's processes so far, in microseconds
+        (None: not known, or the cgroup is gone)."""
+        if self._destroyed or self._cpu is None:
+            return None
+        times = read_cpu(self._fs.read, self._cpu)
+        return times[0] if times is not None else None
+
     def _remove(self) -> list[str]:
         """Remove every directory still there (and whatever appeared below them);
         returns those that are busy."""
@@ -834,6 +873,8 @@ class ContainerCgroup:
             if self._memory is None or not self.populated():
                 if self._oom is None:
                     self._oom = self._read_oom()
+                # The last figures: read before each try, the directories may go.
+                self._final = self._final.merge(self.counters())
                 busy = self._remove()
                 if not busy:
                     break
@@ -1088,6 +1129,13 @@ def _plan(spec: ContainerSpec, layout: CgroupLayout) -> _Plan:
             raise StartError(
                 "cgroups", 0, f"{flag} needs the '{controller}' cgroup controller, which is not mounted"
             )
+    if limits.cpu_time is not None and layout.v2 is None:
+        # No cgroup2 directory to read cpu.stat from: a v1 cpuacct one (usage.py).
+        h = layout.v1_for("cpuacct")
+        if h is None:
+            raise StartError("cgroups", 0, "--cpu-time needs cgroup2 or the v1 'cpuacct' controller")
+        needed.setdefault("cpuacct", "--cpu-time")
+        v1_needed.setdefault(h, {})["cpuacct"] = "--cpu-time"
     parents = {
         h: _parent_in(h, spec, fs) for h in ([layout.v2] if layout.v2 is not None else []) + list(v1_needed)
     }
@@ -1112,8 +1160,10 @@ def _delegated(spec: ContainerSpec, layout: CgroupLayout) -> bool:
     parent = layout.v2.parent_dir(spec.cgroup_parent) if layout.v2 is not None else None
     writable = parent is not None and os.access(parent, os.W_OK | os.X_OK)
     needed = needed_controllers(spec.limits)
-    if needed and not writable:
-        flag = next(iter(needed.values()))
+    # --cpu-time needs no controller, but a cgroup of its own to read cpu.stat from
+    flags = [*needed.values(), *(["--cpu-time"] if spec.limits.cpu_time is not None else [])]
+    if flags and not writable:
+        flag = flags[0]
         where = parent or "no cgroup v2 hierarchy"
         raise SpecError(
             f"{flag} needs a cgroup v2 subtree delegated to uid {os.geteuid()} (systemd: Delegate=yes); "

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
 import socket
+import time
 import warnings
 from collections.abc import Callable
 from types import TracebackType
@@ -22,7 +24,7 @@ from typing import IO, Any
 
 import anyio
 
-from . import _linux, confine, mounts, rootfs, spawn, state, userns, wire
+from . import _linux, confine, enforce, mounts, rootfs, spawn, state, userns, wire
 from ._cancel import to_the_end
 from ._streams import FdStream
 from .cgroups import Cgroup, create_cgroup
@@ -35,17 +37,11 @@ from .errors import (
 )
 from .init import child_spec
 from .spec import DEFAULT_GRACE, DEVNULL, PIPE, STDOUT, ContainerSpec
+from .usage import Rusage, Usage, Verdict, judge
 
 #: what a stdio argument may be: PIPE, DEVNULL, STDOUT (stderr only), None
 #: (inherit this process's fd), an fd number, or an object with ``fileno()``
 StdioArg = int | IO[Any] | None
-
-
-def _exit_status(info: os.waitid_result) -> tuple[int, int | None]:
-    """(docker-style status, terminating signal or None) from a waitid result."""
-    if info.si_code == os.CLD_EXITED:
-        return info.si_status, None
-    return 128 + info.si_status, info.si_status
 
 
 def _catches(pid: int, sig: int) -> bool:
@@ -75,6 +71,8 @@ class Container:
         signal: the signal that killed PID 1, or ``None``.
         stdin / stdout / stderr: anyio byte streams for ``PIPE`` (with a tty,
             ``stdin`` and ``stdout`` are the same stream over the pty master).
+        struck: the limit mydocker killed the container for (``cpu_time``,
+            ``wall_time``, ``output``), or None.
     """
 
     def __init__(
@@ -106,6 +104,12 @@ class Container:
         # loop each time; waiting on the pidfd yields when there is something to wait.
         self._wait_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
+        self.struck: str | None = None
+        self._watch: enforce.Watch | None = None
+        self._started = time.monotonic()
+        self._ended: float | None = None
+        self._rusage: Rusage | None = None
+        self._usage: Usage | None = None  # the final figures, once closed
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -116,6 +120,41 @@ class Container:
     def oom_killed(self) -> bool:
         """True if the memory limit's OOM killer struck inside the container."""
         return bool(self.cgroup is not None and self.cgroup.oom_killed())
+
+    @property
+    def usage(self) -> Usage:
+        """What the container used (``usage.Usage``): the final figures once it is
+        closed, the figures so far while it runs."""
+        if self._usage is not None:
+            return self._usage
+        end = self._ended if self._ended is not None else time.monotonic()
+        counters = self.cgroup.counters() if self.cgroup is not None else None
+        usage = Usage.of(counters, self._rusage, end - self._started, self.oom_killed)
+        if self._closed:
+            self._usage = usage
+        return usage
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """How the container ended, as a judge says it (``usage.Verdict``: status
+        ``OK``, ``RE``, ``SG``, ``TO``, ``ML``, ``OL``); None while it runs."""
+        if self.returncode is None:
+            return None
+        limits = self.spec.limits
+        return judge(
+            self.returncode,
+            self.signal,
+            self.usage,
+            cpu_time=limits.cpu_time,
+            wall_time=limits.wall_time,
+            struck=self.struck,
+        )
+
+    def exited(self) -> bool:
+        """Whether PID 1 has exited (reaped or not)."""
+        if self.returncode is not None or self._closed:
+            return True
+        return bool(select.select([self._pidfd], [], [], 0)[0])
 
     async def wait(self) -> int:
         """Wait until PID 1 exits, reap it, and return its exit status.
@@ -132,9 +171,13 @@ class Container:
         return self.returncode
 
     def _reap(self) -> None:
-        info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | _linux.WALL)
-        assert info is not None
-        self.returncode, self.signal = _exit_status(info)
+        code, status, user, system, maxrss = _linux.waitid_pidfd(self._pidfd, os.WEXITED | _linux.WALL)
+        self._ended = time.monotonic()
+        self._rusage = Rusage(user, system, maxrss)
+        if code == os.CLD_EXITED:
+            self.returncode, self.signal = status, None
+        else:
+            self.returncode, self.signal = 128 + status, status
 
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the container's PID 1 through its pidfd.
@@ -207,6 +250,8 @@ class Container:
                     cancelled = cancelled or later
             finally:
                 self._closed = True
+                if self._watch is not None:
+                    self._watch.close()
                 self._stack.close()
         if cancelled is not None:
             raise cancelled
@@ -531,4 +576,6 @@ async def start_container(
             container.kill()
             await container.aclose()
         raise _start_error(*wire.decode_failure(report))
+    if spec.limits.timed:
+        container._watch = enforce.watch(container)
     return container
