@@ -168,7 +168,7 @@ class Verdict:
 
 
 def _seconds(x: float) -> str:
-    return f"{x:.3f}".rstrip("0").rstrip(".") + " s"
+    return f"{x:g} s"
 
 
 def _signal_name(sig: int) -> str:
@@ -205,11 +205,11 @@ def judge(
         elif wall_time is not None and usage.wall_time > wall_time:
             struck = WALL_TIME
     if struck == CPU_TIME:
-        return Verdict(
-            TO, struck, f"CPU time limit exceeded ({_seconds(usage.cpu_time)} of {_seconds(cpu_time or 0)})"
-        )
+        used = f"{usage.cpu_time:.3f} s used"
+        return Verdict(TO, struck, f"CPU time limit of {_seconds(cpu_time or 0)} exceeded ({used})")
     if struck == WALL_TIME:
-        return Verdict(TO, struck, f"wall time limit exceeded ({_seconds(wall_time or 0)})")
+        used = f"{usage.wall_time:.3f} s"
+        return Verdict(TO, struck, f"wall time limit of {_seconds(wall_time or 0)} exceeded ({used})")
     if struck == OUTPUT:
         return Verdict(OL, struck, "output limit exceeded")
     if struck == MEMORY:

@@ -11,21 +11,26 @@ import anyio
 import anyio.abc
 
 from ..container import Container, start_container
+from ..enforce import OutputCap
 from ..errors import SpecError
 from ..spec import DEVNULL, PIPE, ContainerSpec
-from .signals import FORWARDED_SIGNALS, forward_signals, report_oom, say
+from ..usage import ReportFile
+from .signals import FORWARDED_SIGNALS, forward_signals, say
 from .stdio import Progress, StdinReader, StdoutWriter, drain, pump_out
+from .verdict import end
 
 #: the hidden ``MYDOCKER_BACKEND`` environment variable may name one of these (tests
 #: run the CLI on both); the default is asyncio
 BACKENDS = ("asyncio", "trio")
 
 
-async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
+async def _run(
+    spec: ContainerSpec, interactive: bool, grace: float, report: ReportFile | None, max_output: int | None
+) -> int:
     if spec.tty:
         from .tty import run_tty
 
-        return await run_tty(spec, interactive=interactive, grace=grace)
+        return await run_tty(spec, interactive=interactive, grace=grace, report=report, max_output=max_output)
     # The container gets pipes, never our own fds (stdio.py says why); we copy.
     reader = StdinReader(0) if interactive else None
     with contextlib.ExitStack() as stack:
@@ -38,20 +43,22 @@ async def _run(spec: ContainerSpec, interactive: bool, grace: float) -> int:
         )
         async with container:
             progress = [Progress(), Progress()]
+            cap = OutputCap(container, max_output) if max_output is not None else None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(forward_signals, container, signals)
                 for stream, writer, p in zip(
                     (container.stdout, container.stderr), outputs, progress, strict=True
                 ):
                     assert stream is not None
-                    tg.start_soon(pump_out, stream, writer, p, stream.close)
+                    source = cap.wrap(stream) if cap is not None else stream
+                    tg.start_soon(pump_out, source, writer, p, stream.close)
                 if reader is not None:
                     tg.start_soon(_pump_in, reader, container)
                 status = await container.wait()
                 for p in progress:
                     await drain(p)
                 tg.cancel_scope.cancel()
-    report_oom(container)
+    end(container, report)
     return status
 
 
@@ -70,8 +77,18 @@ async def _pump_in(reader: StdinReader, container: Container) -> None:
         await stdin.aclose()
 
 
-def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
+def run_cli(
+    spec: ContainerSpec,
+    *,
+    interactive: bool,
+    grace: float,
+    report: ReportFile | None = None,
+    max_output: int | None = None,
+) -> int:
     """Run the container in the foreground; return the status mydocker exits with.
+    ``report``: where to write the verdict and the figures when it is gone;
+    ``max_output``: the most bytes of its stdout and stderr to pass on (more: it is
+    killed).
 
     Raises:
         SpecError: ``MYDOCKER_BACKEND`` names no known event loop.
@@ -84,7 +101,7 @@ def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
     _open_standard_fds()
     prefer_direct_clone()
     try:
-        return anyio.run(_run, spec, interactive, grace, backend=backend)
+        return anyio.run(_run, spec, interactive, grace, report, max_output, backend=backend)
     except BaseExceptionGroup as group:
         # A task group wraps even a single error; unwrap it so the CLI reports an
         # OSError or MydockerError as its usual one line instead of a traceback.
