@@ -159,6 +159,40 @@ def normalize(ulimits: object) -> tuple[Ulimit, ...]:
     return tuple(out[name] for name in sorted(out))
 
 
+def check_hard_limits(ulimits: tuple[Ulimit, ...], can_raise: bool) -> None:
+    """Refuse, before anything starts, a hard limit the child could not set: above
+    this process's own without CAP_SYS_RESOURCE (``can_raise``: the capability in
+    the initial user namespace; never without root), or ``nofile`` above the
+    kernel's ``fs.nr_open``.
+
+    Raises:
+        SpecError: one line naming the limit and why.
+    """
+    import resource
+
+    for u in ulimits:
+        want = RLIM_INFINITY if u.hard == UNLIMITED else u.hard
+        if u.name == "nofile" and want > _nr_open():
+            raise SpecError(
+                f"invalid --ulimit nofile: the hard limit {u.hard} is above fs.nr_open ({_nr_open()})"
+            )
+        _, ours = resource.getrlimit(u.resource)
+        own = RLIM_INFINITY if ours == resource.RLIM_INFINITY else ours
+        if want > own and not can_raise:
+            raise SpecError(
+                f"invalid --ulimit {u.name}: the hard limit {u.hard} is above mydocker's own "
+                f"({'unlimited' if own == RLIM_INFINITY else own}); raising it needs CAP_SYS_RESOURCE"
+            )
+
+
+def _nr_open() -> int:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20  # the kernel's default
+
+
 def child_rlimits(ulimits: tuple[Ulimit, ...]) -> tuple[tuple[str, int, int, int], ...]:
     """``(name, resource, soft, hard)`` for the child's ``prlimit64`` calls: ``DEFAULTS``
     overridden by ``ulimits``, unlimited as ``RLIM_INFINITY``."""
