@@ -554,22 +554,30 @@ def kill_all(fs: CgroupFS, d: str) -> None:
 def remove_tree(fs: CgroupFS, d: str) -> bool:
     """rmdir cgroup ``d`` and every cgroup below it, deepest first (a container with
     CAP_SYS_ADMIN, or a cgroup namespace and a writable cgroupfs, can make some);
-    True when ``d`` is gone. EBUSY (processes still in it) leaves the rest."""
-    try:
-        subs = fs.subdirs(d)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        subs = []
-    for sub in subs:
-        remove_tree(fs, posixpath.join(d, sub))
-    try:
-        fs.rmdir(d)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return False
-    return True
+    True when ``d`` is gone. EBUSY (processes still in it) leaves the rest.
+
+    The rmdir is tried first: a container's cgroup nearly never has cgroups below
+    it, and listing a directory costs more than the rmdir (~25 us a directory)."""
+    for attempt in range(2):
+        try:
+            fs.rmdir(d)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if attempt:
+                return False
+        try:
+            subs = fs.subdirs(d)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if not subs:
+            return False  # busy with processes: nothing below to remove first
+        for sub in subs:
+            remove_tree(fs, posixpath.join(d, sub))
+    return False
 
 
 def _kill_and_remove(fs: CgroupFS, path: str, wait: float = 0.2) -> bool:

@@ -196,6 +196,8 @@ def _nr_open() -> int:
 def child_rlimits(ulimits: tuple[Ulimit, ...]) -> tuple[tuple[str, int, int, int], ...]:
     """``(name, resource, soft, hard)`` for the child's ``prlimit64`` calls: ``DEFAULTS``
     overridden by ``ulimits``, unlimited as ``RLIM_INFINITY``."""
+    if not ulimits:  # nearly every container: worked out once
+        return _DEFAULT_RLIMITS
     chosen = {u.name: u for u in DEFAULTS}
     chosen.update((u.name, u) for u in ulimits)
 
@@ -203,3 +205,7 @@ def child_rlimits(ulimits: tuple[Ulimit, ...]) -> tuple[tuple[str, int, int, int
         return RLIM_INFINITY if v == UNLIMITED else v
 
     return tuple((u.name, u.resource, raw(u.soft), raw(u.hard)) for _, u in sorted(chosen.items()))
+
+
+_DEFAULT_RLIMITS: tuple[tuple[str, int, int, int], ...] = ()
+_DEFAULT_RLIMITS = child_rlimits(DEFAULTS)
