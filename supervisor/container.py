@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import select
 import signal
 import socket
 import time
@@ -154,7 +153,9 @@ class Container:
         """Whether PID 1 has exited (reaped or not)."""
         if self.returncode is not None or self._closed:
             return True
-        return bool(select.select([self._pidfd], [], [], 0)[0])
+        # WNOWAIT: only look (wait() reaps); no select(), which refuses an fd >= 1024
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT | _linux.WALL
+        return os.waitid(os.P_PIDFD, self._pidfd, flags) is not None
 
     async def wait(self) -> int:
         """Wait until PID 1 exits, reap it, and return its exit status.
