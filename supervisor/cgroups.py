@@ -15,11 +15,14 @@ needs, and loses it when it is gone:
   pure v2 host the limits are written there as well, with the controllers enabled
   through the parent's ``cgroup.subtree_control``.
 * A cgroup v1 hierarchy is used only when a limit needs its controller (memory, cpu,
-  cpuset, pids). A child cannot be cloned into a v1 cgroup, so it is cloned blocked
-  on a "sync" pipe; the supervisor writes its pid into each ``cgroup.procs`` and then
-  releases it with one byte (``container.py``). If placing it fails, the supervisor
-  closes the pipe (the child reads EOF and exits) and kills it: it never execs
-  outside its limits.
+  cpuset, pids). A child cannot be cloned into a v1 cgroup, so it writes itself into
+  each ``cgroup.procs`` (``join_files``) as its first step, before anything of the
+  container runs; if that fails it reports the step and exits: it never execs
+  outside its limits. Not the supervisor: moving a task takes the kernel's
+  ``cgroup_threadgroup_rwsem`` for writing, which waits for an RCU grace period
+  unless another move came shortly before (~10 ms on the 2-core development host
+  for a container started after a pause, ~12 us back to back). The supervisor
+  doing it stalled its event loop for that long; the child only delays itself.
 
 The layout is read from ``/proc/self/cgroup`` and ``/proc/self/mountinfo``, never
 assumed. Nothing is written outside the directories made here, except, on pure v2,
@@ -608,13 +611,13 @@ class Cgroup(Protocol):
         """The fds the clone needs (``wire.ROLES``: "cgroup")."""
         ...
 
-    @property
-    def needs_placement(self) -> bool:
-        """Whether the child must wait until ``attach`` has placed it."""
+    def join_files(self) -> tuple[str, ...]:
+        """The ``cgroup.procs`` files the child writes itself into before its first
+        step (v1 directories, which no clone can be born into)."""
         ...
 
     def attach(self, pid: int) -> None:
-        """Place the just-cloned child (the caller then lets it go on)."""
+        """The child ``pid`` is cloned: release what only the clone needed."""
         ...
 
     def kill(self) -> None:
@@ -768,11 +771,10 @@ class ContainerCgroup:
         """Every directory of this container (v2 first)."""
         return ([self.v2_dir] if self.v2_dir else []) + self.v1_dirs
 
-    @property
-    def needs_placement(self) -> bool:
-        """Whether the child must wait (on its sync pipe) until ``attach`` has put it
-        into v1 directories, which no clone can be born into."""
-        return bool(self.v1_dirs)
+    def join_files(self) -> tuple[str, ...]:
+        """The ``cgroup.procs`` of each v1 directory: the child writes itself there
+        as its first step (see the module's docstring for why not the supervisor)."""
+        return tuple(posixpath.join(d, "cgroup.procs") for d in self.v1_dirs)
 
     def child_fds(self) -> dict[str, int]:
         """The fds the clone needs: ``"cgroup"``, a v2 directory to clone into. It
@@ -785,18 +787,9 @@ class ContainerCgroup:
             os.close(fd)
 
     def attach(self, pid: int) -> None:
-        """Place the just-cloned child ``pid`` into the v1 cgroups (the caller then
-        releases it).
-
-        Raises:
-            StartError: a ``cgroup.procs`` write failed (the caller kills and reaps).
-        """
+        """The child ``pid`` is cloned (into the v2 directory; it joins the v1 ones
+        itself): close the fd the clone needed."""
         self._close_child_fds()
-        try:
-            for d in self.v1_dirs:
-                self._fs.write(posixpath.join(d, "cgroup.procs"), str(pid))
-        except OSError as e:
-            raise _os_error("place the container in its cgroup", e) from None
 
     def populated(self) -> bool:
         """Whether any process (zombies aside) is still in the container's cgroups."""

@@ -376,7 +376,7 @@ async def _read_errpipe(fd: int) -> bytes:
 
 class _Gate:
     """The child's sync pipe: it waits on it before its first step until the
-    supervisor has placed it in its cgroups and mapped its user namespace, and (with
+    supervisor has mapped its user namespace (rootless), and (with
     ``--userns auto``) again once it has entered its user namespace."""
 
     def __init__(
@@ -520,8 +520,7 @@ async def start_container(
             # Removes the directories if the clone fails; a no-op after destroy().
             stack.callback(cgroup.discard)
             fds.update(cgroup.child_fds())
-        placement = cgroup is not None and cgroup.needs_placement
-        gate = _Gate(placement or mapping is not None, errpipe, child_side, fds)
+        gate = _Gate(mapping is not None, errpipe, child_side, fds)
         parents = tuple(os.path.dirname(d) for d in cgroup.dirs) if cgroup is not None else ()
         child = child_spec(
             spec,
@@ -529,7 +528,7 @@ async def start_container(
             confinement,
             confine.environment(spec, user),
             init,
-            placement=placement,
+            placement=cgroup.join_files() if cgroup is not None else (),
             userns=0 if mapping is None else 1 if rootless else 2,
         )
         flags = spawn.clone_flags(spec) | (_linux.CLONE_NEWUSER if rootless else 0)
@@ -556,7 +555,7 @@ async def start_container(
             cgroup.attach(pid)
         if rootless and mapping is not None:
             userns.write_maps(pid, mapping)  # before the child's first step
-        gate.release_first(placement or rootless)
+        gate.release_first(rootless)
         if console is not None:
             await _receive_console(container, console, winsize, attach_stdin=stdin == PIPE)
         report = await _read_errpipe(err_r)

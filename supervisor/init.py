@@ -103,9 +103,9 @@ class ChildSpec(NamedTuple):
     net: bool
     tty: bool
     cwd: str | None
-    #: the child waits before anything else until the supervisor has put it into its
-    #: cgroup v1 directories
-    placement: bool
+    #: the ``cgroup.procs`` of its cgroup v1 directories: the child writes itself
+    #: there before anything else (no clone can be born into a v1 cgroup)
+    placement: tuple[bytes, ...]
     #: 0: no user namespace of its own; 1: cloned into one (rootless: the supervisor
     #: writes its maps before the child's first step); 2: enters one after its mounts
     #: (``--userns auto``: its mounts are made as the host's root)
@@ -168,7 +168,7 @@ def child_spec(
     env: dict[str, str] | None = None,
     init: str | None = None,
     *,
-    placement: bool = False,
+    placement: tuple[str, ...] = (),
     userns: int = 0,
 ) -> ChildSpec:
     """Digest a (resolved) spec for the child (see ``ChildSpec``): ``fs_ops`` are its
@@ -185,7 +185,7 @@ def child_spec(
         net="net" in ns,
         tty=spec.tty,
         cwd=spec.cwd,
-        placement=placement,
+        placement=tuple(map(os.fsencode, placement)),
         userns=userns,
         init=os.fsencode(init) if init is not None else None,
         init_args=() if "pid" in ns else (b"-s",),  # a subreaper, when it is not PID 1
@@ -205,7 +205,7 @@ class ChildPlan(NamedTuple):
     stdout: int
     stderr: int
     errpipe: int
-    #: v1 cgroups: the child blocks reading this until the supervisor placed it
+    #: a user namespace: the child blocks reading this until the supervisor mapped it
     sync: int = -1
     #: signals to reset to SIG_DFL (``signals_to_reset()`` taken before the clone);
     #: None: work it out in the child (slower: ~0.3 ms of copy-on-write faults)
@@ -402,6 +402,15 @@ def _supervisor_gone(pollfd: object) -> None:
         os._exit(EXIT_SETUP_FAILED)
 
 
+def _join_cgroup(procs: bytes) -> None:
+    # "0": the writer itself (cgroups.py says why the child, not the supervisor)
+    fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
 def _wait_until_placed(sync: int, close: bool = True) -> None:
     # EOF without a byte means: give up (the supervisor could not do its part).
     if not wire.wait_released(sync, close):
@@ -444,7 +453,7 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     flat lists of ready calls with encoded arguments and only has to make them.
     ``drop_fds`` are closed first thing in the child: fds it must not keep (the
     helper's own, other requests', or the whole CLI's), as one that waits before
-    its exec (the cgroup v1 sync) may wait long.
+    its exec (the user namespace sync) may wait long.
     """
     child = plan.child
     reset = signals_to_reset() if plan.reset_signals is None else plan.reset_signals
@@ -458,9 +467,10 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         pollfd = _linux.pollfd_in(plan.supervisor)
         steps.append(("check the supervisor", _supervisor_gone, (pollfd,), None))
     late = child.userns == 2
-    if plan.sync >= 0 and (child.placement or child.userns == 1):
-        # Before anything else: placed in its cgroups (it must not run outside its
-        # limits), and with a user namespace of its own, its uid and gid maps written.
+    # Before anything else: into its cgroups (it must not run outside its limits)...
+    steps += [("enter its cgroups", _join_cgroup, (procs,), None) for procs in child.placement]
+    if plan.sync >= 0 and child.userns == 1:
+        # ... and with a user namespace of its own, its uid and gid maps written.
         steps.append(("wait for the supervisor", _wait_until_placed, (plan.sync, not late), None))
     if plan.netns >= 0:
         # Before anything that looks at the network namespace (a sysfs mount of a

@@ -7,6 +7,7 @@ any test after which a ``mydocker-*`` cgroup of ours remains.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -310,20 +311,18 @@ async def test_api_daemon_escaping_pid_1_is_killed(anyio_backend: str) -> None:
 async def test_api_failed_placement_is_a_start_error_leaving_nothing(
     anyio_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Fault injection: the kernel refuses the v1 cgroup.procs write. The child,
-    # blocked on the sync pipe, must never run the command.
-    real_write = cgroups.CgroupFS.write
+    # Fault injection: the child cannot join its v1 cgroup (it writes itself into
+    # cgroup.procs as its first step). It must never run the command.
+    real = cgroups.ContainerCgroup.join_files
 
-    def refuse_procs(self: cgroups.CgroupFS, path: str, value: str) -> None:
-        if path.endswith("/cgroup.procs"):
-            raise OSError(13, f"write {value!r} to {path}: Permission denied")
-        real_write(self, path, value)
+    def missing(self: cgroups.ContainerCgroup) -> tuple[str, ...]:
+        return tuple(f"{path}.missing" for path in real(self))
 
-    monkeypatch.setattr(cgroups.CgroupFS, "write", refuse_procs)
+    monkeypatch.setattr(cgroups.ContainerCgroup, "join_files", missing)
     before = our_dirs()
-    with pytest.raises(StartError, match="place the container in its cgroup") as err:
+    with pytest.raises(StartError, match="enter its cgroups") as err:
         await run_container(["sh", "-c", "echo ran > /dev/stderr"], limits=Limits(pids=10))
-    assert err.value.errno == 13
+    assert err.value.errno == errno.ENOENT
     assert our_dirs() == before
 
 
