@@ -163,6 +163,10 @@ class Timers:
                     when = now + RETRY_INTERVAL if watch.container is not None else None
                 if when is not None:
                     heapq.heappush(self._heap, (when, next(self._seq), watch))
+            # Entries of containers gone before their time: dropped now, or the task
+            # would wake for each of them (at c=64, one wake per short container).
+            while self._heap and self._heap[0][2].container is None:
+                heapq.heappop(self._heap)
             self._next = self._heap[0][0] if self._heap else math.inf
             self._wake = anyio.Event()
             with anyio.move_on_after(self._next - now):
