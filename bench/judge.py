@@ -69,19 +69,26 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class Cell:
-    latencies: list[float] = field(default_factory=list)
-    count: int = 0
-    seconds: float = 0.0
-    #: CPU time of this (the supervisor's) process: less sensitive to other load
-    cpu: float = 0.0
+    """One configuration at one concurrency. Each figure is the median over rounds
+    of that round's figure: a burst of other load on the machine spoils one round,
+    not the result."""
 
-    @property
-    def cpu_us(self) -> float:
-        return self.cpu / self.count * 1e6 if self.count else float("nan")
+    latencies: list[float] = field(default_factory=list)
+    #: per round: (containers/s, supervisor CPU us per container, median latency)
+    rounds: list[tuple[float, float, float]] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
-        return self.count / self.seconds if self.seconds else 0.0
+        return statistics.median(r[0] for r in self.rounds) if self.rounds else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU time of this (the supervisor's) process: less sensitive to other load."""
+        return statistics.median(r[1] for r in self.rounds) if self.rounds else float("nan")
+
+    @property
+    def median(self) -> float:
+        return statistics.median(r[2] for r in self.rounds) if self.rounds else float("nan")
 
     def quantile(self, q: float) -> float:
         xs = sorted(self.latencies)
@@ -120,9 +127,8 @@ def _batch(name: str, n: int, concurrency: int, cell: Cell, backend: str) -> Non
         async with anyio.create_task_group() as tg:
             for _ in range(concurrency):
                 tg.start_soon(worker)
-        cell.seconds += time.perf_counter() - t0
-        cell.cpu += time.process_time() - cpu0
-        cell.count += n
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        cell.rounds.append((n / seconds, cpu / n * 1e6, statistics.median(lat)))
         cell.latencies += lat
 
     try:
@@ -154,15 +160,15 @@ def report(cells: dict[str, dict[int, Cell]]) -> dict[str, Any]:
     )
     for name, by_c in cells.items():
         c1, c64 = by_c[1], by_c[64]
-        d_lat = c1.quantile(0.5) - base[1].quantile(0.5)
+        d_lat = c1.median - base[1].median
         d_cost = (1 / c64.rate - 1 / base[64].rate) * 1e6 if c64.rate and base[64].rate else float("nan")
         print(
-            f"{name:<12} {ms(c1.quantile(0.5)):>10} {'(' + ms(c1.quantile(0.9)).strip() + ')':>8}"
+            f"{name:<12} {ms(c1.median):>10} {'(' + ms(c1.quantile(0.9)).strip() + ')':>8}"
             f" {c1.rate:7.0f} {c64.rate:8.0f} {d_lat * 1e3:+11.2f} {d_cost:+16.0f}"
             f" {c64.cpu_us:16.0f} {c64.cpu_us - base[64].cpu_us:+5.0f}"
         )
         out[name] = {
-            "c1_median_ms": c1.quantile(0.5) * 1e3,
+            "c1_median_ms": c1.median * 1e3,
             "c1_p90_ms": c1.quantile(0.9) * 1e3,
             "c1_rate": c1.rate,
             "c64_rate": c64.rate,
