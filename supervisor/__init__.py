@@ -30,6 +30,8 @@ from .errors import (
     StartError,
 )
 from .spec import DEFAULT_GRACE, DEVNULL, PIPE, STDOUT, ContainerSpec, Limits, Mount
+from .ulimits import Ulimit
+from .usage import Usage
 
 __version__ = "0.1.0"
 
@@ -51,6 +53,8 @@ __all__ = [
     "NotPermittedError",
     "SpecError",
     "StartError",
+    "Ulimit",
+    "Usage",
     "open_container",
     "run_container",
 ]
@@ -70,6 +74,15 @@ class CompletedContainer:
     signal: int | None = None
     #: True if the memory limit's OOM killer struck
     oom_killed: bool = False
+    #: how it ended, as a judge says it: ``OK``, ``RE`` (non-zero exit), ``SG`` (a
+    #: signal no limit sent), ``TO`` (CPU or wall time), ``ML`` (memory), ``OL``
+    #: (``max_output``); ``usage.Verdict``
+    status: str = "OK"
+    #: the limit that struck (``cpu_time``, ``wall_time``, ``memory``, ``output``)
+    limit: str | None = None
+    #: what it used: ``cpu_time``, ``cpu_user``, ``cpu_system``, ``wall_time``,
+    #: ``memory_peak``, ``oom_killed`` (``usage.Usage``)
+    usage: Usage | None = None
 
     def check_returncode(self) -> None:
         """Raise ``ContainerFailedError`` if the exit status is non-zero."""
@@ -195,6 +208,7 @@ async def run_container(
     stderr: Any = PIPE,
     check: bool = True,
     grace: float | None = None,
+    max_output: int | None = None,
     **options: Any,
 ) -> CompletedContainer:
     """Run a container to completion and collect its output.
@@ -208,10 +222,15 @@ async def run_container(
             (this process's), an fd or a file; ``stderr=STDOUT`` merges.
         check: raise ``ContainerFailedError`` on a non-zero exit status.
         grace: seconds between SIGTERM and SIGKILL on cancellation (default 10).
-        options: ``ContainerSpec`` fields (``hostname``, ``env``, ``cwd``, ...).
+        max_output: the most bytes of stdout and stderr (together) to collect: a
+            container that writes more is killed (status ``OL``), and what was
+            collected is kept, up to ``max_output`` bytes.
+        options: ``ContainerSpec`` fields (``hostname``, ``env``, ``cwd``,
+            ``limits``, ``ulimits``, ...).
 
     Returns:
-        a ``CompletedContainer`` (status 128+N when killed by signal N).
+        a ``CompletedContainer`` (status 128+N when killed by signal N; a judge's
+        ``status`` and ``usage``).
 
     Raises:
         ContainerFailedError: ``check`` and a non-zero status.
@@ -223,6 +242,10 @@ async def run_container(
     """
     import anyio
 
+    if max_output is not None and (
+        isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0
+    ):
+        raise SpecError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
     if input is not None:
         if stdin is not None:
             raise SpecError("pass either input or stdin, not both")
@@ -233,6 +256,8 @@ async def run_container(
 
     async def drain(name: str, stream: Any) -> None:
         chunks = []
+        if cap is not None:
+            stream = cap.wrap(stream)
         async for chunk in stream:
             chunks.append(chunk)
         output[name] = b"".join(chunks)
@@ -247,6 +272,11 @@ async def run_container(
     async with await open_container(
         command, stdin=stdin, stdout=stdout, stderr=stderr, grace=grace, **options
     ) as container:
+        cap = None
+        if max_output is not None:
+            from .enforce import OutputCap
+
+            cap = OutputCap(container, max_output)
         feeding = container.stdin is not None and input is not None
         if container.stdout is None and container.stderr is None and not feeding:
             # Nothing to collect or feed: no task group, whose setup and teardown
@@ -262,6 +292,8 @@ async def run_container(
                     tg.start_soon(feed, container.stdin)
                 await container.wait()
     assert container.returncode is not None
+    verdict = container.verdict
+    assert verdict is not None
     result = CompletedContainer(
         args=container.args,
         returncode=container.returncode,
@@ -270,6 +302,9 @@ async def run_container(
         id=container.spec.id,
         signal=container.signal,
         oom_killed=container.oom_killed,
+        status=verdict.status,
+        limit=verdict.limit,
+        usage=container.usage,
     )
     if check:
         result.check_returncode()

@@ -97,6 +97,8 @@ _SYSCALLS = {
         "seccomp": 317,
         "bpf": 321,
         "keyctl": 250,
+        "prlimit64": 302,
+        "waitid": 247,
     },
     "aarch64": {
         "clone3": 435,
@@ -108,6 +110,8 @@ _SYSCALLS = {
         "seccomp": 277,
         "bpf": 280,
         "keyctl": 219,
+        "prlimit64": 261,
+        "waitid": 95,
     },
 }
 NR = _SYSCALLS.get(os.uname().machine, _SYSCALLS["x86_64"])
@@ -203,6 +207,37 @@ def setns(fd: int, nstype: int = 0) -> None:
     """setns(2)."""
     if _syscall(ctypes.c_long(NR["setns"]), ctypes.c_long(fd), ctypes.c_long(nstype)) != 0:
         _raise(f"setns({fd}, {nstype:#x})")
+
+
+# <linux/wait.h>
+P_PIDFD = 3
+#: siginfo_t (128 bytes): si_signo, si_errno, si_code, padding, then for SIGCHLD
+#: si_pid, si_uid, si_status (<asm-generic/siginfo.h>, 64-bit)
+_SIGINFO_CHLD = struct.Struct("=iiiiiIi")
+#: struct rusage (<linux/resource.h>, 64-bit): ru_utime and ru_stime (timevals), then
+#: 14 longs, ru_maxrss (KiB) the first
+_RUSAGE = struct.Struct("=qqqqq")
+_RUSAGE_SIZE = 144
+
+
+def waitid_pidfd(pidfd: int, options: int) -> tuple[int, int, float, float, int]:
+    """waitid(P_PIDFD, pidfd, ..., options, &rusage): ``os.waitid`` with what it
+    leaves out, the child's rusage (it counts the descendants the child reaped).
+
+    Returns:
+        ``(si_code, si_status, user seconds, system seconds, max RSS in bytes)``;
+        si_code 0 when ``WNOHANG`` found nothing to reap.
+
+    Raises:
+        OSError: naming the call (ECHILD: reaped already).
+    """
+    info = ctypes.create_string_buffer(128)
+    usage = ctypes.create_string_buffer(_RUSAGE_SIZE)
+    if _syscall(ctypes.c_long(NR["waitid"]), P_PIDFD, pidfd, info, options, usage) != 0:
+        _raise(f"waitid(P_PIDFD, {pidfd}, {options:#x})")
+    code, status = _SIGINFO_CHLD.unpack_from(info)[2::4]
+    usec, uusec, ssec, susec, maxrss = _RUSAGE.unpack_from(usage)
+    return code, status, usec + uusec / 1e6, ssec + susec / 1e6, maxrss * 1024
 
 
 def prctl(option: int, arg2: int = 0) -> None:
@@ -303,6 +338,18 @@ def seccomp_filter_call(program: bytes, flags: int = 0) -> RawCall:
         raw_syscall,
         (NR["seccomp"], SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(fprog)),
         f"seccomp(SECCOMP_SET_MODE_FILTER, {flags:#x}, <{len(program) // 8} instructions>)",
+    )
+
+
+def prlimit_call(resource: int, soft: int, hard: int) -> RawCall:
+    """prlimit64(0, resource, {soft, hard}, NULL) as a raw call: this process's
+    limit (``RLIM64_INFINITY`` for unlimited). Raising a hard limit needs
+    CAP_SYS_RESOURCE in the initial user namespace."""
+    limit = (ctypes.c_uint64 * 2)(soft, hard)
+    return (
+        raw_syscall,
+        (NR["prlimit64"], 0, resource, limit, None),
+        f"prlimit64(0, {resource}, {{{soft}, {hard}}}, NULL)",
     )
 
 

@@ -15,11 +15,14 @@ needs, and loses it when it is gone:
   pure v2 host the limits are written there as well, with the controllers enabled
   through the parent's ``cgroup.subtree_control``.
 * A cgroup v1 hierarchy is used only when a limit needs its controller (memory, cpu,
-  cpuset, pids). A child cannot be cloned into a v1 cgroup, so it is cloned blocked
-  on a "sync" pipe; the supervisor writes its pid into each ``cgroup.procs`` and then
-  releases it with one byte (``container.py``). If placing it fails, the supervisor
-  closes the pipe (the child reads EOF and exits) and kills it: it never execs
-  outside its limits.
+  cpuset, pids). A child cannot be cloned into a v1 cgroup, so it writes itself into
+  each ``cgroup.procs`` (``join_files``) as its first step, before anything of the
+  container runs; if that fails it reports the step and exits: it never execs
+  outside its limits. Not the supervisor: moving a task takes the kernel's
+  ``cgroup_threadgroup_rwsem`` for writing, which waits for an RCU grace period
+  unless another move came shortly before (~10 ms on the 2-core development host
+  for a container started after a pause, ~12 us back to back). The supervisor
+  doing it stalled its event loop for that long; the child only delays itself.
 
 The layout is read from ``/proc/self/cgroup`` and ``/proc/self/mountinfo``, never
 assumed. Nothing is written outside the directories made here, except, on pure v2,
@@ -53,6 +56,7 @@ from typing import NamedTuple, Protocol
 from . import devices
 from .errors import NOT_PERMITTED, SpecError, StartError
 from .spec import ContainerSpec, Limits, cpu_list
+from .usage import Counters, read_counters, read_cpu
 
 #: every directory we make starts with this (the leak checks look for it)
 PREFIX = "mydocker-"
@@ -553,22 +557,30 @@ def kill_all(fs: CgroupFS, d: str) -> None:
 def remove_tree(fs: CgroupFS, d: str) -> bool:
     """rmdir cgroup ``d`` and every cgroup below it, deepest first (a container with
     CAP_SYS_ADMIN, or a cgroup namespace and a writable cgroupfs, can make some);
-    True when ``d`` is gone. EBUSY (processes still in it) leaves the rest."""
-    try:
-        subs = fs.subdirs(d)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        subs = []
-    for sub in subs:
-        remove_tree(fs, posixpath.join(d, sub))
-    try:
-        fs.rmdir(d)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return False
-    return True
+    True when ``d`` is gone. EBUSY (processes still in it) leaves the rest.
+
+    The rmdir is tried first: a container's cgroup nearly never has cgroups below
+    it, and listing a directory costs more than the rmdir (~25 us a directory)."""
+    for attempt in range(2):
+        try:
+            fs.rmdir(d)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if attempt:
+                return False
+        try:
+            subs = fs.subdirs(d)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if not subs:
+            return False  # busy with processes: nothing below to remove first
+        for sub in subs:
+            remove_tree(fs, posixpath.join(d, sub))
+    return False
 
 
 def _kill_and_remove(fs: CgroupFS, path: str, wait: float = 2.0) -> bool:
@@ -599,9 +611,9 @@ class Cgroup(Protocol):
         """The fds the clone needs (``wire.ROLES``: "cgroup")."""
         ...
 
-    @property
-    def needs_placement(self) -> bool:
-        """Whether the child must wait until ``attach`` has placed it."""
+    def join_files(self) -> tuple[str, ...]:
+        """The ``cgroup.procs`` files the child writes itself into before its first
+        step (v1 directories, which no clone can be born into)."""
         ...
 
     def open_v2(self) -> int:
@@ -609,7 +621,7 @@ class Cgroup(Protocol):
         ...
 
     def attach(self, pid: int) -> None:
-        """Place the just-cloned child (the caller then lets it go on)."""
+        """The child ``pid`` is cloned: release what only the clone needed."""
         ...
 
     def kill(self) -> None:
@@ -618,6 +630,14 @@ class Cgroup(Protocol):
 
     def oom_killed(self) -> bool:
         """Whether the memory limit's OOM killer struck."""
+        ...
+
+    def counters(self) -> Counters:
+        """CPU time and memory peak so far; after ``destroy``, the last figures."""
+        ...
+
+    def cpu_usec(self) -> int | None:
+        """The CPU time of all the container's processes so far (None: unknown)."""
         ...
 
     def discard(self) -> None:
@@ -653,6 +673,11 @@ class ContainerCgroup:
         #: the v1 directories, one per hierarchy a limit needs
         self.v1_dirs: list[str] = []
         self._memory: tuple[int, str] | None = None  # (version, dir) to read OOM kills from
+        #: (version, dir) of the CPU time counters (usage.py: v2 cpu.stat, v1 cpuacct)
+        self._cpu: tuple[int, str] | None = None
+        #: (version, dir) of the memory peak, if the kernel keeps one for us
+        self._peak: tuple[int, str] | None = None
+        self._final = Counters()
         self._cgroup_fd = -1
         self._oom: bool | None = None
         self._destroyed = False
@@ -685,6 +710,13 @@ class ContainerCgroup:
                 self._make_v1(spec, h, plan.parents[h], ctrls, plan.needed)
                 if "devices" in ctrls:
                     devices.apply_v1(fs, self.v1_dirs[-1], rules)
+            if self._cpu is None and spec.limits.cpu_time is not None:
+                raise StartError(
+                    "cgroups", 0, "--cpu-time needs the container's cgroup, which cannot be made here"
+                )
+            self._peak = self._memory
+            if self._peak is None and self.v2_dir is not None and layout.v1_for("memory") is None:
+                self._peak = (2, self.v2_dir)  # memory.peak, if the parent passes memory down
         except BaseException as e:
             self.discard()
             if isinstance(e, OSError):
@@ -709,6 +741,7 @@ class ContainerCgroup:
                 raise
             return
         self.v2_dir = d
+        self._cpu = (2, d)  # cpu.stat: in every cgroup2 directory, controller or not
         if fs.has_kill_file is None:  # a kernel feature (5.14): asked once per cgroupfs
             fs.has_kill_file = fs.exists(posixpath.join(d, "cgroup.kill"))
         _apply(fs, d, [w for w in limit_writes(spec.limits, 2) if w.controller in wanted], plan.needed)
@@ -734,17 +767,18 @@ class ContainerCgroup:
         _apply(fs, d, [w for w in writes if w.file != "cpuset.cpus"], needed)
         if "memory" in ctrls:
             self._memory = (1, d)
+        if "cpuacct" in ctrls and self._cpu is None:
+            self._cpu = (1, d)
 
     @property
     def dirs(self) -> list[str]:
         """Every directory of this container (v2 first)."""
         return ([self.v2_dir] if self.v2_dir else []) + self.v1_dirs
 
-    @property
-    def needs_placement(self) -> bool:
-        """Whether the child must wait (on its sync pipe) until ``attach`` has put it
-        into v1 directories, which no clone can be born into."""
-        return bool(self.v1_dirs)
+    def join_files(self) -> tuple[str, ...]:
+        """The ``cgroup.procs`` of each v1 directory: the child writes itself there
+        as its first step (see the module's docstring for why not the supervisor)."""
+        return tuple(posixpath.join(d, "cgroup.procs") for d in self.v1_dirs)
 
     def open_v2(self) -> int:
         """A new O_PATH fd of the v2 directory (an exec is cloned into it; the
@@ -762,18 +796,9 @@ class ContainerCgroup:
             os.close(fd)
 
     def attach(self, pid: int) -> None:
-        """Place the just-cloned child ``pid`` into the v1 cgroups (the caller then
-        releases it).
-
-        Raises:
-            StartError: a ``cgroup.procs`` write failed (the caller kills and reaps).
-        """
+        """The child ``pid`` is cloned (into the v2 directory; it joins the v1 ones
+        itself): close the fd the clone needed."""
         self._close_child_fds()
-        try:
-            for d in self.v1_dirs:
-                self._fs.write(posixpath.join(d, "cgroup.procs"), str(pid))
-        except OSError as e:
-            raise _os_error("place the container in its cgroup", e) from None
 
     def populated(self) -> bool:
         """Whether any process (zombies aside) is still in the container's cgroups."""
@@ -818,6 +843,21 @@ class ContainerCgroup:
             return self._read_oom()
         return self._oom
 
+    def counters(self) -> Counters:
+        """CPU time and memory peak so far (``usage.py``: where each comes from);
+        after ``destroy``, the last figures read before the directories went."""
+        if self._destroyed:
+            return self._final
+        return read_counters(self._fs.read, self._cpu, self._peak)
+
+    def cpu_usec(self) -> int | None:
+        """The CPU time of all the container's processes so far, in microseconds
+        (None: not known, or the cgroup is gone)."""
+        if self._destroyed or self._cpu is None:
+            return None
+        times = read_cpu(self._fs.read, self._cpu)
+        return times[0] if times is not None else None
+
     def _remove(self) -> list[str]:
         """Remove every directory still there (and whatever appeared below them);
         returns those that are busy."""
@@ -843,6 +883,8 @@ class ContainerCgroup:
             if self._memory is None or not self.populated():
                 if self._oom is None:
                     self._oom = self._read_oom()
+                # The last figures: read before each try, the directories may go.
+                self._final = self._final.merge(self.counters())
                 busy = self._remove()
                 if not busy:
                     break
@@ -898,26 +940,17 @@ class JoinedCgroup:
         """None: an exec gets ``open_v2``'s."""
         return {}
 
-    @property
-    def needs_placement(self) -> bool:
-        """Whether a process cloned into it must wait to be put in the v1 ones."""
-        return bool(self.v1_dirs)
+    def join_files(self) -> tuple[str, ...]:
+        """The ``cgroup.procs`` of its v1 directories (an exec'd child writes itself
+        there first)."""
+        return tuple(posixpath.join(d, "cgroup.procs") for d in self.v1_dirs)
 
     def open_v2(self) -> int:
         """A new O_PATH fd of the v2 directory, or -1."""
         return self._fs.open_dir(self.v2_dir) if self.v2_dir is not None else -1
 
     def attach(self, pid: int) -> None:
-        """Put ``pid`` into the v1 directories.
-
-        Raises:
-            StartError: the container is gone, or the write was refused.
-        """
-        try:
-            for d in self.v1_dirs:
-                self._fs.write(posixpath.join(d, "cgroup.procs"), str(pid))
-        except OSError as e:
-            raise _os_error("place the process in the container's cgroup", e) from None
+        """Nothing: the child joins the v1 directories itself (``join_files``)."""
 
     def kill(self) -> None:
         """SIGKILL every process in it."""
@@ -927,6 +960,14 @@ class JoinedCgroup:
     def oom_killed(self) -> bool:
         """Not known here (its owner records it)."""
         return False
+
+    def counters(self) -> Counters:
+        """Not kept here (its owner records them)."""
+        return Counters()
+
+    def cpu_usec(self) -> int | None:
+        """Not kept here."""
+        return None
 
     def discard(self) -> None:
         """Nothing: not ours."""
@@ -1157,6 +1198,13 @@ def _plan(spec: ContainerSpec, layout: CgroupLayout) -> _Plan:
             raise StartError(
                 "cgroups", 0, f"{flag} needs the '{controller}' cgroup controller, which is not mounted"
             )
+    if limits.cpu_time is not None and layout.v2 is None:
+        # No cgroup2 directory to read cpu.stat from: a v1 cpuacct one (usage.py).
+        h = layout.v1_for("cpuacct")
+        if h is None:
+            raise StartError("cgroups", 0, "--cpu-time needs cgroup2 or the v1 'cpuacct' controller")
+        needed.setdefault("cpuacct", "--cpu-time")
+        v1_needed.setdefault(h, {})["cpuacct"] = "--cpu-time"
     parents = {
         h: _parent_in(h, spec, fs) for h in ([layout.v2] if layout.v2 is not None else []) + list(v1_needed)
     }
@@ -1181,8 +1229,10 @@ def _delegated(spec: ContainerSpec, layout: CgroupLayout) -> bool:
     parent = layout.v2.parent_dir(spec.cgroup_parent) if layout.v2 is not None else None
     writable = parent is not None and os.access(parent, os.W_OK | os.X_OK)
     needed = needed_controllers(spec.limits)
-    if needed and not writable:
-        flag = next(iter(needed.values()))
+    # --cpu-time needs no controller, but a cgroup of its own to read cpu.stat from
+    flags = [*needed.values(), *(["--cpu-time"] if spec.limits.cpu_time is not None else [])]
+    if flags and not writable:
+        flag = flags[0]
         where = parent or "no cgroup v2 hierarchy"
         raise SpecError(
             f"{flag} needs a cgroup v2 subtree delegated to uid {os.geteuid()} (systemd: Delegate=yes); "

@@ -27,6 +27,7 @@ from . import capabilities
 from .errors import SpecError
 from .init import Confinement
 from .spec import UNCONFINED, ContainerSpec
+from .ulimits import check_hard_limits, child_rlimits
 from .userns import Mapping
 from .users import User, resolve_user
 
@@ -89,6 +90,8 @@ def confinement(spec: ContainerSpec, user: User, mapping: Mapping | None = None)
             f"({mapping.describe()}); for more ids give the user a range in /etc/subuid and "
             "/etc/subgid and install newuidmap (Debian: uidmap)"
         )
+    if spec.ulimits:
+        check_hard_limits(spec.ulimits, can_raise=not rootless and can_raise_rlimits())
     caps = spec.capabilities
     sets = capabilities.container_sets(caps, user.uid)
     program: bytes | None = None
@@ -117,7 +120,22 @@ def confinement(spec: ContainerSpec, user: User, mapping: Mapping | None = None)
         seccomp_flags=flags,
         no_new_privs=spec.no_new_privileges,
         split=split,
+        rlimits=child_rlimits(spec.ulimits),
     )
+
+
+#: CAP_SYS_RESOURCE, <linux/capability.h>
+_CAP_SYS_RESOURCE = 24
+_can_raise: bool | None = None
+
+
+def can_raise_rlimits() -> bool:
+    """Whether this process holds CAP_SYS_RESOURCE (read once): the child, which
+    sets its rlimits before it drops anything, then holds it too."""
+    global _can_raise
+    if _can_raise is None:
+        _can_raise = bool(capabilities.read_sets().effective >> _CAP_SYS_RESOURCE & 1)
+    return _can_raise
 
 
 def seccomp_profile(spec: ContainerSpec) -> Profile | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import _linux, confine, mounts, records, rootfs, spawn, state, userns
+from . import _linux, confine, enforce, mounts, records, rootfs, spawn, state, userns
 from ._streams import FdStream
 from .cgroups import Cgroup, create_cgroup
 from .confine import Identity
@@ -33,6 +34,7 @@ from .launch import Gate, StdioArg, error_pipe, finish_start, stdio_fds
 from .process import Process
 from .records import Registration
 from .spec import DEFAULT_GRACE, PIPE, ContainerSpec
+from .usage import Rusage, Usage, Verdict, judge, report
 
 if TYPE_CHECKING:
     from .exec import CompletedExec, ExecProcess, Target
@@ -52,6 +54,8 @@ class Container(Process):
         cgroup: its cgroup, or None.
         endpoint: on a network, its ``network.endpoint.Endpoint`` (``address``,
             ``ports`` with the host ports chosen); else None.
+        struck: the limit mydocker killed the container for (``cpu_time``,
+            ``wall_time``, ``output``), or None.
     """
 
     def __init__(
@@ -82,6 +86,12 @@ class Container(Process):
         # namespace that is our child waits to be reaped (zap_pid_ns_processes): so
         # while we wait for the container, we reap those that have exited.
         self._execs: weakref.WeakSet[Process] = weakref.WeakSet()
+        self.struck: str | None = None
+        self._watch: enforce.Watch | None = None
+        self._started = time.monotonic()
+        self._ended: float | None = None
+        self._rusage: Rusage | None = None
+        self._usage: Usage | None = None  # the final figures, once closed
 
     async def wait(self) -> int:
         """Wait until PID 1 exits, reap it, and return its exit status (reaping our
@@ -104,6 +114,53 @@ class Container(Process):
         """True if the memory limit's OOM killer struck inside the container."""
         return bool(self.cgroup is not None and self.cgroup.oom_killed())
 
+    @property
+    def usage(self) -> Usage:
+        """What the container used (``usage.Usage``): the final figures once it is
+        closed, the figures so far while it runs."""
+        if self._usage is not None:
+            return self._usage
+        end = self._ended if self._ended is not None else time.monotonic()
+        counters = self.cgroup.counters() if self.cgroup is not None else None
+        usage = Usage.of(counters, self._rusage, end - self._started, self.oom_killed)
+        if self._closed:
+            self._usage = usage
+        return usage
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """How the container ended, as a judge says it (``usage.Verdict``: status
+        ``OK``, ``RE``, ``SG``, ``TO``, ``ML``, ``OL``); None while it runs."""
+        if self.returncode is None:
+            return None
+        limits = self.spec.limits
+        return judge(
+            self.returncode,
+            self.signal,
+            self.usage,
+            cpu_time=limits.cpu_time,
+            wall_time=limits.wall_time,
+            struck=self.struck,
+        )
+
+    def exited(self) -> bool:
+        """Whether PID 1 has exited (reaped or not)."""
+        if self.returncode is not None or self._closed:
+            return True
+        # WNOWAIT: only look (wait() reaps); no select(), which refuses an fd >= 1024
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT | _linux.WALL
+        return os.waitid(os.P_PIDFD, self._pidfd, flags) is not None
+
+    def _reap(self) -> None:
+        # with the rusage of PID 1 (its peak RSS, where the cgroup keeps no peak)
+        code, status, user, system, maxrss = _linux.waitid_pidfd(self._pidfd, os.WEXITED | _linux.WALL)
+        self._ended = time.monotonic()
+        self._rusage = Rusage(user, system, maxrss)
+        if code == os.CLD_EXITED:
+            self.returncode, self.signal = status, None
+        else:
+            self.returncode, self.signal = 128 + status, status
+
     def kill(self) -> None:
         """Kill the container: SIGKILL to PID 1 (the kernel then kills all of its
         PID namespace) and, with a cgroup, to every process in the cgroup."""
@@ -112,11 +169,16 @@ class Container(Process):
             self.cgroup.kill()
 
     async def _finish(self) -> None:
-        if self.record is not None:
-            assert self.returncode is not None
-            self.record.exited(self.returncode, self.signal, self.oom_killed, None)
+        if self._watch is not None:
+            self._watch.close()
         if self.cgroup is not None:
             await self.cgroup.destroy()
+        if self.record is not None:
+            assert self.returncode is not None
+            usage, verdict = self.usage, self.verdict
+            assert verdict is not None
+            figures = report(self.returncode, self.signal, usage, verdict)
+            self.record.exited(self.returncode, self.signal, usage.oom_killed, figures)
 
     async def __aenter__(self) -> Container:
         return self
@@ -254,8 +316,7 @@ async def start_container(
             # Removes the directories if the clone fails; a no-op after destroy().
             stack.callback(cgroup.discard)
             fds.update(cgroup.child_fds())
-        placement = cgroup is not None and cgroup.needs_placement
-        gate = Gate(placement or mapping is not None or endpoint is not None, errpipe, child_side, fds)
+        gate = Gate(mapping is not None or endpoint is not None, errpipe, child_side, fds)
         parents = tuple(os.path.dirname(d) for d in cgroup.dirs) if cgroup is not None else ()
         child = child_spec(
             spec,
@@ -263,7 +324,7 @@ async def start_container(
             confinement,
             confine.environment(spec, user),
             init,
-            placement=placement,
+            placement=cgroup.join_files() if cgroup is not None else (),
             userns=0 if mapping is None else 1 if rootless else 2,
         )
         flags = spawn.clone_flags(spec) | (_linux.CLONE_NEWUSER if rootless else 0)
@@ -306,11 +367,13 @@ async def start_container(
         winsize,
         attach_stdin=stdin == PIPE,
         place=place,
-        waits=placement or rootless or endpoint is not None,
+        waits=rootless or endpoint is not None,
         late_maps=mapping if mapping is not None and not rootless else None,
     )
     if record is not None:
         record.running(pid, cgroup.dirs if cgroup is not None else [], container.identity)
+    if spec.limits.timed:
+        container._watch = enforce.watch(container)
     return container
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -192,13 +192,12 @@ async def open_exec(
         )
         err_r, errpipe = error_pipe(stack, child_side, fds)
         cgroup = target.cgroup
-        placement = cgroup is not None and cgroup.needs_placement
         if cgroup is not None:
             v2 = cgroup.open_v2()
             if v2 >= 0:
                 child_side.callback(os.close, v2)
                 fds["cgroup"] = v2
-        gate = Gate(placement, errpipe, child_side, fds)
+        gate = Gate(False, errpipe, child_side, fds)
         child = exec_child_spec(
             argv,
             environment,
@@ -206,7 +205,7 @@ async def open_exec(
             tty,
             _join_flags(target),
             confinement,
-            placement=placement,
+            placement=cgroup.join_files() if cgroup is not None else (),
         )
         parents = tuple(os.path.dirname(d) for d in cgroup.dirs) if cgroup is not None else ()
         pid, pidfd = await spawn.spawn(child, _linux.CLONE_PARENT, fds, parents)
@@ -238,17 +237,10 @@ async def open_exec(
         console,
         winsize,
         attach_stdin=stdin == PIPE,
-        place=_placer(cgroup) if placement and cgroup is not None else None,
-        waits=placement,
+        place=None,
+        waits=False,
     )
     return proc
-
-
-def _placer(cgroup: Cgroup) -> Callable[[int], Awaitable[None]]:
-    async def place(pid: int) -> None:
-        cgroup.attach(pid)
-
-    return place
 
 
 async def run_exec(

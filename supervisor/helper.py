@@ -230,7 +230,7 @@ def _serve_batch(
             refused.append(request)
         elif request is not None:
             parsed.append(request)
-    # A child that may wait before its exec (the v1 cgroup sync) first drops every fd
+    # A child that may wait before its exec (the user namespace sync) first drops every fd
     # of the other requests and the helper's own: it must not hold another
     # container's pipes meanwhile. Any other child marks every inherited fd
     # close-on-exec (its last step but one), which is enough.

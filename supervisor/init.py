@@ -79,6 +79,8 @@ class Confinement(NamedTuple):
     #: helper loads once, and what each of its children adds; None: whole only. The
     #: supervisor picks one before the request leaves it; the child never sees this.
     split: tuple[bytes, bytes] | None = None
+    #: rlimits to set, ``(docker's name, resource, soft, hard)`` (``ulimits.child_rlimits``)
+    rlimits: tuple[tuple[str, int, int, int], ...] = ()
 
 
 class ChildSpec(NamedTuple):
@@ -108,9 +110,9 @@ class ChildSpec(NamedTuple):
     net: int
     tty: bool
     cwd: str | None
-    #: the child waits before anything else until the supervisor has put it into its
-    #: cgroup v1 directories
-    placement: bool
+    #: the ``cgroup.procs`` of its cgroup v1 directories: the child writes itself
+    #: there before anything else (no clone can be born into a v1 cgroup)
+    placement: tuple[bytes, ...]
     #: 0: no user namespace of its own; 1: cloned into one (rootless: the supervisor
     #: writes its maps before the child's first step); 2: enters one after its mounts
     #: (``--userns auto``: its mounts are made as the host's root)
@@ -177,7 +179,7 @@ def child_spec(
     env: dict[str, str] | None = None,
     init: str | None = None,
     *,
-    placement: bool = False,
+    placement: tuple[str, ...] = (),
     userns: int = 0,
 ) -> ChildSpec:
     """Digest a (resolved) spec for the child (see ``ChildSpec``): ``fs_ops`` are its
@@ -194,7 +196,7 @@ def child_spec(
         net=(NET_PLUGGED if spec.network is not None else NET_OWN) if "net" in ns else 0,
         tty=spec.tty,
         cwd=spec.cwd,
-        placement=placement,
+        placement=tuple(map(os.fsencode, placement)),
         userns=userns,
         init=os.fsencode(init) if init is not None else None,
         init_args=() if "pid" in ns else (b"-s",),  # a subreaper, when it is not PID 1
@@ -212,11 +214,12 @@ def exec_child_spec(
     join: int,
     confine: Confinement | None,
     *,
-    placement: bool = False,
+    placement: tuple[str, ...] = (),
 ) -> ChildSpec:
-    """The child of an exec into a running container: it joins the namespaces in
-    ``join`` (CLONE_NEW* flags, the user namespace first), takes the container's
-    confinement, and execs ``argv`` in ``cwd`` with ``env``."""
+    """The child of an exec into a running container: it writes itself into the
+    ``cgroup.procs`` files of ``placement`` (the container's v1 cgroups), joins the
+    namespaces in ``join`` (CLONE_NEW* flags, the user namespace first), takes the
+    container's confinement, and execs ``argv`` in ``cwd`` with ``env``."""
     return ChildSpec(
         mount=False,
         mount_proc=False,
@@ -225,7 +228,7 @@ def exec_child_spec(
         net=False,
         tty=tty,
         cwd=cwd,
-        placement=placement,
+        placement=tuple(map(os.fsencode, placement)),
         userns=0,
         init=None,
         init_args=(),
@@ -246,7 +249,7 @@ class ChildPlan(NamedTuple):
     stdout: int
     stderr: int
     errpipe: int
-    #: v1 cgroups: the child blocks reading this until the supervisor placed it
+    #: a user namespace: the child blocks reading this until the supervisor mapped it
     sync: int = -1
     #: signals to reset to SIG_DFL (``signals_to_reset()`` taken before the clone);
     #: None: work it out in the child (slower: ~0.3 ms of copy-on-write faults)
@@ -446,6 +449,15 @@ def _supervisor_gone(pollfd: object) -> None:
         os._exit(EXIT_SETUP_FAILED)
 
 
+def _join_cgroup(procs: bytes) -> None:
+    # "0": the writer itself (cgroups.py says why the child, not the supervisor)
+    fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
 def _wait_until_placed(sync: int, close: bool = True) -> None:
     # EOF without a byte means: give up (the supervisor could not do its part).
     if not wire.wait_released(sync, close):
@@ -488,7 +500,7 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     flat lists of ready calls with encoded arguments and only has to make them.
     ``drop_fds`` are closed first thing in the child: fds it must not keep (the
     helper's own, other requests', or the whole CLI's), as one that waits before
-    its exec (the cgroup v1 sync) may wait long.
+    its exec (the user namespace sync) may wait long.
     """
     child = plan.child
     reset = signals_to_reset() if plan.reset_signals is None else plan.reset_signals
@@ -502,10 +514,11 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         pollfd = _linux.pollfd_in(plan.supervisor)
         steps.append(("check the supervisor", _supervisor_gone, (pollfd,), None))
     late = child.userns == 2
-    if plan.sync >= 0 and (child.placement or child.userns == 1 or child.net == NET_PLUGGED):
-        # Before anything else: placed in its cgroups (it must not run outside its
-        # limits), with a user namespace of its own, its uid and gid maps written,
-        # and on a network, its eth0 configured (nothing runs before it is there).
+    # Before anything else: into its cgroups (it must not run outside its limits)...
+    steps += [("enter its cgroups", _join_cgroup, (procs,), None) for procs in child.placement]
+    if plan.sync >= 0 and (child.userns == 1 or child.net == NET_PLUGGED):
+        # ... with a user namespace of its own, its uid and gid maps written, and on
+        # a network, its eth0 configured (nothing runs before it is there).
         steps.append(("wait for the supervisor", _wait_until_placed, (plan.sync, not late), None))
     if child.join:
         # An exec: into the container's namespaces (setns through a pidfd joins them
@@ -523,6 +536,11 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         steps.append(("open the container's terminal", _console_stdio, (plan,), None))
     else:
         steps += _stdio_steps(plan)
+    if child.confine is not None and child.confine.rlimits:
+        # After the mounts and the stdio (a low nofile would fail their opens), before
+        # a user namespace of its own and the confinement take CAP_SYS_RESOURCE, which
+        # raising a hard limit needs.
+        steps += rlimit_steps(child.confine.rlimits)
     if late:
         steps.append(("enter a user namespace", _enter_userns, (plan.errpipe, plan.sync), None))
     if child.confine is not None:
@@ -539,6 +557,22 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         init_argv = _linux.c_string_array((child.init, *child.init_args, b"--", *argv))
         init = (child.init, init_argv, envp_array)
     return Prepared(drop_fds, reset, masked, steps, how, init, plan.errpipe)
+
+
+#: the rlimit steps of each distinct set of rlimits, built once per process (their
+#: ctypes buffers and texts would otherwise be made for every container)
+_rlimit_cache: dict[tuple[tuple[str, int, int, int], ...], list[Step]] = {}
+
+
+def rlimit_steps(rlimits: tuple[tuple[str, int, int, int], ...]) -> list[Step]:
+    """One raw ``prlimit64`` per ``(name, resource, soft, hard)``."""
+    steps = _rlimit_cache.get(rlimits)
+    if steps is None:
+        steps = [(f"set the {name} rlimit", *_linux.prlimit_call(*r)) for name, *r in rlimits]
+        if len(_rlimit_cache) >= 64:
+            _rlimit_cache.clear()
+        _rlimit_cache[rlimits] = steps
+    return steps
 
 
 #: the steps of each distinct confinement, built once per process: a few dozen raw

@@ -302,8 +302,8 @@ class DirectSpawner:
         if not (flags & _linux.CLONE_NEWPID or child.join & _linux.CLONE_NEWPID) or not _single_threaded():
             return await spawn(child, flags, fds, cgroup_parents, direct=False)
         # The child is a copy of this whole process: it must not keep our side of its
-        # pipes (the cgroup sync pipe's write end above all, or it would never see
-        # EOF if we die or fail to place it). The helper's children have only the
+        # pipes (the sync pipe's write end above all, or it would never see EOF if
+        # we die or fail to map its user namespace). The helper's children have only the
         # fds of their request; give ours the same.
         me = os.pidfd_open(os.getpid())  # the parent the child checks it still has
         pid = -1

@@ -16,6 +16,13 @@ from dataclasses import dataclass, field, replace
 
 from .errors import SpecError
 
+# What typing.TYPE_CHECKING is, without importing typing (the spawn helper loads this
+# module with a root filesystem: helper.py says what it may load).
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from .ulimits import Ulimit
+
 #: stdio arguments of the library (``subprocess``'s values): a pipe to the container,
 #: /dev/null, and stderr into stdout
 PIPE = -1
@@ -139,6 +146,23 @@ def _whole(value: object, what: str) -> int:
         raise SpecError(f"invalid {what} {value!r} (expected a whole number)") from None
 
 
+def _seconds(value: object, flag: str) -> float:
+    """A positive, finite number of seconds (``"1.5"`` or 1.5).
+
+    Raises:
+        SpecError: anything else (a negative, zero, infinite or non-numeric time).
+    """
+    if isinstance(value, bool):
+        value = str(value)
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SpecError(f"invalid {flag} {value!r} (expected a number of seconds such as 1.5)") from None
+    if not 0 < seconds < float("inf"):
+        raise SpecError(f"invalid {flag} {value!r}: it must be a positive number of seconds")
+    return seconds
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of one container (cgroups). ``None`` means unlimited.
@@ -151,6 +175,10 @@ class Limits:
         cpu_shares: relative CPU weight, 2 to 262144 (the default is 1024).
         cpuset_cpus: the CPUs the container may run on, e.g. ``"0-1,3"``.
         pids: the most processes (and threads) the container may have at once.
+        cpu_time: seconds of CPU time (user + system, every process of the
+            container together, from its cgroup); used up, the container is killed
+            (``enforce.py``).
+        wall_time: seconds of real time from the start; then the container is killed.
 
     Raises:
         SpecError: a malformed or out-of-range value (checked when made; whether
@@ -163,10 +191,16 @@ class Limits:
     cpu_shares: int | None = None
     cpuset_cpus: str | None = None
     pids: int | None = None
+    cpu_time: float | None = None
+    wall_time: float | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
             object.__setattr__(self, name, value)
+
+        for name, flag in (("cpu_time", "--cpu-time"), ("wall_time", "--wall-time")):
+            if getattr(self, name) is not None:
+                put(name, _seconds(getattr(self, name), flag))
 
         if self.memory is not None:
             put("memory", parse_size(self.memory, "memory limit"))
@@ -201,6 +235,11 @@ class Limits:
             if self.pids < 1:
                 raise SpecError(f"invalid --pids-limit {self.pids}: it must be at least 1 (or -1: unlimited)")
 
+    @property
+    def timed(self) -> bool:
+        """Whether a CPU or wall time limit is set (enforced from the supervisor)."""
+        return self.cpu_time is not None or self.wall_time is not None
+
     def any(self) -> bool:
         """True when at least one limit is set."""
         return any(v is not None for v in vars(self).values())
@@ -215,6 +254,8 @@ class Limits:
         cpu_shares: str | None = None,
         cpuset_cpus: str | None = None,
         pids: str | None = None,
+        cpu_time: str | None = None,
+        wall_time: str | None = None,
     ) -> Limits:
         """Limits from docker-style flag strings; ``pids="-1"`` means unlimited.
 
@@ -230,6 +271,8 @@ class Limits:
             cpu_shares=cpu_shares,  # type: ignore[arg-type]
             cpuset_cpus=cpuset_cpus,
             pids=pids,  # type: ignore[arg-type]
+            cpu_time=cpu_time,  # type: ignore[arg-type]
+            wall_time=wall_time,  # type: ignore[arg-type]
         )
 
 
@@ -422,7 +465,12 @@ class ContainerSpec:
         namespaces: which namespaces are new (the rest are shared with the host).
         init: run an init (tini, as docker's ``--init``) as PID 1, which forwards
             signals to the command and reaps orphans.
-        limits: cgroup resource limits.
+        limits: resource limits: cgroups, and CPU and wall time (a ``Limits``, or a
+            dict such as ``{"memory": "256m", "pids": 64, "cpu_time": 2}``).
+        ulimits: the processes' rlimits (``ulimits.Ulimit`` values; given as a
+            mapping ``{"nofile": 64, "nproc": (32, 64)}`` or ``"TYPE=SOFT[:HARD]"``
+            strings); the rest are mydocker's own, except ``core`` (0:0,
+            ``ulimits.py`` says why).
         cgroup_parent: cgroup below which the container's cgroup is made (default:
             the supervisor's own cgroup).
         rootfs: a directory to use as the container's root filesystem (the read-only
@@ -466,6 +514,7 @@ class ContainerSpec:
     namespaces: frozenset[str] = DEFAULT_NAMESPACES
     init: bool = False
     limits: Limits = field(default_factory=Limits)
+    ulimits: tuple[Ulimit, ...] = ()
     cgroup_parent: str | None = None
     rootfs: str | None = None
     image: str | None = None
@@ -508,6 +557,10 @@ class ContainerSpec:
             object.__setattr__(self, "seccomp", load_profile(self.seccomp))
         if isinstance(self.limits, Mapping):  # run_container(..., limits={"memory": "64m"})
             object.__setattr__(self, "limits", Limits(**self.limits))
+        if self.ulimits:
+            from .ulimits import normalize  # loaded only by containers that have some
+
+            object.__setattr__(self, "ulimits", normalize(self.ulimits))
         if isinstance(self.env, Mapping):
             object.__setattr__(self, "env", tuple(self.env.items()))
         else:

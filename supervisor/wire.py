@@ -20,8 +20,8 @@ Four conversations, all over fds that live only as long as one container's start
 - **console handshake** (child -> supervisor, a socketpair): with ``-t`` and a root
   filesystem the child sends the pty master it opened in its own devpts; the
   supervisor sizes the pty and answers one byte, and only then does the child go on.
-- **release** (supervisor -> child, the "sync" pipe): one byte once the child was
-  placed in its cgroup v1 directories and its user namespace mapped; EOF without it
+- **release** (supervisor -> child, the "sync" pipe): one byte once the child's user
+  namespace is mapped; EOF without it
   means give up. A child that enters its user namespace late (``--userns auto``)
   asks for its maps with ``ASK_FOR_MAPS`` on the error pipe, and waits for a
   second byte.
@@ -226,7 +226,7 @@ def console_ready(sock: socket.socket) -> None:
 
 
 def release(fd: int) -> None:
-    """The child was placed in its cgroups, or its user namespace mapped: let it go on."""
+    """The child's user namespace is mapped: let it go on."""
     os.write(fd, _GO)
 
 

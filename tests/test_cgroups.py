@@ -8,6 +8,7 @@ any test after which a ``mydocker-*`` cgroup of ours remains.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import shlex
@@ -464,28 +465,20 @@ def _waits_on_a_pipe(pid: int) -> bool:
 async def test_api_failed_placement_is_a_start_error_leaving_nothing(
     anyio_backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # Fault injection: the kernel refuses the v1 cgroup.procs write. The child,
-    # blocked on the sync pipe, must never run the command (which would leave a file
-    # on the host: without a root filesystem the container sees the host's).
+    # Fault injection: the child cannot join its v1 cgroup (it writes itself into
+    # cgroup.procs as its first step). It must never run the command (which would
+    # leave a file on the host: without a root filesystem the container sees the host's).
     ran = tmp_path / "ran"
-    real_write = cgroups.CgroupFS.write
+    real = cgroups.ContainerCgroup.join_files
 
-    def refuse_procs(self: cgroups.CgroupFS, path: str, value: str) -> None:
-        if path.endswith("/cgroup.procs"):
-            # A child that did not wait to be placed gets every chance to show it:
-            # until the command has run, or the child sleeps in its wait for the
-            # placement (2 s when the kernel names that wait otherwise).
-            deadline = time.monotonic() + 2
-            while not ran.exists() and not _waits_on_a_pipe(int(value)) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            raise OSError(13, f"write {value!r} to {path}: Permission denied")
-        real_write(self, path, value)
+    def missing(self: cgroups.ContainerCgroup) -> tuple[str, ...]:
+        return tuple(f"{path}.missing" for path in real(self))
 
-    monkeypatch.setattr(cgroups.CgroupFS, "write", refuse_procs)
+    monkeypatch.setattr(cgroups.ContainerCgroup, "join_files", missing)
     before = our_dirs()
-    with pytest.raises(StartError, match="place the container in its cgroup") as err:
+    with pytest.raises(StartError, match="enter its cgroups") as err:
         await run_container(["sh", "-c", f"echo ran > {ran}"], limits=Limits(pids=10))
-    assert err.value.errno == 13
+    assert err.value.errno == errno.ENOENT
     assert not ran.exists(), "the command ran before the container was placed in its cgroups"
     assert our_dirs() == before
 

@@ -180,7 +180,12 @@ def test_v2_writes() -> None:
 # ---------------------------------------------------------------- fake cgroupfs (pure v2)
 
 V2_FILES = {
-    "memory": {"memory.max": "max\n", "memory.swap.max": "max\n", "memory.events": "oom 0\noom_kill 0\n"},
+    "memory": {
+        "memory.max": "max\n",
+        "memory.swap.max": "max\n",
+        "memory.events": "oom 0\noom_kill 0\n",
+        "memory.peak": "0\n",
+    },
     "cpu": {"cpu.max": "max 100000\n", "cpu.weight": "100\n"},
     "cpuset": {"cpuset.cpus": "\n", "cpuset.cpus.effective": "0-3\n"},
     "pids": {"pids.max": "max\n"},
@@ -207,6 +212,8 @@ class FakeCgroupFS(cgroups.CgroupFS):
             "cgroup.kill": "",
             "cgroup.controllers": controllers + "\n",
             "cgroup.subtree_control": "\n",
+            # cgroup core's base stats: in every cgroup2 directory, controller or not
+            "cpu.stat": "usage_usec 0\nuser_usec 0\nsystem_usec 0\n",
         }
         for c in controllers.split():
             files.update(V2_FILES.get(c, {}))
@@ -334,6 +341,58 @@ async def test_v2_without_limits_groups_only(tmp_path: Path, anyio_backend: str)
     assert not cg.oom_killed()
     await cg.destroy()
     assert not os.path.exists(cg.v2_dir)
+
+
+@pytest.mark.anyio
+async def test_v2_usage_is_read_from_the_container_directory_and_kept(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    layout, fs = v2_layout(tmp_path, own="/svc")
+    svc = tmp_path / "cg" / "svc"
+    fs.write(str(svc / "cgroup.subtree_control"), "+memory")
+    spec = ContainerSpec(["true"], limits={"cpu_time": 1, "memory": "64m"})
+    cg = cgroups.create_cgroup(spec, layout)
+    assert cg is not None and cg.v2_dir is not None
+    d = Path(cg.v2_dir)
+    (d / "cpu.stat").write_text("usage_usec 1500000\nuser_usec 1000000\nsystem_usec 500000\nnice_usec 0\n")
+    (d / "memory.peak").write_text(f"{5 << 20}\n")
+    assert cg.cpu_usec() == 1_500_000
+    assert cg.counters() == (1_500_000, 1_000_000, 500_000, 5 << 20)
+    await cg.destroy()
+    assert not d.exists()
+    assert cg.counters() == (1_500_000, 1_000_000, 500_000, 5 << 20)  # the last figures, kept
+    assert cg.cpu_usec() is None  # the watchdog stops: nothing to read
+
+
+@pytest.mark.anyio
+async def test_v2_without_the_memory_controller_has_cpu_but_no_peak(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    layout, _ = v2_layout(tmp_path, own="/svc")
+    cg = cgroups.create_cgroup(ContainerSpec(["true"]), layout)
+    assert cg is not None
+    assert cg.counters() == (0, 0, 0, None)
+    await cg.destroy()
+
+
+def test_cpu_time_without_cgroup2_takes_a_v1_cpuacct_directory() -> None:
+    # A pure v1 host: no cpu.stat anywhere but in v1 cpuacct.
+    proc = "4:memory:/\n2:cpu,cpuacct:/\n1:devices:/\n"
+    mi = (
+        "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+        "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "36 31 0:33 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n"
+    )
+    layout = cgroups.detect_layout(proc, mi)
+    plan = cgroups._plan(ContainerSpec(["true"], limits={"cpu_time": 2}), layout)
+    cpuacct = layout.v1_for("cpuacct")
+    assert cpuacct is not None and plan.v1 == {cpuacct: {"cpuacct": "--cpu-time"}}
+    none = cgroups.detect_layout("4:memory:/\n", mi.splitlines(keepends=True)[1])
+    with pytest.raises(StartError, match="--cpu-time needs cgroup2 or the v1 'cpuacct' controller"):
+        cgroups._plan(ContainerSpec(["true"], limits={"cpu_time": 2}), none)
+    # with cgroup2 (hybrid too), cpu.stat is there: no v1 hierarchy for --cpu-time
+    hybrid = cgroups.detect_layout(HYBRID_CGROUP, HYBRID_MOUNTINFO)
+    assert cgroups._plan(ContainerSpec(["true"], limits={"cpu_time": 2}), hybrid).v1 == {}
 
 
 def test_v2_no_internal_process_rule_is_explained(tmp_path: Path) -> None:

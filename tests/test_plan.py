@@ -28,6 +28,9 @@ from supervisor.spec import DEFAULT_PATH, ContainerSpec, Mount
 NAMESPACES = ("pid", "mount", "uts", "ipc", "net", "cgroup")
 NS_SETS = [frozenset(c) for r in range(len(NAMESPACES) + 1) for c in itertools.combinations(NAMESPACES, r)]
 
+#: the cgroup.procs files of a container's v1 directories
+PROCS = ("/sys/fs/cgroup/memory/m/cgroup.procs", "/sys/fs/cgroup/pids/m/cgroup.procs")
+
 COMMAND = ("sh", "-c", "echo hi")
 ROOTFS = "/images/busybox"
 DIRS = mounts.ContainerDirs("/state/lower", "/state/c/upper", "/state/c/work", "/state/c/rootfs")
@@ -83,7 +86,7 @@ class Case:
     confinement: str
     #: without a tty: the stdio fds as separate pipes, or already 0, 1 and 2
     inherited_stdio: bool
-    #: the supervisor places the child in cgroup v1 directories before it goes on
+    #: cgroup v1 directories: the child writes itself into them before it goes on
     placement: bool
     #: 0: no user namespace; 1: cloned into one (rootless); 2: ``--userns auto``
     userns: int
@@ -96,7 +99,7 @@ class Case:
     @property
     def sync(self) -> bool:
         # what container.py does: a sync pipe whenever the child must wait for it
-        return self.placement or self.userns != 0 or self.network
+        return self.userns != 0 or self.network
 
     @property
     def console(self) -> bool:
@@ -206,7 +209,13 @@ def build(case: Case) -> Built:
     # in a root filesystem the init is where child_ops bound it
     init_path = None if not case.init else mounts.INIT_PATH if case.rootfs else HOST_INIT
     child = init.child_spec(
-        spec, fs_ops, case.conf, None, init_path, placement=case.placement, userns=case.userns
+        spec,
+        fs_ops,
+        case.conf,
+        None,
+        init_path,
+        placement=PROCS if case.placement else (),
+        userns=case.userns,
     )
     if case.console:
         fds = {"stdin": CONSOLE, "stdout": CONSOLE, "stderr": CONSOLE, "console": CONSOLE}
@@ -254,7 +263,9 @@ def expected_names(case: Case, fs_names: list[str]) -> list[str]:
     names = ["prctl(PR_SET_PDEATHSIG)"]
     if case.supervisor:
         names.append("check the supervisor")
-    if case.placement or case.userns == 1 or case.network:
+    if case.placement:
+        names += ["enter its cgroups"] * len(PROCS)
+    if case.userns == 1 or case.network:
         names.append("wait for the supervisor")
     if case.netns:
         names += ["join the network namespace"] * 2  # setns, close
@@ -287,6 +298,7 @@ def expected_names(case: Case, fs_names: list[str]) -> list[str]:
 PHASES = (
     "pdeathsig",
     "supervisor",
+    "cgroups",
     "wait",
     "netns",
     "private",
@@ -304,6 +316,7 @@ PHASES = (
 _FIXED_PHASES = {
     "prctl(PR_SET_PDEATHSIG)": "pdeathsig",
     "check the supervisor": "supervisor",
+    "enter its cgroups": "cgroups",
     "wait for the supervisor": "wait",
     "join the network namespace": "netns",
     "make / private": "private",
@@ -387,10 +400,20 @@ def check_invariants(case: Case, b: Built) -> None:
     # then the supervisor check, before the child could wait for anything
     if case.supervisor:
         assert names[1] == "check the supervisor", case
-    # the wait for the cgroup placement, the rootless maps or the network before
-    # anything that does real work (--userns auto keeps the pipe open: it waits again)
-    if case.placement or case.userns == 1 or case.network:
-        assert names.index("wait for the supervisor") == 1 + case.supervisor, case
+    # into its v1 cgroups first of all, by itself (cgroups.py says why not the
+    # supervisor), each cgroup.procs file given
+    if case.placement:
+        first = 1 + case.supervisor
+        assert names[first : first + len(PROCS)] == ["enter its cgroups"] * len(PROCS), case
+        assert [b.prepared.steps[first + i][2] for i in range(len(PROCS))] == [
+            (os.fsencode(p),) for p in PROCS
+        ], case
+    # the wait for the rootless maps or the network before anything that does real
+    # work (--userns auto keeps the pipe open: it waits again)
+    if case.userns == 1 or case.network:
+        assert names.index("wait for the supervisor") == 1 + case.supervisor + len(PROCS) * case.placement, (
+            case
+        )
         assert b.step("wait for the supervisor")[2] == (SYNC, case.userns != 2), case
     # --userns auto: the user namespace after the mounts (made as root), before the
     # identity changes; the maps are asked for on the error pipe
@@ -596,20 +619,25 @@ def test_an_exec_joins_the_container_first_and_sets_up_no_namespace(join: int) -
         if console and not tty:
             continue
         child = init.exec_child_spec(
-            COMMAND, {"PATH": DEFAULT_PATH}, "/srv", tty, join, CONFINEMENTS[conf], placement=placement
+            COMMAND,
+            {"PATH": DEFAULT_PATH},
+            "/srv",
+            tty,
+            join,
+            CONFINEMENTS[conf],
+            placement=PROCS if placement else (),
         )
         fds = {"stdin": PTY, "stdout": PTY, "stderr": PTY} if tty else {"stdin": 0, "stdout": 1, "stderr": 2}
         if console:  # an exec into a container with a root filesystem
             fds = dict.fromkeys(("stdin", "stdout", "stderr", "console"), CONSOLE)
         fds.update(errpipe=ERRPIPE, target=TARGET)
-        if placement:
-            fds["sync"] = SYNC
         if sup:
             fds["supervisor"] = SUPERVISOR
         prepared = init.prepare(init.child_plan(child, fds, reset=()))
         names = [step[0] for step in prepared.steps]
         expected = ["prctl(PR_SET_PDEATHSIG)"]
-        expected += ["check the supervisor"] * sup + ["wait for the supervisor"] * placement
+        # into the container's v1 cgroups by host paths, before it joins its mount namespace
+        expected += ["check the supervisor"] * sup + ["enter its cgroups"] * len(PROCS) * placement
         expected.append("join the container")
         if console:
             expected.append("open the container's terminal")

@@ -26,6 +26,9 @@ EXIT_MYDOCKER = 125
 
 def _fail(message: str, code: int = EXIT_MYDOCKER) -> NoReturn:
     click.echo(f"mydocker: {message}", err=True)
+    verdict = sys.modules.get(f"{__name__}.verdict")  # loaded by --report
+    if verdict is not None:
+        verdict.failed(message, code)
     sys.exit(code)
 
 

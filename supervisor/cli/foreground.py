@@ -11,25 +11,30 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ..container import start_container
+from ..container import Container, start_container
+from ..enforce import OutputCap
 from ..errors import SpecError
 from ..launch import StdioArg
 from ..process import Process
 from ..records import Registration
 from ..spec import DEVNULL, PIPE, ContainerSpec
-from .signals import FORWARDED_SIGNALS, forward_signals, report_oom, say
+from ..usage import ReportFile
+from .signals import FORWARDED_SIGNALS, forward_signals, say
 from .stdio import Progress, Starter, StdinReader, StdoutWriter, drain, pump_out
+from .verdict import end
 
 #: the hidden ``MYDOCKER_BACKEND`` environment variable may name one of these (tests
 #: run the CLI on both); the default is asyncio
 BACKENDS = ("asyncio", "trio")
 
 
-async def _run(start: Starter, tty: bool, interactive: bool) -> int:
+async def _run(
+    start: Starter, tty: bool, interactive: bool, report: ReportFile | None, max_output: int | None
+) -> int:
     if tty:
         from .tty import run_tty
 
-        return await run_tty(start, interactive=interactive)
+        return await run_tty(start, interactive=interactive, report=report, max_output=max_output)
     # The container gets pipes, never our own fds (stdio.py says why); we copy.
     reader = StdinReader(0) if interactive else None
     with contextlib.ExitStack() as stack:
@@ -40,20 +45,23 @@ async def _run(start: Starter, tty: bool, interactive: bool) -> int:
         container = await start(PIPE if interactive else DEVNULL, PIPE, PIPE, None)
         async with container:
             progress = [Progress(), Progress()]
+            capped = max_output is not None and isinstance(container, Container)
+            cap = OutputCap(container, max_output) if capped else None  # type: ignore[arg-type]
             async with anyio.create_task_group() as tg:
                 tg.start_soon(forward_signals, container, signals)
                 for stream, writer, p in zip(
                     (container.stdout, container.stderr), outputs, progress, strict=True
                 ):
                     assert stream is not None
-                    tg.start_soon(pump_out, stream, writer, p, stream.close)
+                    source = cap.wrap(stream) if cap is not None else stream
+                    tg.start_soon(pump_out, source, writer, p, stream.close)
                 if reader is not None:
                     tg.start_soon(_pump_in, reader, container)
                 status = await container.wait()
                 for p in progress:
                     await drain(p)
                 tg.cancel_scope.cancel()
-    report_oom(container)
+    end(container, report)
     return status
 
 
@@ -72,9 +80,18 @@ async def _pump_in(reader: StdinReader, container: Process) -> None:
         await stdin.aclose()
 
 
-def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
+def run_cli(
+    spec: ContainerSpec,
+    *,
+    interactive: bool,
+    grace: float,
+    report: ReportFile | None = None,
+    max_output: int | None = None,
+) -> int:
     """Run the container in the foreground, registered while it runs (``ps`` lists
-    it, ``exec`` reaches it); return the status mydocker exits with.
+    it, ``exec`` reaches it); return the status mydocker exits with. ``report``:
+    where to write the verdict and the figures when it is gone; ``max_output``: the
+    most bytes of its stdout and stderr to pass on (more: it is killed).
 
     Raises:
         SpecError: ``MYDOCKER_BACKEND`` names no known event loop.
@@ -91,10 +108,17 @@ def run_cli(spec: ContainerSpec, *, interactive: bool, grace: float) -> int:
             register=Registration(),
         )
 
-    return run_foreground(start, tty=spec.tty, interactive=interactive)
+    return run_foreground(start, tty=spec.tty, interactive=interactive, report=report, max_output=max_output)
 
 
-def run_foreground(start: Starter, *, tty: bool, interactive: bool) -> int:
+def run_foreground(
+    start: Starter,
+    *,
+    tty: bool,
+    interactive: bool,
+    report: ReportFile | None = None,
+    max_output: int | None = None,
+) -> int:
     """Run what ``start`` starts in the foreground, mydocker's stdio proxied to it and
     signals forwarded; its exit status.
 
@@ -109,7 +133,7 @@ def run_foreground(start: Starter, *, tty: bool, interactive: bool) -> int:
     _open_standard_fds()
     prefer_direct_clone()
     try:
-        return anyio.run(_run, start, tty, interactive, backend=backend)
+        return anyio.run(_run, start, tty, interactive, report, max_output, backend=backend)
     except BaseExceptionGroup as group:
         # A task group wraps even a single error; unwrap it so the CLI reports an
         # OSError or MydockerError as its usual one line instead of a traceback.

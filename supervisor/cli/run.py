@@ -185,6 +185,21 @@ def _filesystem_options(
 @click.option("--cpuset-cpus", metavar="LIST", help="CPUs the container may use, e.g. 0-1,3.")
 @click.option("--pids-limit", metavar="N", help="Most processes at once (-1: unlimited).")
 @click.option(
+    "--cpu-time", metavar="SECONDS", help="CPU time of all its processes together; then it is killed."
+)
+@click.option("--wall-time", metavar="SECONDS", help="Real time from the start; then it is killed.")
+@click.option(
+    "--ulimit",
+    "ulimits",
+    multiple=True,
+    metavar="TYPE=SOFT[:HARD]",
+    help="An rlimit: nofile, nproc, fsize, ...",
+)
+@click.option("--max-output", metavar="BYTES", help="Most bytes of stdout and stderr together; more: killed.")
+@click.option(
+    "--report", "report_path", metavar="FILE", help="Write the verdict and usage as JSON when it is gone."
+)
+@click.option(
     "--cgroup-parent", metavar="PATH", help="Parent cgroup of the container's (default: mydocker's)."
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -224,6 +239,11 @@ def run(
     cpu_shares: str | None,
     cpuset_cpus: str | None,
     pids_limit: str | None,
+    cpu_time: str | None,
+    wall_time: str | None,
+    ulimits: tuple[str, ...],
+    max_output: str | None,
+    report_path: str | None,
     cgroup_parent: str | None,
     command: tuple[str, ...],
 ) -> None:
@@ -233,8 +253,13 @@ def run(
     Exit status: the command's; 128+N if killed by signal N; 125 if mydocker
     failed; 126 if COMMAND cannot be executed; 127 if it was not found.
     """
-    from ..spec import ContainerSpec, Limits, Mount, Port, parse_env
+    from ..spec import ContainerSpec, Limits, Mount, Port, parse_env, parse_size
+    from ..ulimits import parse as parse_ulimit
+    from .verdict import open_report
 
+    # First of all: a report that cannot be written is an error before anything
+    # starts; one that can holds every later failure (the CLI's one error line, XX).
+    report = open_report(report_path) if report_path is not None else None
     if command and command[0] == "--":
         command = command[1:]
     if not command:
@@ -264,15 +289,23 @@ def run(
             cpu_shares=cpu_shares,
             cpuset_cpus=cpuset_cpus,
             pids=pids_limit,
+            cpu_time=cpu_time,
+            wall_time=wall_time,
         ),
+        ulimits=tuple(parse_ulimit(u) for u in ulimits),
         cgroup_parent=cgroup_parent,
     )
+    cap = parse_size(max_output, "--max-output") if max_output is not None else None
+    if cap is not None and cap < 0:
+        raise SpecError(f"invalid --max-output {max_output!r} (a size such as 64m)")
     if detach:
+        if report is not None or cap is not None:
+            raise SpecError("--report and --max-output are for a foreground run, not with -d")
         _run_detached(spec, remove, interactive, stop_timeout, _log_max_size(log_opts))
         return
     from .foreground import run_cli
 
-    sys.exit(run_cli(spec, interactive=interactive, grace=stop_timeout))
+    sys.exit(run_cli(spec, interactive=interactive, grace=stop_timeout, report=report, max_output=cap))
 
 
 def _log_max_size(opts: tuple[str, ...]) -> int:

@@ -23,14 +23,19 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 
 from .. import _linux
+from ..container import Container
+from ..enforce import OutputCap
 from ..spec import DEVNULL, PIPE
-from .signals import FORWARDED_SIGNALS, SignalForwarder, drops_default_signals, report_oom, say
+from .signals import FORWARDED_SIGNALS, SignalForwarder, drops_default_signals, say
 from .stdio import Progress, Starter, StdinReader, StdoutWriter, drain, pump_out
+from .verdict import end
 
 if TYPE_CHECKING:
     from ..process import Process
+    from ..usage import ReportFile
 
 #: the pty's size when mydocker has no terminal to copy it from (CI, pipes)
 DEFAULT_WINSIZE = (24, 80)
@@ -186,7 +191,13 @@ async def _follow_signals(container: Process, signals: object, forwarder: Signal
             forwarder.forward(sig)
 
 
-async def run_tty(start: Starter, *, interactive: bool) -> int:
+async def run_tty(
+    start: Starter,
+    *,
+    interactive: bool,
+    report: ReportFile | None = None,
+    max_output: int | None = None,
+) -> int:
     """Run a process with a pty in the foreground (``run -t``, ``exec -t``), proxying
     the caller's terminal.
 
@@ -195,6 +206,8 @@ async def run_tty(start: Starter, *, interactive: bool) -> int:
             the pty's size.
         interactive: ``-i``: forward mydocker's stdin to the pty (and, if stdin is a
             terminal, put it in raw mode); otherwise it reads nothing.
+        report: where to write the verdict and figures (``--report``).
+        max_output: the most bytes of output to pass on (``--max-output``).
 
     Returns:
         Its exit status (128+N if killed by signal N).
@@ -221,11 +234,14 @@ async def run_tty(start: Starter, *, interactive: bool) -> int:
                 forwarder = SignalForwarder(container, tg)
                 tg.start_soon(_follow_signals, container, signals, forwarder)
                 assert container.stdout is not None
-                tg.start_soon(pump_out, container.stdout, writer, progress, container.kill)
+                output: anyio.abc.ByteReceiveStream = container.stdout
+                if max_output is not None and isinstance(container, Container):
+                    output = OutputCap(container, max_output).wrap(output)
+                tg.start_soon(pump_out, output, writer, progress, container.kill)
                 if reader is not None:
                     tg.start_soon(_pump_in, reader, container, forwarder)
                 status = await container.wait()
                 await drain(progress)
                 tg.cancel_scope.cancel()
-        report_oom(container)
+        end(container, report)
     return status
