@@ -260,11 +260,14 @@ def _serve_batch(
     # which took a third of the helper's faults off. Whatever happens, every child
     # made is answered for: only its pidfd lets it be reaped.
     pids: list[int] = []
+    extras: dict[int, list[int]] = {}  # intermediates' pidfds (``_clone_through_userns``)
     try:
         syscall, nr, size = _linux.raw_syscall, _linux.NR_CLONE3, _linux.CLONE_ARGS_SIZE
         for job in jobs:
             if job.pidns >= 0:
-                pid = clone_in_pid_namespace(job.pidns, job.clone_args, job.prepared)
+                through: list[int] = []
+                pid = clone_in_pid_namespace(job.pidns, job.clone_args, job.prepared, (job.pidfd, through))
+                extras[job.rid] = through
             else:
                 pid = syscall(nr, job.clone_args, size)
                 if pid == 0:
@@ -275,23 +278,32 @@ def _serve_batch(
             if job.netns >= 0:
                 os.close(job.netns)
         made = zip(jobs, pids, strict=False)  # all of them, unless something raised
-        _reply_batch(sock, [(job.rid, job.flags, job.pidfd.value, pid) for job, pid in made], refused)  # type: ignore[attr-defined]
+        results = [(job.rid, job.flags, job.pidfd.value, pid) for job, pid in made]  # type: ignore[attr-defined]
+        _reply_batch(sock, results, refused, extras)
 
 
 #: this process's own PID namespace, to come back to after an exec's clone
 _own_pid_ns = -1
 
 
-def clone_in_pid_namespace(target: int, clone_args: bytes, prepared: Prepared) -> int:
+def clone_in_pid_namespace(
+    target: int, clone_args: bytes, prepared: Prepared, through: tuple[object, list[int]] | None = None
+) -> int:
     """clone3 a child into the PID namespace of process ``target`` (a pidfd): setns
     makes it the namespace of our next children, and we come back to our own right
     after. The pid, or -1 with errno set. Used by the helper and the CLI's direct
-    clone (single-threaded, both)."""
+    clone (single-threaded, both).
+
+    Without root the setns is refused (it needs CAP_SYS_ADMIN in our own user
+    namespace too); ``through`` (the helper's: the clone's pidfd box, and a list for
+    the intermediate's pidfd) then clones by way of ``_clone_through_userns``."""
     global _own_pid_ns
     if _own_pid_ns < 0:
         _own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     syscall, nr = _linux.raw_syscall, _linux.NR["setns"]
     if syscall(nr, target, _linux.CLONE_NEWPID) != 0:
+        if through is not None and _linux.errno_now() == errno.EPERM:
+            return _clone_through_userns(target, clone_args, prepared, *through)
         return -1
     pid = syscall(_linux.NR_CLONE3, clone_args, _linux.CLONE_ARGS_SIZE)
     if pid == 0:
@@ -304,23 +316,84 @@ def clone_in_pid_namespace(target: int, clone_args: bytes, prepared: Prepared) -
     return pid
 
 
+def _clone_through_userns(
+    target: int, clone_args: bytes, prepared: Prepared, box: object, extra: list[int]
+) -> int:
+    """An exec's clone without root: an intermediate process (cloned like the exec'd
+    one, CLONE_PARENT: the supervisor's child) joins the container's user namespace,
+    where it may join its PID namespace, which a process cannot leave again (the
+    helper could not come back); it clones the exec'd process there (CLONE_PARENT
+    again: the supervisor's child too), says its pid, and exits. The pidfd of the
+    exec'd process goes into ``box``, the intermediate's into ``extra``: the
+    supervisor reaps it. The pid, or -1 with errno set."""
+    syscall, setns, nr, size = (
+        _linux.raw_syscall,
+        _linux.NR["setns"],
+        _linux.NR_CLONE3,
+        _linux.CLONE_ARGS_SIZE,
+    )
+    r, w = os.pipe2(os.O_CLOEXEC)
+    mid = syscall(nr, clone_args, size)
+    if mid == 0:
+        pid = -1
+        if (
+            syscall(setns, target, _linux.CLONE_NEWUSER) == 0
+            and syscall(setns, target, _linux.CLONE_NEWPID) == 0
+        ):
+            pid = syscall(nr, clone_args, size)
+            if pid == 0:
+                run_prepared(prepared)  # never returns
+        said = pid if pid > 0 else -_linux.errno_now()
+        os.write(w, said.to_bytes(8, "little", signed=True))
+        os._exit(0)
+    err = _linux.errno_now()
+    os.close(w)
+    try:
+        if mid < 0:
+            _linux.set_errno(err)
+            return -1
+        extra.append(box.value)  # type: ignore[attr-defined]
+        said = int.from_bytes(os.read(r, 8).ljust(8, b"\xff"), "little", signed=True)
+    finally:
+        os.close(r)
+    if said <= 0:
+        _linux.set_errno(-said if said < -1 else errno.EIO)
+        return -1
+    try:
+        # the supervisor's child, which only the supervisor reaps: the pid stays its
+        box.value = os.pidfd_open(said)  # type: ignore[attr-defined]
+    except OSError as e:
+        _linux.set_errno(e.errno or errno.EIO)
+        return -1
+    return said
+
+
 def _reply_batch(
-    sock: _socket.socket, results: list[tuple[int, int, int, int]], refused: list[_Refused]
+    sock: _socket.socket,
+    results: list[tuple[int, int, int, int]],
+    refused: list[_Refused],
+    extras: dict[int, list[int]] | None = None,
 ) -> None:
     """Answer each (request id, clone flags, pidfd, pid or -errno), and each refused
-    request; close the pidfds."""
+    request; close the pidfds. ``extras``: pidfds of processes the supervisor must
+    reap besides (intermediates), sent after the child's own."""
+    extras = extras or {}
     try:
         for rid, flags, pidfd, pid in results:
+            more = extras.get(rid, [])
             if pid < 0:
-                wire.send_fds(sock, wire.encode_reply(rid, 0, -pid, wire.clone_failed(flags, -pid)), [])
+                wire.send_fds(sock, wire.encode_reply(rid, 0, -pid, wire.clone_failed(flags, -pid)), more)
             else:
-                wire.send_fds(sock, wire.encode_reply(rid, pid), [pidfd])
+                wire.send_fds(sock, wire.encode_reply(rid, pid), [pidfd, *more])
         for r in refused:
             wire.send_fds(sock, wire.encode_reply(r.rid, 0, r.err, r.detail), [])
     finally:
         for _rid, _flags, pidfd, pid in results:
             if pid > 0:
                 os.close(pidfd)
+        for more in extras.values():
+            for fd in more:
+                os.close(fd)
 
 
 def _load_base_filter(fd: int) -> None:

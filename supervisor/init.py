@@ -524,6 +524,10 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         # An exec: into the container's namespaces (setns through a pidfd joins them
         # all at once, the user namespace first); the PID one the cloner joined.
         join = child.join & ~_linux.CLONE_NEWPID
+        if os.geteuid() != 0:
+            # without root the cloner joined the user namespace already: it had to, to
+            # enter the PID one (helper._clone_through_userns); a second join is EINVAL
+            join &= ~_linux.CLONE_NEWUSER
         steps.append(("join the container", *_linux.setns_call(plan.target, join)))
     if plan.netns >= 0:
         # Before anything that looks at the network namespace (a sysfs mount of a

@@ -9,6 +9,7 @@ runs ``init.py`` and is this process's own child, reaped through the pidfd.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -178,9 +179,13 @@ class SpawnHelper:
             finally:
                 self._waiters.pop(rid, None)
         _rid, pid, err, detail = reply
+        # Besides the child's pidfd: intermediates to reap (an exec without root,
+        # ``helper._clone_through_userns``); they exit at once.
+        for f in rfds[1:] if pid > 0 else rfds:
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PIDFD, f, os.WEXITED | _linux.WALL)
+            os.close(f)
         if pid <= 0:
-            for f in rfds:
-                os.close(f)
             if cancelled is not None:
                 raise cancelled
             raise _clone_error(err, detail, flags)
@@ -299,7 +304,14 @@ class DirectSpawner:
         the namespace. Without one (``--pid host``) its processes would outlive us;
         the helper, which does outlive us, then removes them (``helper.py``).
         """
-        if not (flags & _linux.CLONE_NEWPID or child.join & _linux.CLONE_NEWPID) or not _single_threaded():
+        # Without root an exec's clone goes through an intermediate with CLONE_PARENT
+        # (helper._clone_through_userns): only the helper has a parent to give it.
+        exec_rootless = bool(child.join & _linux.CLONE_NEWPID) and os.geteuid() != 0
+        if (
+            not (flags & _linux.CLONE_NEWPID or child.join & _linux.CLONE_NEWPID)
+            or exec_rootless
+            or not _single_threaded()
+        ):
             return await spawn(child, flags, fds, cgroup_parents, direct=False)
         # The child is a copy of this whole process: it must not keep our side of its
         # pipes (the sync pipe's write end above all, or it would never see EOF if

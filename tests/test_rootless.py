@@ -10,6 +10,7 @@ namespace: a copy of /etc with its own /etc/subuid and /etc/subgid is bound over
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -364,6 +365,60 @@ def _find(argv: list[str]) -> int | None:
 
 
 # ---------------------------------------------------------------- --userns auto (root)
+
+
+@pytest.mark.parametrize("subuid", [None, RANGE], ids=["one-id", "range"])
+def test_detached_containers_without_root(
+    code: Path, home: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, subuid: str | None
+) -> None:
+    # the user's own daemon, state below the user's home: run -d, ps, logs, exec, cp,
+    # stop, commit, rm, then the daemon stopped (and reaped: pytest is a subreaper)
+    def md(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return as_user(code, home, list(args), subuid=subuid, input=input)
+
+    # an image of the user's own: a root filesystem whose files the container's root owns
+    tar = tmp_path_factory.getbasetemp() / "rootless-busybox.tar"
+    if not tar.exists():
+        shutil.copy2(bb.build(tmp_path_factory)[1], tar)
+        os.chmod(tar, 0o644)
+    try:
+        out(md("image", "import", "bb", str(tar)))
+        cid = out(md("run", "-d", "--name", "svc", "--image", "bb", "sh", "-c", "echo up; sleep 100")).strip()
+        assert len(cid) == 64
+        assert "svc" in out(md("ps"))
+        deadline = time.monotonic() + 20
+        while out(md("logs", "svc")) != "up\n" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert out(md("logs", "svc")) == "up\n"
+        assert out(md("exec", "svc", "sh", "-c", "id -u; cat /proc/1/cmdline | tr '\\0' ' '")).split() == [
+            "0",
+            "sleep",
+            "100",
+        ]
+        assert out(md("exec", "-i", "svc", "sh", "-c", "cat > /tmp/in; cat /tmp/in", input=b"data")) == "data"
+        src = tmp_path / "f"
+        src.write_text("from host")
+        os.chmod(tmp_path, 0o755)
+        os.chmod(src, 0o644)
+        out(md("cp", str(src), "svc:/tmp/f"))
+        assert out(md("exec", "svc", "cat", "/tmp/f")) == "from host"
+        assert out(md("stop", "svc")).strip() == "svc"
+        assert "Exited (137)" in out(md("ps", "-a"))
+        back = home / "back"
+        out(md("cp", "svc:/tmp/f", str(back)))  # from the exited container's layers
+        assert back.read_text() == "from host"
+        out(md("commit", "svc", "snap"))
+        assert out(md("run", "--image", "snap", "cat", "/tmp/f")) == "from host"
+        assert out(md("rm", "svc")).strip() == "svc"
+        assert out(md("ps", "-a")).count("\n") == 1  # the header alone
+        out(md("image", "rm", "snap", "bb"))
+    finally:
+        pid_file = home / ".local" / "share" / "mydocker" / "daemon.pid"
+        pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+        md("daemon", "--stop")
+        if pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 def test_userns_auto_gives_each_container_a_range_of_its_own(tmp_path: Path, rootfs: Path) -> None:
