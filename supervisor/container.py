@@ -179,6 +179,7 @@ class Container(Process):
             assert verdict is not None
             figures = report(self.returncode, self.signal, usage, verdict)
             self.record.exited(self.returncode, self.signal, usage.oom_killed, figures)
+            await self.record.let_waiters_read()
 
     async def __aenter__(self) -> Container:
         return self

@@ -270,24 +270,28 @@ class Record:
         )
         with contextlib.suppress(OSError):
             self._write(STATE, json.dumps(self._state).encode())
-        if self.reg.autoremove:
-            self._let_waiters_read()
 
-    def _let_waiters_read(self) -> None:
-        """Before a removal: give ``wait`` commands (a shared lock on ``wait``) a
-        moment to read the final state."""
+    async def let_waiters_read(self) -> None:
+        """Before the removal of a container removed on exit: give ``wait`` commands
+        (each holds a shared lock on ``wait``) a moment to read its final state.
+        Without a waiter this returns at once; it never waits long for one that
+        hangs (``_WAITERS_GRACE``)."""
+        if not self.reg.autoremove:
+            return
+        import anyio
+
         try:
             fd = os.open(os.path.join(self.owned.where.dir, WAIT), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return
         try:
-            deadline = time.monotonic() + _WAITERS_GRACE
-            while time.monotonic() < deadline:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
-                except BlockingIOError:
-                    time.sleep(0.005)
+            with anyio.move_on_after(_WAITERS_GRACE):
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        return
+                    except BlockingIOError:
+                        await anyio.sleep(0.005)
         finally:
             os.close(fd)
 
