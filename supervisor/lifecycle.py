@@ -190,3 +190,60 @@ def exec_target(entry: records.Entry) -> Target:
         os.close(pidfd)
         raise
     return Target(spec, int(entry.state["Pid"]), pidfd, cgroup, identity)
+
+
+class Sample:
+    """What a running container uses at one moment, from its cgroups (``stats``):
+    CPU time so far (µs), memory in use and its limit (bytes), processes; None for
+    what this host's cgroups do not say."""
+
+    def __init__(self, dirs: list[str]) -> None:
+        from .usage import read_cpu
+
+        self.taken = time.monotonic()
+        v2 = [d for d in dirs if os.path.exists(os.path.join(d, "cgroup.events"))]
+        v1 = [d for d in dirs if d not in v2]
+        self.cpu_usec: int | None = None
+        for version, d in [(2, d) for d in v2] + [(1, d) for d in v1 if "cpuacct" in d]:
+            times = read_cpu(_read, (version, d))
+            if times is not None:
+                self.cpu_usec = times[0]
+                break
+        self.memory: int | None = None
+        self.memory_limit: int | None = None
+        for d in v1:
+            if self.memory is None:
+                self.memory = _int(d, "memory.usage_in_bytes")
+                limit = _int(d, "memory.limit_in_bytes")
+                self.memory_limit = limit if limit is not None and limit < 1 << 62 else None
+        for d in v2:
+            if self.memory is None:
+                self.memory = _int(d, "memory.current")
+                self.memory_limit = _int(d, "memory.max")
+        self.pids: int | None = None
+        for d in v2 + v1:
+            self.pids = _int(d, "pids.current")
+            if self.pids is not None:
+                break
+        if self.pids is None and dirs:
+            try:
+                self.pids = len(_read(os.path.join(dirs[0], "cgroup.procs")).split())
+            except OSError:
+                pass
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _int(d: str, name: str) -> int | None:
+    try:
+        return int(_read(os.path.join(d, name)).strip())
+    except (OSError, ValueError):
+        return None  # "max", or not there
+
+
+def sample(entry: records.Entry) -> Sample:
+    """A ``Sample`` of a running container (empty when it has no cgroup)."""
+    return Sample(list(entry.state.get("Cgroups") or []))

@@ -597,3 +597,18 @@ def test_commit_makes_an_image_with_the_changes(world: World, busybox: Path) -> 
     assert r.returncode == 125 and b"already exists" in r.stderr
     world.ok("rm", "base")
     world.ok("image", "rm", "snap")
+
+
+def test_stats_no_stream_shows_what_the_cgroups_say(world: World) -> None:
+    world.detach("--name", "spin", "-m", "64m", "sh", "-c", "while :; do :; done")
+    world.detach("--name", "rest", "sleep", "100")
+    lines = world.ok("stats", "--no-stream").splitlines()
+    assert lines[0].split()[:4] == ["CONTAINER", "ID", "NAME", "CPU"]
+    rows = {line.split()[1]: line for line in lines[1:]}
+    assert set(rows) == {"spin", "rest"}
+    assert "/ 64.00MiB" in rows["spin"]
+    spin_cpu = float(rows["spin"].split()[2].rstrip("%"))
+    assert spin_cpu > 0  # a busy loop, measured over half a second
+    only = world.ok("stats", "--no-stream", "rest").splitlines()
+    assert len(only) == 2 and only[1].split()[1] == "rest"
+    world.ok("rm", "-f", "spin", "rest")

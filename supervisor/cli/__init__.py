@@ -107,6 +107,7 @@ def _add_commands() -> None:
         containers.rm,
         containers.inspect,
         containers.commit,
+        containers.stats,
         exec_,
         cp,
     ):

@@ -384,3 +384,58 @@ def commit(state_dir: str | None, container: str, image: str) -> None:
     sdir = resolve_state_dir(state_dir)
     layers.commit(sdir, records.find(sdir, container), image)
     click.echo(image)
+
+
+# -- stats ------------------------------------------------------------------------------
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "--"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n}B"
+
+
+def _stats_rows(pairs: list[tuple[Any, Any, Any]]) -> list[list[str]]:
+    import os
+
+    rows = [["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"]]
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for entry, first, second in pairs:
+        cpu = "--"
+        if first.cpu_usec is not None and second.cpu_usec is not None and second.taken > first.taken:
+            cpu = f"{(second.cpu_usec - first.cpu_usec) / 1e6 / (second.taken - first.taken) * 100:.2f}%"
+        limit = second.memory_limit or total
+        mem = f"{_bytes(second.memory)} / {_bytes(limit)}"
+        pct = f"{second.memory / limit * 100:.2f}%" if second.memory is not None else "--"
+        rows.append(
+            [entry.short_id, entry.name, cpu, mem, pct, "--" if second.pids is None else str(second.pids)]
+        )
+    return rows
+
+
+@click.command(short_help="Show running containers' resource usage.")
+@click.option("--no-stream", is_flag=True, help="Print one table and exit.")
+@click.option("-a", "--all", "show_all", is_flag=True, hidden=True)
+@state_dir_option
+@click.argument("containers", nargs=-1)
+def stats(no_stream: bool, show_all: bool, state_dir: str | None, containers: tuple[str, ...]) -> None:
+    """CPU, memory and processes of the running containers (or of each CONTAINER),
+    from their cgroups; refreshed every second until Ctrl-C, unless --no-stream."""
+    from .. import lifecycle, records
+
+    sdir = resolve_state_dir(state_dir)
+    while True:
+        chosen = [records.find(sdir, ref) for ref in containers] or records.entries(sdir)
+        running = [e for e in chosen if e.running]
+        first = [lifecycle.sample(e) for e in running]
+        time.sleep(0.5)
+        pairs = [(e, a, lifecycle.sample(e)) for e, a in zip(running, first, strict=True)]
+        table = _table(_stats_rows(pairs))
+        if no_stream:
+            click.echo(table)
+            return
+        click.echo("\x1b[2J\x1b[H" + table)
+        time.sleep(0.5)
