@@ -612,3 +612,33 @@ def test_stats_no_stream_shows_what_the_cgroups_say(world: World) -> None:
     only = world.ok("stats", "--no-stream", "rest").splitlines()
     assert len(only) == 2 and only[1].split()[1] == "rest"
     world.ok("rm", "-f", "spin", "rest")
+
+
+def test_run_dit_then_attach_detach_and_attach_again(world: World) -> None:
+    pexpect = pytest.importorskip("pexpect")
+    world.detach("-it", "--name", "shell", "sh")
+    cmd = mydocker_cmd()
+    first = pexpect.spawn(cmd[0], [*cmd[1:], "attach", "shell"], env=world.env, timeout=20)
+    first.sendline("echo attached-$((6*7))")
+    first.expect("attached-42")
+    first.send("\x10\x11")  # Ctrl-P Ctrl-Q: detach, the container goes on
+    first.expect(pexpect.EOF)
+    first.close()
+    assert first.exitstatus == 0
+    assert [r["names"] for r in world.ps()] == ["shell"]
+    second = pexpect.spawn(cmd[0], [*cmd[1:], "attach", "shell"], env=world.env, timeout=20)
+    second.sendline("exit 5")
+    second.expect(pexpect.EOF)
+    second.close()
+    assert second.exitstatus == 5  # the container's status
+    assert world.ok("wait", "shell").strip() == "5"
+    world.ok("rm", "shell")
+
+
+def test_attach_without_a_tty_streams_both_outputs_until_the_exit(world: World) -> None:
+    world.detach("--name", "talker", "sh", "-c", "sleep 1; echo out; echo err >&2; exit 2")
+    r = world.run("attach", "--no-stdin", "talker", timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (2, b"out\n", b"err\n")
+    r = world.run("attach", "talker")
+    assert r.returncode == 125 and b"not running" in r.stderr
+    world.ok("rm", "talker")

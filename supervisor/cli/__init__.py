@@ -91,6 +91,7 @@ def main(debug: bool) -> None:
 
 def _add_commands() -> None:
     from . import containers
+    from .attach import attach
     from .daemon import daemon
     from .exec import cp, exec_
     from .image import image
@@ -110,6 +111,7 @@ def _add_commands() -> None:
         containers.stats,
         exec_,
         cp,
+        attach,
     ):
         main.add_command(command)
     main.add_command(image)

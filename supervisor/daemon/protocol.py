@@ -101,3 +101,47 @@ def error_reply(e: BaseException) -> dict[str, Any]:
         "ok": False,
         "error": {"type": type(e).__name__, "message": message, "exit_code": int(exit_code)},
     }
+
+
+# -- attach: after its reply, the connection carries frames both ways ------------------
+#
+# a frame: one byte of kind, four of length (big-endian), the payload
+
+#: daemon -> client: the container's stdout (a pty's output too), its stderr, its
+#: exit status (4 bytes, signed) as the last frame
+OUT, ERR, EXIT = 1, 2, 3
+#: client -> daemon: bytes for the container's stdin; a new window size (rows, cols:
+#: two 2-byte numbers); end of input
+IN, RESIZE, EOF = 4, 5, 6
+#: the largest payload of a frame
+MAX_FRAME = 1 << 20
+
+
+def frame(kind: int, payload: bytes = b"") -> bytes:
+    """One frame."""
+    return bytes([kind]) + len(payload).to_bytes(4, "big") + payload
+
+
+class Frames:
+    """Frames out of a byte stream, as they come (``feed``, then ``pop``)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """The whole frames ``data`` completes.
+
+        Raises:
+            ProtocolError: a frame larger than ``MAX_FRAME``.
+        """
+        self._buffer += data
+        out = []
+        while len(self._buffer) >= 5:
+            size = int.from_bytes(self._buffer[1:5], "big")
+            if size > MAX_FRAME:
+                raise ProtocolError(f"a frame of {size} bytes")
+            if len(self._buffer) < 5 + size:
+                break
+            out.append((self._buffer[0], self._buffer[5 : 5 + size]))
+            self._buffer = self._buffer[5 + size :]
+        return out

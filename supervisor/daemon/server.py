@@ -76,6 +76,8 @@ class Daemon:
         self.sdir = sdir
         self.idle = idle
         self.containers: dict[str, Container] = {}
+        #: attached clients of each container: where its output goes besides its log
+        self.attached: dict[str, set[Any]] = {}
         self.starting = 0
         self.clients = 0
         self.last_activity = time.monotonic()
@@ -101,6 +103,10 @@ class Daemon:
                     except (anyio.EndOfStream, anyio.BrokenResourceError):
                         return
                 line, _, buffer = buffer.partition(b"\n")
+                attach = _attach_request(line)
+                if attach is not None:
+                    await self._attach(attach, stream, buffer)
+                    return
                 reply = await self._handle(line)
                 try:
                     await stream.send(protocol.encode(reply))
@@ -160,6 +166,64 @@ class Daemon:
         self._containers_tg.start_soon(self._supervise, container, log)
         return {"ok": True, "id": spec.id, "warnings": found}
 
+    async def _attach(self, cid: str, stream: FdStream, pending: bytes) -> None:
+        """``attach``: the container's output to this client as it comes, the
+        client's input to its stdin, until either ends (the container's exit
+        status as the last frame)."""
+        container = self.containers.get(cid)
+        if container is None:
+            error = MydockerError(f"container {cid[:12]} is not running in this daemon (not attachable)")
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(protocol.encode(protocol.error_reply(error)))
+            return
+        send, receive = anyio.create_memory_object_stream[tuple[int, bytes]](256)
+        self.attached.setdefault(cid, set()).add(send)
+        try:
+            await stream.send(protocol.encode({"ok": True, "tty": container.spec.tty}))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._attach_input, container, stream, pending, tg.cancel_scope)
+                async with receive:
+                    async for kind, data in receive:
+                        await stream.send(protocol.frame(kind, data))
+                tg.cancel_scope.cancel()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        finally:
+            self.attached.get(cid, set()).discard(send)
+            send.close()
+
+    @staticmethod
+    async def _attach_input(container: Container, stream: FdStream, pending: bytes, scope: Any) -> None:
+        frames = protocol.Frames()
+        data = pending
+        try:
+            while True:
+                for kind, payload in frames.feed(data):
+                    if kind == protocol.IN and container.stdin is not None:
+                        await container.stdin.send(payload)
+                    elif kind == protocol.RESIZE and len(payload) == 4:
+                        container.resize(
+                            int.from_bytes(payload[:2], "big"), int.from_bytes(payload[2:], "big")
+                        )
+                    elif kind == protocol.EOF and container.stdin is not None and not container.spec.tty:
+                        await container.stdin.aclose()
+                data = await stream.receive()
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            protocol.ProtocolError,
+        ):
+            scope.cancel()  # the client detached (or sent garbage): the container goes on
+
+    def _to_attached(self, cid: str, kind: int, data: bytes) -> None:
+        for send in list(self.attached.get(cid, ())):
+            try:
+                send.send_nowait((kind, data))
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                send.close()  # a client that does not keep up is let go, never waited for
+                self.attached[cid].discard(send)
+
     # -- containers -------------------------------------------------------------
 
     async def _supervise(self, container: Container, log: LogWriter) -> None:
@@ -171,7 +235,7 @@ class Daemon:
                     if stream is not None and (name == "stdout" or stream is not container.stdout):
                         done = anyio.Event()
                         pumps.append(done)
-                        tg.start_soon(self._pump, stream, name, log, done)
+                        tg.start_soon(self._pump, stream, name, log, done, container.spec.id)
                 await container.wait()
                 # what it wrote before it died is still in the pipes: read it all,
                 # but not for ever (a process of --pid host may keep them open)
@@ -187,10 +251,16 @@ class Daemon:
                     _log(f"tearing down container {container.spec.short_id}: {e}")
                 log.close()
                 self.containers.pop(container.spec.id, None)
+                cid = container.spec.id
+                if container.returncode is not None:
+                    self._to_attached(
+                        cid, protocol.EXIT, container.returncode.to_bytes(4, "big", signed=True)
+                    )
+                for send in self.attached.pop(cid, set()):
+                    send.close()
                 self.last_activity = time.monotonic()
 
-    @staticmethod
-    async def _pump(stream: FdStream, name: str, log: LogWriter, done: anyio.Event) -> None:
+    async def _pump(self, stream: FdStream, name: str, log: LogWriter, done: anyio.Event, cid: str) -> None:
         try:
             while True:
                 try:
@@ -201,6 +271,8 @@ class Daemon:
                     log.write(name, data)
                 except OSError as e:
                     _log(f"cannot write the log {log.path}: {e.strerror or e}")
+                if self.attached.get(cid):
+                    self._to_attached(cid, protocol.OUT if name == "stdout" else protocol.ERR, data)
         finally:
             done.set()
 
@@ -261,6 +333,18 @@ class Daemon:
             listener.close()
             for container in list(self.containers.values()):
                 containers_tg.start_soon(container.stop)
+
+
+def _attach_request(line: bytes) -> str | None:
+    """The container id of an ``attach`` request (its connection then carries frames)."""
+    try:
+        request = protocol.decode(line)
+    except protocol.ProtocolError:
+        return None
+    cid = request.get("id")
+    if request.get("op") == "attach" and request.get("v") == protocol.VERSION and isinstance(cid, str):
+        return cid
+    return None
 
 
 def _instance_lock(sdir: str) -> int:
