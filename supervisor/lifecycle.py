@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import records
 from .errors import ContainerNotRunningError, MydockerError
+from .process import catches
 
 if TYPE_CHECKING:
     from .exec import Target
@@ -45,17 +46,6 @@ def parse_signal(text: str) -> int:
         if isinstance(found, signal.Signals):
             return int(found)
     raise MydockerError(f"invalid signal: {text!r}")
-
-
-def _catches(pid: int, sig: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"SigCgt:"):
-                    return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
-    except OSError:
-        pass
-    return True
 
 
 def send_signal(entry: records.Entry, sig: int) -> None:
@@ -96,7 +86,7 @@ def stop(entry: records.Entry, timeout: float) -> None:
     try:
         pid = int(entry.state["Pid"])
         with contextlib.suppress(ProcessLookupError):
-            if timeout > 0 and _catches(pid, signal.SIGTERM):
+            if timeout > 0 and catches(pid, signal.SIGTERM):
                 signal.pidfd_send_signal(pidfd, signal.SIGTERM)
                 select.select([pidfd], [], [], timeout)
             if not select.select([pidfd], [], [], 0)[0]:

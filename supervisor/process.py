@@ -28,7 +28,7 @@ def _exit_status(info: os.waitid_result) -> tuple[int, int | None]:
     return 128 + info.si_status, info.si_status
 
 
-def _catches(pid: int, sig: int) -> bool:
+def catches(pid: int, sig: int) -> bool:
     """Whether process ``pid`` has a handler for ``sig`` (from /proc/PID/status).
 
     A namespace's PID 1 never receives a signal it has no handler for (except
@@ -135,7 +135,7 @@ class Process:
     def handles(self, sig: int) -> bool:
         """Whether it has a handler for ``sig`` (a namespace's PID 1 without one never
         sees the signal)."""
-        return self.returncode is None and _catches(self.pid, sig)
+        return self.returncode is None and catches(self.pid, sig)
 
     async def stop(self, grace: float | None = None) -> int:
         """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; return the status.

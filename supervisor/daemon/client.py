@@ -35,19 +35,8 @@ class DaemonError(MydockerError):
 
 
 def _connect(sdir: str, timeout: float | None = None) -> socket.socket:
-    """A connection to the daemon's socket (reached through the state directory's
-    fd, so that a long path is no obstacle)."""
-    dfd = os.open(sdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(f"/proc/self/fd/{dfd}/{protocol.SOCKET}")
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        os.close(dfd)
-    return sock
+    """A connection to the daemon's socket."""
+    return protocol.socket_at(sdir, socket.socket.connect, timeout)
 
 
 def _exchange(sock: socket.socket, request: dict[str, Any]) -> dict[str, Any]:

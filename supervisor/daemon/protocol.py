@@ -22,6 +22,8 @@ import base64
 import json
 import os
 import pickle
+import socket
+from collections.abc import Callable
 from typing import Any
 
 #: the protocol's version: a CLI and a daemon of different versions refuse each other
@@ -39,6 +41,26 @@ class ProtocolError(Exception):
 def path(sdir: str, name: str) -> str:
     """One of the daemon's files in state directory ``sdir``."""
     return os.path.join(sdir, name)
+
+
+def socket_at(
+    sdir: str, act: Callable[[socket.socket, str], None], timeout: float | None = None
+) -> socket.socket:
+    """A unix stream socket on which ``act(sock, address)`` was done (``connect`` or
+    ``bind``) with the daemon's socket's address, reached through the state
+    directory's fd: a state directory's path may be longer than a socket address can
+    be. The socket is closed if ``act`` fails."""
+    dfd = os.open(sdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        act(sock, f"/proc/self/fd/{dfd}/{SOCKET}")
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(dfd)
+    return sock
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -378,26 +378,20 @@ def _instance_lock(sdir: str) -> int:
 
 
 def _listen(sdir: str) -> socket.socket:
-    """The daemon's socket, bound and listening (a path too long for a socket
-    address is reached through the state directory's fd)."""
-    dfd = os.open(sdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(protocol.SOCKET, dir_fd=dfd)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    """The daemon's socket, bound (mode 0600) and listening."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(protocol.path(sdir, protocol.SOCKET))
+
+    def bind(sock: socket.socket, address: str) -> None:
+        old = os.umask(0o177)
         try:
-            old = os.umask(0o177)
-            try:
-                sock.bind(f"/proc/self/fd/{dfd}/{protocol.SOCKET}")
-            finally:
-                os.umask(old)
-            sock.listen(128)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-    finally:
-        os.close(dfd)
+            sock.bind(address)
+        finally:
+            os.umask(old)
+        sock.listen(128)
+
+    sock = protocol.socket_at(sdir, bind)
+    sock.setblocking(False)
     return sock
 
 
