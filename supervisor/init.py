@@ -335,6 +335,16 @@ _PDEATHSIG: Step = (
     (_linux.PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0),
     f"prctl({_linux.PR_SET_PDEATHSIG}, {_signal.SIGKILL})",
 )
+#: an exec's child, from its clone into the container's PID namespace to its execve:
+#: not ptrace-able, its /proc files not openable, by the container's processes (it
+#: holds the host's privileges until it drops them; execve makes the command dumpable
+#: again); runc's rule after CVE-2019-5736
+_NOT_DUMPABLE: Step = (
+    "prctl(PR_SET_DUMPABLE, 0)",
+    _linux.raw_prctl,
+    (_linux.PR_SET_DUMPABLE, 0, 0, 0, 0),
+    f"prctl({_linux.PR_SET_DUMPABLE}, 0)",
+)
 _CLOSE_RANGE: Step = ("close_range", *_linux.close_range_cloexec_call(3))
 _BRING_UP_LO: Step = ("bring up lo", _linux.raw_loopback_up, (), "socket(AF_INET), ioctl(SIOCSIFFLAGS, 'lo')")
 _SETSID: Step = ("setsid", _linux.raw_setsid, (), "setsid()")
@@ -510,6 +520,8 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     # If the supervisor dies, so do we (the parent is the supervisor, thanks to
     # CLONE_PARENT); cgroups clean up whatever escapes.
     steps: list[Step] = [_PDEATHSIG]
+    if child.join:
+        steps.append(_NOT_DUMPABLE)
     if plan.supervisor >= 0:
         pollfd = _linux.pollfd_in(plan.supervisor)
         steps.append(("check the supervisor", _supervisor_gone, (pollfd,), None))

@@ -635,7 +635,7 @@ def test_an_exec_joins_the_container_first_and_sets_up_no_namespace(join: int) -
             fds["supervisor"] = SUPERVISOR
         prepared = init.prepare(init.child_plan(child, fds, reset=()))
         names = [step[0] for step in prepared.steps]
-        expected = ["prctl(PR_SET_PDEATHSIG)"]
+        expected = ["prctl(PR_SET_PDEATHSIG)", "prctl(PR_SET_DUMPABLE, 0)"]
         # into the container's v1 cgroups by host paths, before it joins its mount namespace
         expected += ["check the supervisor"] * sup + ["enter its cgroups"] * len(PROCS) * placement
         expected.append("join the container")
