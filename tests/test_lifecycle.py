@@ -597,3 +597,40 @@ def test_commit_makes_an_image_with_the_changes(world: World, busybox: Path) -> 
     assert r.returncode == 125 and b"already exists" in r.stderr
     world.ok("rm", "base")
     world.ok("image", "rm", "snap")
+
+
+# ---------------------------------------------------------------- what a review tried
+
+
+def test_cp_closes_its_pipe_when_the_container_is_gone_before_the_copy(
+    world: World, busybox: Path, tmp_path: Path
+) -> None:
+    # `cp` checks the path (kind), then copies it through a pipe read by another thread:
+    # a container that exits (or removes the path) in between must fail the copy, not
+    # leave the reader waiting for ever on a pipe nobody closes
+    from supervisor import records
+    from supervisor.cli.exec import _Container
+    from supervisor.errors import MydockerError
+
+    world.detach("--name", "gone", "--rootfs", str(busybox), "sleep", "100")
+    ctr = _Container(records.find(str(world.sdir), "gone"))
+    try:
+        assert ctr.kind("/etc/passwd") == "file"
+        world.ok("kill", "gone")
+        world.ok("wait", "gone")
+        r, w = os.pipe()
+        with pytest.raises(MydockerError):
+            ctr.get("/etc/passwd", w)
+        with pytest.raises(OSError):
+            os.close(w)  # closed by get
+        assert os.read(r, 1) == b""  # and the reader sees the end at once
+        os.close(r)
+        r, w = os.pipe()
+        with pytest.raises(MydockerError):
+            ctr.put("/tmp", r)
+        with pytest.raises(BrokenPipeError):  # the writer is not left blocked
+            os.write(w, b"x" * 65536 * 4)
+        os.close(w)
+    finally:
+        ctr.close()
+    world.ok("rm", "gone")
