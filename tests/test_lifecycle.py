@@ -634,3 +634,36 @@ def test_cp_closes_its_pipe_when_the_container_is_gone_before_the_copy(
     finally:
         ctr.close()
     world.ok("rm", "gone")
+
+
+def test_a_malformed_request_is_refused_and_the_daemon_and_its_containers_go_on(world: World) -> None:
+    # a request of the daemon's own user with a field of the wrong type (or one that
+    # breaks anything else) is one error reply, not the end of the daemon: that would
+    # take every detached container with it
+    import socket
+
+    from supervisor.daemon import protocol
+    from supervisor.spec import ContainerSpec
+
+    world.detach("--name", "bystander", "sleep", "100")
+    spec = protocol.pack(ContainerSpec(("sleep", "100"), state_dir=str(world.sdir)))
+    odd = ContainerSpec(("sleep", "100"), state_dir=str(world.sdir))
+    object.__setattr__(odd, "command", ())  # what no check of this version lets through
+    bad = [
+        {"op": "run", "spec": spec, "grace": "soon"},
+        {"op": "run", "spec": spec, "grace": float("nan")},
+        {"op": "run", "spec": spec, "log_max_size": "big"},
+        {"op": "run", "spec": spec, "log_max_size": -1},
+        {"op": "run", "spec": protocol.pack(odd)},
+    ]
+    for request in bad:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30)
+            sock.connect(str(world.sdir / "daemon.sock"))
+            sock.sendall(protocol.encode({"v": protocol.VERSION, **request}))
+            reply = protocol.decode(sock.makefile("rb").readline())
+        assert reply["ok"] is False and reply["error"]["message"], (request, reply)
+    assert [row["names"] for row in world.ps()] == ["bystander"]
+    assert world.inspect("bystander")["State"]["Running"] is True  # type: ignore[index]
+    assert [row["names"] for row in world.ps("-a")] == ["bystander"]  # nothing half made
+    world.ok("rm", "-f", "bystander")
