@@ -667,3 +667,48 @@ def test_a_malformed_request_is_refused_and_the_daemon_and_its_containers_go_on(
     assert world.inspect("bystander")["State"]["Running"] is True  # type: ignore[index]
     assert [row["names"] for row in world.ps("-a")] == ["bystander"]  # nothing half made
     world.ok("rm", "-f", "bystander")
+
+
+class _Planted:
+    """What another user's pickle can do when loaded: here, create a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_another_users_state_dir_runs_none_of_their_code(world: World, tmp_path: Path) -> None:
+    # a state directory another user made (a predictable path under /tmp, say): the
+    # pickles in it would run their code as whoever loads them; root's cp, exec and
+    # commit must refuse them, one line each
+    import pickle
+
+    from supervisor import records
+
+    marker = tmp_path / "ran-their-code"
+    cid = "ab" * 32
+    d = world.sdir / "containers" / cid
+    d.mkdir(parents=True)
+    (d / "record.json").write_text(json.dumps({"Version": 1, "Id": cid, "Name": "", "Created": ""}))
+    (d / "state.json").write_text(json.dumps({"Version": 1, "Status": "exited", "ExitCode": 0}))
+    for name in ("spec.pickle", "identity.pickle"):
+        (d / name).write_bytes(pickle.dumps((records.VERSION, _Planted(marker))))
+    for p in [world.sdir, world.sdir / "containers", d, *d.iterdir()]:
+        os.chown(p, 1000, 1000)
+    for args in (
+        ["cp", "abab:/etc/passwd", str(tmp_path / "out")],
+        ["exec", "abab", "true"],
+        ["commit", "abab", "x"],
+    ):
+        r = world.run(*args)
+        assert r.returncode != 0 and len(r.stderr.splitlines()) == 1, (args, r.stderr)
+        assert not marker.exists(), args
+    # a pickle of our own that others may write is refused too
+    for p in [world.sdir, world.sdir / "containers", d, *d.iterdir()]:
+        os.chown(p, 0, 0)
+    os.chmod(d / "spec.pickle", 0o666)
+    os.chmod(d / "identity.pickle", 0o666)
+    r = world.run("cp", "abab:/etc/passwd", str(tmp_path / "out"))
+    assert r.returncode != 0 and not marker.exists(), r.stderr
