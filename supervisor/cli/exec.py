@@ -102,12 +102,15 @@ class _Container:
             self.pidfd = entry.open_pidfd()
         identity = entry.identity() if self.pidfd >= 0 or entry.state else None
         mapping = getattr(identity, "mapping", None)
-        #: the host ids of its root: what files copied in belong to
+        #: the ids of its root, as the process that unpacks what is copied in sees
+        #: them: on the host for a running one, as root, the host ids its root maps
+        #: to; without root our own ids; an exited one's layers are written by the
+        #: root of a user namespace mapping 0 to us (layers.py) without root
         self.owner = (
             (mapping.uids[0].outside, mapping.gids[0].outside)
             if mapping is not None and os.geteuid() == 0
             else (0, 0)
-            if os.geteuid() == 0
+            if os.geteuid() == 0 or self.pidfd < 0
             else (os.geteuid(), os.getegid())
         )
 
