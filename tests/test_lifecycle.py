@@ -712,3 +712,34 @@ def test_another_users_state_dir_runs_none_of_their_code(world: World, tmp_path:
     os.chmod(d / "identity.pickle", 0o666)
     r = world.run("cp", "abab:/etc/passwd", str(tmp_path / "out"))
     assert r.returncode != 0 and not marker.exists(), r.stderr
+
+
+def test_cp_and_commit_import_nothing_from_the_current_directory(
+    world: World, busybox: Path, tmp_path: Path
+) -> None:
+    # an exited container's files are reached by a child Python (layers.py); run with
+    # -c it would import first from the current directory, where `cp CTR:/supervisor .`
+    # just put the container's own `supervisor` package: its code would run as root
+    world.detach(
+        "--name", "planter", "--rootfs", str(busybox), "sh", "-c",
+        "mkdir /supervisor; echo 'open(\"/proc/self/cwd/ran-container-code\", \"w\")' "
+        "> /supervisor/__init__.py",
+    )  # fmt: skip
+    world.ok("wait", "planter")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*mydocker_cmd(), *args], cwd=work, env=world.env, capture_output=True, stdin=subprocess.DEVNULL
+        )
+
+    assert cli("cp", "planter:/supervisor", ".").returncode == 0
+    assert (work / "supervisor" / "__init__.py").exists()
+    r = cli("cp", "planter:/etc/passwd", "passwd")
+    assert r.returncode == 0, r.stderr
+    r = cli("commit", "planter", "planted")
+    assert r.returncode == 0, r.stderr
+    assert not (work / "ran-container-code").exists()
+    world.ok("rm", "planter")
+    world.ok("image", "rm", "planted")
