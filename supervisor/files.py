@@ -39,11 +39,15 @@ class Root:
     standing for one (``Root.at(path)``: a stopped container's layers, ``layers.py``)."""
 
     def __init__(self, pid: int, pidfd: int) -> None:
-        self.fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            self.fd = -1  # its PID 1 exited and was reaped already
         # The pid named the container when we opened its root only if its PID 1 has
         # not exited since (a pidfd becomes readable when its process exits).
-        if select.select([pidfd], [], [], 0)[0]:
-            os.close(self.fd)
+        if self.fd < 0 or select.select([pidfd], [], [], 0)[0]:
+            if self.fd >= 0:
+                os.close(self.fd)
             raise ContainerPathError(3, "the container is not running")  # ESRCH
 
     @classmethod

@@ -147,8 +147,10 @@ def run(entry: object, op: str, *args: str, pass_fds: tuple[int, ...] = ()) -> N
         call_in_userns(rootless_mapping(), "supervisor.layers:_do", op, *layers, *args, pass_fds=pass_fds)
         return
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    # -P: the current directory is not searched first; a `supervisor` package there
+    # (copied out of a container by `cp CTR:/supervisor .`) would run as root
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, op, *layers, *args],
+        [sys.executable, "-P", "-c", _CHILD, op, *layers, *args],
         pass_fds=pass_fds,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -39,6 +39,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -387,11 +388,26 @@ class Entry:
 
 
 def _load_pickle(d: str, name: str, cid: str) -> object:
+    """A pickle of a container's directory, if we (or root) wrote it: loading one runs
+    whatever code it names, so one of another user's (a state directory they made,
+    say under /tmp) is refused, never loaded."""
     try:
-        with open(os.path.join(d, name), "rb") as f:
-            version, value = pickle.load(f)
+        fd = os.open(os.path.join(d, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise StateFileError(f"container {cid[:12]}: its {name} is missing") from None
+    except OSError as e:
+        raise StateFileError(f"container {cid[:12]}: its {name} cannot be read ({e.strerror})") from None
+    try:
+        with open(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+                raise StateFileError(
+                    f"container {cid[:12]}: its {name} belongs to uid {st.st_uid} or others may "
+                    "write it: not read (is this state directory another user's?)"
+                )
+            version, value = pickle.load(f)
+    except StateFileError:
+        raise
     except Exception as e:  # noqa: BLE001  # a corrupt pickle raises almost anything
         raise StateFileError(
             f"container {cid[:12]}: its {name} cannot be read ({type(e).__name__})"

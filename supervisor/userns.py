@@ -245,8 +245,8 @@ def call_in_userns(mapping: Mapping, function: str, *args: str, pass_fds: tuple[
     go_r, go_w = os.pipe()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(ready_w), str(go_r), function, *args],
+        proc = subprocess.Popen(  # -P: nothing imported from the current directory
+            [sys.executable, "-P", "-c", _CHILD, str(ready_w), str(go_r), function, *args],
             pass_fds=(ready_w, go_r, *pass_fds),
             env=env,
             stderr=subprocess.PIPE,

@@ -642,3 +642,149 @@ def test_attach_without_a_tty_streams_both_outputs_until_the_exit(world: World) 
     r = world.run("attach", "talker")
     assert r.returncode == 125 and b"not running" in r.stderr
     world.ok("rm", "talker")
+
+
+# ---------------------------------------------------------------- what a review tried
+
+
+def test_cp_closes_its_pipe_when_the_container_is_gone_before_the_copy(
+    world: World, busybox: Path, tmp_path: Path
+) -> None:
+    # `cp` checks the path (kind), then copies it through a pipe read by another thread:
+    # a container that exits (or removes the path) in between must fail the copy, not
+    # leave the reader waiting for ever on a pipe nobody closes
+    from supervisor import records
+    from supervisor.cli.exec import _Container
+    from supervisor.errors import MydockerError
+
+    world.detach("--name", "gone", "--rootfs", str(busybox), "sleep", "100")
+    ctr = _Container(records.find(str(world.sdir), "gone"))
+    try:
+        assert ctr.kind("/etc/passwd") == "file"
+        world.ok("kill", "gone")
+        world.ok("wait", "gone")
+        r, w = os.pipe()
+        with pytest.raises(MydockerError):
+            ctr.get("/etc/passwd", w)
+        with pytest.raises(OSError):
+            os.close(w)  # closed by get
+        assert os.read(r, 1) == b""  # and the reader sees the end at once
+        os.close(r)
+        r, w = os.pipe()
+        with pytest.raises(MydockerError):
+            ctr.put("/tmp", r)
+        with pytest.raises(BrokenPipeError):  # the writer is not left blocked
+            os.write(w, b"x" * 65536 * 4)
+        os.close(w)
+    finally:
+        ctr.close()
+    world.ok("rm", "gone")
+
+
+def test_a_malformed_request_is_refused_and_the_daemon_and_its_containers_go_on(world: World) -> None:
+    # a request of the daemon's own user with a field of the wrong type (or one that
+    # breaks anything else) is one error reply, not the end of the daemon: that would
+    # take every detached container with it
+    import socket
+
+    from supervisor.daemon import protocol
+    from supervisor.spec import ContainerSpec
+
+    world.detach("--name", "bystander", "sleep", "100")
+    spec = protocol.pack(ContainerSpec(("sleep", "100"), state_dir=str(world.sdir)))
+    odd = ContainerSpec(("sleep", "100"), state_dir=str(world.sdir))
+    object.__setattr__(odd, "command", ())  # what no check of this version lets through
+    bad = [
+        {"op": "run", "spec": spec, "grace": "soon"},
+        {"op": "run", "spec": spec, "grace": float("nan")},
+        {"op": "run", "spec": spec, "log_max_size": "big"},
+        {"op": "run", "spec": spec, "log_max_size": -1},
+        {"op": "run", "spec": protocol.pack(odd)},
+    ]
+    for request in bad:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(30)
+            sock.connect(str(world.sdir / "daemon.sock"))
+            sock.sendall(protocol.encode({"v": protocol.VERSION, **request}))
+            reply = protocol.decode(sock.makefile("rb").readline())
+        assert reply["ok"] is False and reply["error"]["message"], (request, reply)
+    assert [row["names"] for row in world.ps()] == ["bystander"]
+    assert world.inspect("bystander")["State"]["Running"] is True  # type: ignore[index]
+    assert [row["names"] for row in world.ps("-a")] == ["bystander"]  # nothing half made
+    world.ok("rm", "-f", "bystander")
+
+
+class _Planted:
+    """What another user's pickle can do when loaded: here, create a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_another_users_state_dir_runs_none_of_their_code(world: World, tmp_path: Path) -> None:
+    # a state directory another user made (a predictable path under /tmp, say): the
+    # pickles in it would run their code as whoever loads them; root's cp, exec and
+    # commit must refuse them, one line each
+    import pickle
+
+    from supervisor import records
+
+    marker = tmp_path / "ran-their-code"
+    cid = "ab" * 32
+    d = world.sdir / "containers" / cid
+    d.mkdir(parents=True)
+    (d / "record.json").write_text(json.dumps({"Version": 1, "Id": cid, "Name": "", "Created": ""}))
+    (d / "state.json").write_text(json.dumps({"Version": 1, "Status": "exited", "ExitCode": 0}))
+    for name in ("spec.pickle", "identity.pickle"):
+        (d / name).write_bytes(pickle.dumps((records.VERSION, _Planted(marker))))
+    for p in [world.sdir, world.sdir / "containers", d, *d.iterdir()]:
+        os.chown(p, 1000, 1000)
+    for args in (
+        ["cp", "abab:/etc/passwd", str(tmp_path / "out")],
+        ["exec", "abab", "true"],
+        ["commit", "abab", "x"],
+    ):
+        r = world.run(*args)
+        assert r.returncode != 0 and len(r.stderr.splitlines()) == 1, (args, r.stderr)
+        assert not marker.exists(), args
+    # a pickle of our own that others may write is refused too
+    for p in [world.sdir, world.sdir / "containers", d, *d.iterdir()]:
+        os.chown(p, 0, 0)
+    os.chmod(d / "spec.pickle", 0o666)
+    os.chmod(d / "identity.pickle", 0o666)
+    r = world.run("cp", "abab:/etc/passwd", str(tmp_path / "out"))
+    assert r.returncode != 0 and not marker.exists(), r.stderr
+
+
+def test_cp_and_commit_import_nothing_from_the_current_directory(
+    world: World, busybox: Path, tmp_path: Path
+) -> None:
+    # an exited container's files are reached by a child Python (layers.py); run with
+    # -c it would import first from the current directory, where `cp CTR:/supervisor .`
+    # just put the container's own `supervisor` package: its code would run as root
+    world.detach(
+        "--name", "planter", "--rootfs", str(busybox), "sh", "-c",
+        "mkdir /supervisor; echo 'open(\"/proc/self/cwd/ran-container-code\", \"w\")' "
+        "> /supervisor/__init__.py",
+    )  # fmt: skip
+    world.ok("wait", "planter")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*mydocker_cmd(), *args], cwd=work, env=world.env, capture_output=True, stdin=subprocess.DEVNULL
+        )
+
+    assert cli("cp", "planter:/supervisor", ".").returncode == 0
+    assert (work / "supervisor" / "__init__.py").exists()
+    r = cli("cp", "planter:/etc/passwd", "passwd")
+    assert r.returncode == 0, r.stderr
+    r = cli("commit", "planter", "planted")
+    assert r.returncode == 0, r.stderr
+    assert not (work / "ran-container-code").exists()
+    world.ok("rm", "planter")
+    world.ok("image", "rm", "planted")

@@ -364,6 +364,43 @@ def _find(argv: list[str]) -> int | None:
     return None
 
 
+@pytest.mark.parametrize("subuid", [None, RANGE], ids=["one-id", "range"])
+def test_cp_into_an_exited_rootless_container_gives_the_files_to_its_root(
+    code: Path, home: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, subuid: str | None
+) -> None:
+    # an exited container's layers are written by the root of a user namespace that
+    # maps 0 to the user: what is copied in must belong to 0 there (the container's
+    # root, the user on the host), as it does when copied into a running one; not to
+    # the user's uid inside (a subordinate id on the host, or with one id: EINVAL)
+    def md(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return as_user(code, home, list(args), subuid=subuid)
+
+    tar = tmp_path_factory.getbasetemp() / "rootless-busybox.tar"
+    if not tar.exists():
+        shutil.copy2(bb.build(tmp_path_factory)[1], tar)
+        os.chmod(tar, 0o644)
+    src = tmp_path / "f"
+    src.write_text("late")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(src, 0o644)
+    try:
+        out(md("image", "import", "bb", str(tar)))
+        out(md("run", "-d", "--name", "gone", "--image", "bb", "true"))
+        out(md("wait", "gone"))
+        out(md("cp", str(src), "gone:/tmp/f"))
+        out(md("commit", "gone", "snap"))
+        assert out(md("run", "--rm", "--image", "snap", "stat", "-c", "%u:%g", "/tmp/f")).split() == ["0:0"]
+        out(md("rm", "gone"))
+        out(md("image", "rm", "snap", "bb"))
+    finally:
+        pid_file = home / ".local" / "share" / "mydocker" / "daemon.pid"
+        pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+        md("daemon", "--stop")
+        if pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
 # ---------------------------------------------------------------- --userns auto (root)
 
 

@@ -102,12 +102,15 @@ class _Container:
             self.pidfd = entry.open_pidfd()
         identity = entry.identity() if self.pidfd >= 0 or entry.state else None
         mapping = getattr(identity, "mapping", None)
-        #: the host ids of its root: what files copied in belong to
+        #: the ids of its root, as the process that unpacks what is copied in sees
+        #: them: on the host for a running one, as root, the host ids its root maps
+        #: to; without root our own ids; an exited one's layers are written by the
+        #: root of a user namespace mapping 0 to us (layers.py) without root
         self.owner = (
             (mapping.uids[0].outside, mapping.gids[0].outside)
             if mapping is not None and os.geteuid() == 0
             else (0, 0)
-            if os.geteuid() == 0
+            if os.geteuid() == 0 or self.pidfd < 0
             else (os.geteuid(), os.getegid())
         )
 
@@ -138,39 +141,37 @@ class _Container:
             return f.read().decode() or None
 
     def get(self, path: str, out: int) -> None:
-        """A tar stream of ``path`` to fd ``out`` (closed when done)."""
-        if self.pidfd >= 0:
-            from ..files import open_top, write_archive
+        """A tar stream of ``path`` to fd ``out`` (closed when done, however it ends:
+        the reader at its other end waits for that)."""
+        with os.fdopen(out, "wb") as f:
+            if self.pidfd >= 0:
+                from ..files import open_top, write_archive
 
-            with self._root() as root:
-                top = open_top(root, path)
-            try:
-                with os.fdopen(out, "wb") as f:
+                # the container may have exited, or removed the path, since ``kind``
+                with self._root() as root:
+                    top = open_top(root, path)
+                try:
                     write_archive(top, path, f)
-            finally:
-                os.close(top)
-            return
-        from .. import layers
+                finally:
+                    os.close(top)
+                return
+            from .. import layers
 
-        try:
             layers.run(self.entry, "get", str(out), path, pass_fds=(out,))
-        finally:
-            os.close(out)
 
     def put(self, path: str, src: int) -> None:
-        """Unpack the tar stream on fd ``src`` (closed when done) into ``path``."""
-        if self.pidfd >= 0:
-            from ..files import extract_archive
+        """Unpack the tar stream on fd ``src`` (closed when done, however it ends: the
+        writer at its other end waits for that) into ``path``."""
+        with os.fdopen(src, "rb") as f:
+            if self.pidfd >= 0:
+                from ..files import extract_archive
 
-            with self._root() as root, os.fdopen(src, "rb") as f:
-                extract_archive(root, path, f)
-            return
-        from .. import layers
+                with self._root() as root:
+                    extract_archive(root, path, f)
+                return
+            from .. import layers
 
-        try:
             layers.run(self.entry, "put", str(src), path, pass_fds=(src,))
-        finally:
-            os.close(src)
 
 
 def _split(arg: str) -> tuple[str | None, str]:

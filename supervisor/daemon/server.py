@@ -132,6 +132,9 @@ class Daemon:
             raise protocol.ProtocolError(f"unknown request {op!r}")
         except (MydockerError, OSError, protocol.ProtocolError) as e:
             return protocol.error_reply(e)
+        except Exception as e:  # noqa: BLE001 - one bad request must not end the daemon and its containers
+            _log(f"a request failed: {type(e).__name__}: {e}")
+            return protocol.error_reply(protocol.ProtocolError(f"bad request ({type(e).__name__}: {e})"))
 
     async def _run(self, request: dict[str, Any]) -> dict[str, Any]:
         spec = protocol.unpack(request.get("spec"))
@@ -141,8 +144,12 @@ class Daemon:
             raise protocol.ProtocolError(
                 f"run: a container of state directory {spec.state_dir}, not {self.sdir}"
             )
-        grace = float(request.get("grace", 10.0))
-        max_size = int(request.get("log_max_size", DEFAULT_MAX_SIZE))
+        grace = request.get("grace", 10.0)
+        max_size = request.get("log_max_size", DEFAULT_MAX_SIZE)
+        if not isinstance(grace, (int, float)) or isinstance(grace, bool) or not 0 <= grace < 1e9:
+            raise protocol.ProtocolError(f"run: grace must be a number of seconds, not {grace!r}")
+        if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 4096:
+            raise protocol.ProtocolError(f"run: log_max_size must be a number of bytes, not {max_size!r}")
         reg = records.Registration(detached=True, autoremove=bool(request.get("autoremove")))
         found: list[str] = []
         token = _warnings.set(found)
@@ -151,7 +158,7 @@ class Daemon:
             # -i: a stdin that stays open and empty (the daemon holds its other end)
             stdin = PIPE if request.get("interactive") else DEVNULL
             container = await start_container(
-                spec, stdin=stdin, stdout=PIPE, stderr=PIPE, grace=grace, register=reg
+                spec, stdin=stdin, stdout=PIPE, stderr=PIPE, grace=float(grace), register=reg
             )
         finally:
             self.starting -= 1
