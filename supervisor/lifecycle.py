@@ -142,6 +142,21 @@ def _final_state(dfd: int) -> int | None:
     return None
 
 
+def remove_ref(sdir: str, ref: str, force: bool) -> None:
+    """``docker rm [-f] REF``; a container whose record cannot be read is removed too,
+    unless its owner still holds it (``records.remove_broken``).
+
+    Raises:
+        as ``remove``, and ``NoSuchContainerError`` / ``AmbiguousContainerError``.
+    """
+    try:
+        entry = records.find(sdir, ref)
+    except records.StateFileError:
+        records.remove_broken(sdir, records.find_id(sdir, ref))
+        return
+    remove(sdir, entry, force)
+
+
 def remove(sdir: str, entry: records.Entry, force: bool) -> None:
     """``docker rm [-f]``: remove a container that does not run (``force``: kill it
     first).

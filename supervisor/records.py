@@ -451,7 +451,38 @@ def _read_json(d: str, name: str, cid: str, required: bool) -> dict[str, Any]:
             f"container {cid[:12]} was made by another version of mydocker "
             f"(record version {data.get('Version')!r}, this one reads {VERSION})"
         )
+    for key, kinds in _FIELDS.items():
+        value = data.get(key)
+        # (JSON's true and false are ints to isinstance)
+        if key in data and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            raise StateFileError(f"container {cid[:12]}: its {name} has a bad {key!r}")
+    if not all(isinstance(a, str) for a in data.get("Args", [])):
+        raise StateFileError(f"container {cid[:12]}: its {name} has a bad 'Args'")
     return data
+
+
+#: the fields of record.json and state.json that readers use, and their JSON types
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "Name": (str,),
+    "Created": (str,),
+    "Image": (str,),
+    "Path": (str,),
+    "Args": (list,),
+    "Config": (dict,),
+    "HostConfig": (dict,),
+    "Status": (str,),
+    "Pid": (int,),
+    "PidStartTime": (int, type(None)),
+    "BootId": (str,),
+    "StartedAt": (str,),
+    "FinishedAt": (str,),
+    "ExitCode": (int,),
+    "Signal": (int, type(None)),
+    "OOMKilled": (bool,),
+    "Cgroups": (list,),
+    "Error": (str,),
+    "Usage": (dict, type(None)),
+}
 
 
 def load(sdir: str, cid: str) -> Entry:
@@ -514,6 +545,45 @@ def find(sdir: str, ref: str) -> Entry:
         if matches:
             return load(sdir, matches[0])
     raise NoSuchContainerError(f"no such container: {ref}")
+
+
+def find_id(sdir: str, ref: str) -> str:
+    """The id ``ref`` names (a name, an id, a unique id prefix) without reading its
+    record: what ``rm`` of a container whose record is broken goes by.
+
+    Raises:
+        NoSuchContainerError, AmbiguousContainerError.
+    """
+    ref = ref.removeprefix("/")
+    if not ref or "/" in ref or "\0" in ref:
+        raise NoSuchContainerError(f"no such container: {ref!r}")
+    by_name = _name_of(sdir, ref) if NAME.fullmatch(ref) else None
+    candidates = ids(sdir)
+    if by_name in candidates:
+        return by_name
+    matches = [cid for cid in candidates if cid.startswith(ref)] if re.fullmatch(r"[0-9a-f]+", ref) else []
+    if len(matches) > 1:
+        raise AmbiguousContainerError(
+            f"{ref!r} is the beginning of {len(matches)} container ids: give more of it"
+        )
+    if not matches:
+        raise NoSuchContainerError(f"no such container: {ref}")
+    return matches[0]
+
+
+def remove_broken(sdir: str, cid: str) -> None:
+    """Remove a container whose record cannot be read, if its owner is gone (nothing
+    of it can be signalled without a record: a running one is left to its owner).
+
+    Raises:
+        ContainerConflictError: its owner holds it.
+    """
+    entry = Entry(cid, os.path.join(state.containers_dir(sdir), cid), {}, {}, False)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(_names_dir(sdir)):
+            if _name_of(sdir, name) == cid:
+                entry.record = {"Name": name}
+    remove(sdir, entry)
 
 
 def remove(sdir: str, entry: Entry) -> None:

@@ -788,3 +788,27 @@ def test_cp_and_commit_import_nothing_from_the_current_directory(
     assert not (work / "ran-container-code").exists()
     world.ok("rm", "planter")
     world.ok("image", "rm", "planted")
+
+
+@pytest.mark.parametrize(
+    "file, text",
+    [
+        ("record.json", "[]"),
+        ("record.json", '{"Version": 1, "Args": 5}'),
+        ("state.json", '{"ExitCode": "x"}'),
+        ("state.json", '{"OOMKilled": 1, "Status": "exited"}'),
+    ],
+)
+def test_a_record_of_the_wrong_shape_spoils_nothing_else_and_rm_removes_it(
+    world: World, file: str, text: str
+) -> None:
+    world.detach("--name", "fine", "true")
+    broken = world.detach("--name", "broken", "true")
+    world.ok("wait", "fine", "broken")
+    (world.sdir / "containers" / broken / file).write_text(text)
+    assert [r["names"] for r in world.ps("-a")] == ["fine"]
+    r = world.run("inspect", "broken")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and b"Traceback" not in r.stderr
+    assert world.ok("rm", "broken").strip() == "broken"  # by its name, its record unread
+    assert not (world.sdir / "containers" / broken).exists()
+    world.ok("rm", "fine")

@@ -123,7 +123,8 @@ def _image(record: dict[str, Any]) -> str:
 
 
 def _ports(record: dict[str, Any]) -> str:
-    return ", ".join(str(p) for p in record.get("HostConfig", {}).get("Ports", []))
+    ports = record.get("HostConfig", {}).get("Ports", [])
+    return ", ".join(str(p) for p in ports) if isinstance(ports, list) else ""
 
 
 @click.command(short_help="List containers.")
@@ -273,7 +274,17 @@ def rm(force: bool, volumes: bool, state_dir: str | None, containers: tuple[str,
     from .. import lifecycle
 
     sdir = resolve_state_dir(state_dir)
-    _each(containers, sdir, lambda e: lifecycle.remove(sdir, e, force))
+    failed = False
+    for ref in containers:
+        try:
+            lifecycle.remove_ref(sdir, ref, force)
+        except MydockerError as e:
+            click.echo(f"mydocker: {e}", err=True)
+            failed = True
+            continue
+        click.echo(ref)
+    if failed:
+        sys.exit(1)
 
 
 # -- inspect ---------------------------------------------------------------------------
