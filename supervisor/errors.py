@@ -61,6 +61,9 @@ class ContainerNotRunningError(MydockerError):
 class ContainerPathError(MydockerError, OSError):
     """A path inside a container that does not exist, or is not what was needed."""
 
+    def __str__(self) -> str:
+        return str(self.strerror or super().__str__())  # the sentence, without "[Errno N]"
+
 
 class ContainerFailedError(MydockerError):
     """Raised by ``run_container(check=True)`` when the container exits non-zero.

@@ -18,9 +18,13 @@ Tar streams travel through pipes passed to it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from typing import Any
 
 from . import _linux
 from .errors import MydockerError, SpecError
@@ -141,6 +145,58 @@ def run(entry: object, op: str, *args: str, pass_fds: tuple[int, ...] = ()) -> N
             "(it ran on the host's, with --rootfs or --image it would have one)"
         )
     layers = (spec.rootfs, f"{entry.dir}/upper", f"{entry.dir}/work", f"{entry.dir}/rootfs")
+    with _held(entry, op):
+        _run(op, layers, args, pass_fds)
+
+
+@contextlib.contextmanager
+def _held(entry: Any, op: str) -> Iterator[None]:
+    """The container's lock for the ``with`` (its layers mounted by one process at a
+    time; ``rm`` waits), unless it runs: a running one is only read (``commit``),
+    frozen meanwhile where cgroup v2 can (docker commit's ``--pause``)."""
+    from . import state
+
+    sdir = os.path.dirname(os.path.dirname(entry.dir))
+    if op == "commit" and entry.running:
+        with _frozen(entry.state.get("Cgroups") or []):
+            yield
+        return
+    taken = state.lock_container(sdir, entry.id, wait=True)
+    assert taken is not None
+    try:
+        yield
+    finally:
+        for fd in reversed(taken):
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _frozen(dirs: list[str]) -> Iterator[None]:
+    v2 = [d for d in dirs if os.path.exists(os.path.join(d, "cgroup.freeze"))]
+    if not v2:
+        yield  # no freezer to be had: its upper layer is read as it is
+        return
+    freeze = os.path.join(v2[0], "cgroup.freeze")
+    try:
+        with open(freeze, "w") as f:
+            f.write("1")
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            with open(os.path.join(v2[0], "cgroup.events")) as f:
+                if "frozen 1" in f.read():
+                    break
+            time.sleep(0.005)
+        yield
+    finally:
+        with contextlib.suppress(OSError), open(freeze, "w") as f:
+            f.write("0")
+
+
+def _run(op: str, layers: tuple[str, ...], args: tuple[str, ...], pass_fds: tuple[int, ...]) -> None:
     if os.geteuid() != 0:
         from .userns import call_in_userns, rootless_mapping
 

@@ -599,7 +599,8 @@ def remove(sdir: str, entry: Entry) -> None:
         raise NoSuchContainerError(f"no such container: {entry.name or entry.id}") from None
     if taken is None:
         raise ContainerConflictError(
-            f"container {entry.name or entry.short_id} is running: stop it first, or use rm -f"
+            f"container {entry.name or entry.short_id} is running (or a cp or commit of it is): "
+            "stop it first, or use rm -f"
         )
     dfd, lock = taken
     try:

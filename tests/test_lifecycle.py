@@ -812,3 +812,15 @@ def test_a_record_of_the_wrong_shape_spoils_nothing_else_and_rm_removes_it(
     assert world.ok("rm", "broken").strip() == "broken"  # by its name, its record unread
     assert not (world.sdir / "containers" / broken).exists()
     world.ok("rm", "fine")
+
+
+def test_commit_of_a_running_container_pauses_it_only_meanwhile(world: World, busybox: Path) -> None:
+    world.detach("--name", "live", "--rootfs", str(busybox), "sh", "-c", "echo v1 > /state; sleep 100")
+    assert wait_until(lambda: world.run("exec", "live", "cat", "/state").stdout == b"v1\n")
+    world.ok("commit", "live", "live-snap")
+    # thawed: it goes on (an exec runs, and it still runs)
+    assert world.ok("exec", "live", "sh", "-c", "echo v2 > /state; cat /state") == "v2\n"
+    assert world.inspect("live")["State"]["Status"] == "running"  # type: ignore[index]
+    assert world.ok("run", "--image", "live-snap", "cat", "/state") == "v1\n"
+    world.ok("rm", "-f", "live")
+    world.ok("image", "rm", "live-snap")
