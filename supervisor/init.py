@@ -79,6 +79,10 @@ class Confinement(NamedTuple):
     #: helper loads once, and what each of its children adds; None: whole only. The
     #: supervisor picks one before the request leaves it; the child never sees this.
     split: tuple[bytes, bytes] | None = None
+    #: the inheritable and ambient capability masks (an OCI config may ask for them;
+    #: mydocker's own containers have none)
+    inheritable: int = 0
+    ambient: int = 0
 
 
 class ChildSpec(NamedTuple):
@@ -262,6 +266,19 @@ class ChildPlan(NamedTuple):
     supervisor: int = -1
     #: an exec: the pidfd of the container's PID 1, whose namespaces it joins
     target: int = -1
+    #: an OCI container (``oci/``): no parent death signal, since its creator exits
+    #: and leaves it to the caller's subreaper until ``delete``
+    detached: bool = False
+    #: an OCI container's exec fifo (an O_PATH fd): once set up, the child says so on
+    #: its error pipe (``wire.report_created``) and blocks opening the fifo for
+    #: writing until ``start`` opens it for reading; only then does it exec
+    start_fifo: int = -1
+    #: the host's /proc (O_PATH) through which the fifo is reopened: the container
+    #: may have no /proc of its own (an OCI container without a mount namespace is
+    #: only chrooted); closed before the exec, as every fd (close-on-exec)
+    start_proc: int = -1
+    #: namespaces to join first, as (fd, CLONE_NEW* type): an OCI config's paths
+    join_fds: tuple[tuple[int, int], ...] = ()
 
 
 def child_plan(child: ChildSpec, fds: dict[str, int], reset: tuple[int, ...] | None) -> ChildPlan:
@@ -345,12 +362,12 @@ def _namespace_steps(child: ChildSpec, net_ready: bool) -> list[Step]:
     if child.mount:
         # First of all: nothing we mount may propagate back to the host.
         steps.append(_MAKE_ROOT_PRIVATE)
-        if child.fs_ops:
-            from .mounts import CHILD_FUNCTIONS  # loaded in the parent, before the clone
+    if child.fs_ops:  # without a mount namespace: only an OCI container's chroot
+        from .mounts import CHILD_FUNCTIONS  # loaded in the parent, before the clone
 
-            steps += [(name, CHILD_FUNCTIONS[fn], args, None) for name, fn, args in child.fs_ops]
-        if child.mount_proc:
-            steps.append(_MOUNT_PROC)
+        steps += [(name, CHILD_FUNCTIONS[fn], args, None) for name, fn, args in child.fs_ops]
+    if child.mount and child.mount_proc:
+        steps.append(_MOUNT_PROC)
     if child.hostname is not None:
         name = child.hostname.encode()
         text = f"sethostname({child.hostname!r})"
@@ -420,6 +437,17 @@ def _exec_init(how: ExecCall, init: tuple[bytes, object, object]) -> None:
     returns."""
     candidates, _argv, _envp, prog = how
     path, init_argv, envp = init
+    _check_command(candidates, prog)
+    _linux.raw_execve(path, init_argv, envp)
+    raise _StepFailed("exec", _linux.errno_now(), f"{path.decode(errors='replace')} (--init)")
+
+
+_X_OK = 1  # <unistd.h>
+
+
+def _check_command(candidates: tuple[bytes, ...], prog: str) -> None:
+    """The PATH search of ``_exec`` with access(2): raise the error the exec would
+    meet (a command not found or not executable) without exec'ing."""
     found = errno.ENOENT
     for cand in candidates:
         if _linux.raw_access(cand, _X_OK) == 0:
@@ -432,11 +460,6 @@ def _exec_init(how: ExecCall, init: tuple[bytes, object, object]) -> None:
             found = err
     if found:
         raise _StepFailed("exec", found, prog)
-    _linux.raw_execve(path, init_argv, envp)
-    raise _StepFailed("exec", _linux.errno_now(), f"{path.decode(errors='replace')} (--init)")
-
-
-_X_OK = 1  # <unistd.h>
 
 
 def _supervisor_gone(pollfd: object) -> None:
@@ -460,6 +483,24 @@ def _enter_userns(errpipe: int, sync: int) -> None:
         raise OSError(err, f"unshare(CLONE_NEWUSER) failed: {os.strerror(err)}")
     wire.ask_for_maps(errpipe)
     _wait_until_placed(sync)
+
+
+def _wait_for_start(
+    errpipe: int, fifo: int, proc: int, path: bytes, candidates: tuple[bytes, ...], prog: str
+) -> None:
+    """An OCI container, set up and confined: check that its command can be exec'd
+    (an error of create, as runc makes it), tell the creator (who then exits), and
+    block until ``start`` opens the exec fifo (runc's exec.fifo, reopened through
+    /proc/self/fd as runc does: the fd is O_PATH, its path outside our root)."""
+    _check_command(candidates, prog)
+    wire.report_created(errpipe)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+        os.close(fifo)
+        os.close(proc)
 
 
 class Prepared(NamedTuple):
@@ -496,8 +537,9 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     # parent is single-threaded, so its mask now is the child's at the clone.
     masked = bool(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))
     # If the supervisor dies, so do we (the parent is the supervisor, thanks to
-    # CLONE_PARENT); cgroups clean up whatever escapes.
-    steps: list[Step] = [_PDEATHSIG]
+    # CLONE_PARENT); cgroups clean up whatever escapes. Not an OCI container: its
+    # creator exits by design.
+    steps: list[Step] = [] if plan.detached else [_PDEATHSIG]
     if plan.supervisor >= 0:
         pollfd = _linux.pollfd_in(plan.supervisor)
         steps.append(("check the supervisor", _supervisor_gone, (pollfd,), None))
@@ -507,11 +549,22 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         # limits), with a user namespace of its own, its uid and gid maps written,
         # and on a network, its eth0 configured (nothing runs before it is there).
         steps.append(("wait for the supervisor", _wait_until_placed, (plan.sync, not late), None))
+    if child.userns == 1:
+        # Root of the new user namespace, now that its maps are written: the ids we
+        # were cloned with are the parent's, which the maps of an OCI config need not
+        # map (then nothing we create could be owned). A rootless parent mapped its
+        # own ids to 0: no change, and no parent death signal lost.
+        steps += [("become root in the user namespace", *_linux.setresgid_call(0))]
+        steps += [("become root in the user namespace", *_linux.setresuid_call(0))]
+        if not plan.detached:
+            steps.append(_PDEATHSIG)  # an id change clears it
     if child.join:
         # An exec: into the container's namespaces (setns through a pidfd joins them
         # all at once, the user namespace first); the PID one the cloner joined.
         join = child.join & ~_linux.CLONE_NEWPID
         steps.append(("join the container", *_linux.setns_call(plan.target, join)))
+    for fd, nstype in sorted(plan.join_fds, key=lambda j: j[1] != _linux.CLONE_NEWUSER):
+        steps.append(("join the namespace", *_linux.setns_call(fd, nstype)))
     if plan.netns >= 0:
         # Before anything that looks at the network namespace (a sysfs mount of a
         # root filesystem shows the mounter's): made ready by the helper while idle,
@@ -526,12 +579,16 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     if late:
         steps.append(("enter a user namespace", _enter_userns, (plan.errpipe, plan.sync), None))
     if child.confine is not None:
-        steps += confine_steps(child.confine)
+        steps += confine_steps(child.confine, rearm=not plan.detached)
     if child.cwd:
         # after the uid change: the directory is entered as the container's user
         cwd = os.fsencode(child.cwd)
         steps.append((f"chdir {child.cwd}", _linux.raw_chdir, (cwd,), f"chdir({child.cwd!r})"))
     candidates, argv, envp, prog = child.exec
+    if plan.start_fifo >= 0:
+        fifo = b"self/fd/%d" % plan.start_fifo
+        wait = (plan.errpipe, plan.start_fifo, plan.start_proc, fifo, candidates, prog)
+        steps.append(("wait for start", _wait_for_start, wait, None))
     envp_array = _linux.c_string_array(envp)
     how = (candidates, _linux.c_string_array(argv), envp_array, prog)
     init = None
@@ -544,7 +601,7 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
 #: the steps of each distinct confinement, built once per process: a few dozen raw
 #: calls whose arguments (error texts, ctypes buffers) would otherwise be made again
 #: for every container, between two clones of the spawn helper
-_confine_cache: dict[Confinement, list[Step]] = {}
+_confine_cache: dict[tuple[Confinement, bool], list[Step]] = {}
 _KEYRING: Step = (
     "join a new session keyring",
     _linux.raw_syscall,
@@ -553,14 +610,15 @@ _KEYRING: Step = (
 )
 
 
-def confine_steps(conf: Confinement) -> list[Step]:
+def confine_steps(conf: Confinement, rearm: bool = True) -> list[Step]:
     """The child's confinement, in runc's order (``_linux.identity_calls_after_seccomp``
     says why this order): a session keyring of its own (the session keyring is not
     namespaced: the caller's keys would be reachable), the bounding set, then the
     seccomp filter while CAP_SYS_ADMIN is still effective (the kernel wants it, or
     no_new_privs), then groups, gid, uid and the capability sets. With
-    ``no_new_privs`` the filter comes last instead, right before the exec."""
-    steps = _confine_cache.get(conf)
+    ``no_new_privs`` the filter comes last instead, right before the exec. ``rearm``:
+    set the parent death signal again after the uid change (which clears it)."""
+    steps = _confine_cache.get((conf, rearm))
     if steps is not None:
         return steps
     steps = [_KEYRING]
@@ -573,7 +631,14 @@ def confine_steps(conf: Confinement) -> list[Step]:
     if not conf.no_new_privs:
         steps += load
     after = _linux.identity_calls_after_seccomp(
-        conf.effective, conf.permitted, conf.uid, conf.gid, conf.groups, pdeathsig=_signal.SIGKILL
+        conf.effective,
+        conf.permitted,
+        conf.uid,
+        conf.gid,
+        conf.groups,
+        pdeathsig=_signal.SIGKILL if rearm else 0,
+        inheritable=conf.inheritable,
+        ambient=conf.ambient,
     )
     steps += [("set the user and capabilities", *c) for c in after]
     if conf.no_new_privs:
@@ -581,7 +646,7 @@ def confine_steps(conf: Confinement) -> list[Step]:
         steps += load
     if len(_confine_cache) >= 64:
         _confine_cache.clear()
-    _confine_cache[conf] = steps
+    _confine_cache[conf, rearm] = steps
     return steps
 
 

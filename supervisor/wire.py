@@ -247,3 +247,42 @@ def ask_for_maps(errpipe: int) -> None:
     """In the child: ask the supervisor to write the maps of our new user namespace
     (it answers through the sync pipe: ``release``)."""
     os.write(errpipe, ASK_FOR_MAPS)
+
+
+# ---------------------------------------------------------------- OCI containers
+
+#: what an OCI container's child writes on its error pipe once it is set up and
+#: confined, before it blocks on its exec fifo (the spec's "created" state): its
+#: creator may exit. NUL first, as ``ASK_FOR_MAPS``.
+CREATED = b"\0created\0"
+#: what it writes when its mounts are made and its root not yet pivoted, then waits
+#: for one byte on its hooks pipe: the runtime runs the prestart, createRuntime and
+#: createContainer hooks meanwhile
+ASK_FOR_HOOKS = b"\0hooks\0"
+
+
+def report_created(errpipe: int) -> None:
+    """In the child: the container is created (see ``CREATED``)."""
+    os.write(errpipe, CREATED)
+
+
+def ask_for_hooks(errpipe: int, hooks: int) -> None:
+    """In the child: let the runtime run the hooks, and wait until it has (``release``
+    on ``hooks``; EOF: it gave up).
+
+    Raises:
+        OSError: the runtime gave up (a hook failed): the child stops there.
+    """
+    os.write(errpipe, ASK_FOR_HOOKS)
+    if not wait_released(hooks):
+        raise OSError(errno.ECANCELED, "the runtime stopped the container (a hook failed)")
+
+
+def split_marker(data: bytes) -> tuple[bytes | None, bytes]:
+    """``(marker, rest)`` when ``data`` read from an error pipe starts with one of the
+    child's markers (``ASK_FOR_MAPS``, ``ASK_FOR_HOOKS``, ``CREATED``), else
+    ``(None, data)``: a failure report, or nothing."""
+    for marker in (ASK_FOR_HOOKS, CREATED, ASK_FOR_MAPS):
+        if data.startswith(marker):
+            return marker, data[len(marker) :]
+    return None, data
