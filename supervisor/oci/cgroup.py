@@ -233,8 +233,12 @@ class OciCgroup:
                 raise StartError(
                     "cgroups", 0, "no cgroup v2 and no devices controller to confine devices with"
                 )
-            if layout.v2 is None and layout.v1_for("devices") is not None:
-                hierarchies.append(layout.v1_for("devices"))  # type: ignore[arg-type]
+            v1_devices = layout.v1_for("devices")
+            if v1_devices is not None and (layout.v2 is None or res.devices):
+                # Without cgroup v2 the v1 controller is the confinement; beside v2
+                # (a hybrid host) the rules are written there too, as runc writes
+                # them: tools read a container's rules from its devices.list.
+                hierarchies.append(v1_devices)
             if layout.v2 is not None:
                 cg.v2 = cg._make(fs, layout.v2, rel, v2_controllers)
                 if v2_controllers:
@@ -248,7 +252,7 @@ class OciCgroup:
                 d = cg._make(fs, h, rel, {})
                 cg.v1.append(d)
                 _write_all(fs, d, writes(res, 1), wanted, only=set(h.controllers))
-                if "devices" in h.controllers and layout.v2 is None:
+                if "devices" in h.controllers:
                     devices.apply_v1(fs, d, res.devices + devices.DEFAULT_RULES)
         except BaseException:
             cg.remove()

@@ -864,6 +864,11 @@ def parse(data: object, bundle: str, container_id: str) -> ContainerSpec:
     uid_maps, gid_maps = _id_maps(linux, "uidMappings"), _id_maps(linux, "gidMappings")
     if user and (not uid_maps or not gid_maps):
         raise SpecError("a user namespace needs linux.uidMappings and linux.gidMappings")
+    if user and any(kind == "mount" for kind, _p in paths):
+        raise SpecError(
+            "linux.namespaces: a mount namespace joined by path cannot go with a user namespace "
+            "of the container's own (its root could not mount there)"
+        )
     if (uid_maps or gid_maps) and not user:
         raise SpecError("linux.uidMappings and gidMappings need a user namespace of the container's own")
     seccomp: object = UNCONFINED

@@ -36,7 +36,7 @@ import select
 import signal
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -219,27 +219,61 @@ def _clone(
     *,
     keep: tuple[int, ...] = (),
     pidns: int = -1,
+    inherit: tuple[tuple[int, int], ...] = (),
     **plan: Any,
 ) -> tuple[int, int]:
     """Clone the child here, as ``spawn.DirectSpawner`` does for the CLI (without
     CLONE_PARENT: the child is ours until we exit); ``pidns``: a PID namespace (a
-    namespace fd or a pidfd) to clone into. Returns (pid, pidfd)."""
+    namespace fd or a pidfd) to clone into; ``inherit``: (fd, type) namespaces this
+    process enters for the clone and leaves right after, so that the child is born
+    in them, before a user namespace of its own would forbid joining them (runc's
+    order: paths first, then the new namespaces). Returns (pid, pidfd)."""
     if len(os.listdir("/proc/self/task")) != 1:  # never: this process starts no thread
         raise StartError("clone3", 0, "mydocker-runc must be single-threaded to clone")
     wanted = {0, 1, 2, *fds.values(), *keep}
     drop = tuple(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd not in wanted)
     prepared = init.prepare(init.child_plan(child, fds, None)._replace(**plan), drop)
     clone_args, pidfd = _linux.clone3_args(flags & ~_linux.CLONE_PARENT, 0, fds.get("cgroup", -1))
-    if pidns >= 0:
-        pid = clone_in_pid_namespace(pidns, clone_args, prepared)
-    else:
-        pid = _linux.raw_clone3(clone_args)
-        if pid == 0:
-            init.run_prepared(prepared)  # never returns
-    if pid < 0:
+    with _inside(inherit):
+        if pidns >= 0:
+            pid = clone_in_pid_namespace(pidns, clone_args, prepared)
+        else:
+            pid = _linux.raw_clone3(clone_args)
+            if pid == 0:
+                init.run_prepared(prepared)  # never returns
         err = _linux.errno_now()
+    if pid < 0:
         raise StartError("clone3", err, wire.clone_failed(flags, err))
     return pid, pidfd.value
+
+
+@contextlib.contextmanager
+def _inside(namespaces: tuple[tuple[int, int], ...]) -> Iterator[None]:
+    """This process in ``namespaces`` (fd, type) for a moment, then back in its own."""
+    own = []
+    try:
+        for fd, nstype in namespaces:
+            own.append((os.open(f"/proc/self/ns/{_PROC_NS[nstype]}", os.O_RDONLY | os.O_CLOEXEC), nstype))
+            try:
+                _linux.setns(fd, nstype)
+            except OSError as e:
+                raise StartError("join a namespace", e.errno or 0, str(e)) from None
+        yield
+    finally:
+        for fd, nstype in own:
+            try:
+                _linux.setns(fd, nstype)
+            finally:
+                os.close(fd)
+
+
+#: the /proc/self/ns name of each namespace type this process may enter for a clone
+_PROC_NS = {
+    _linux.CLONE_NEWNET: "net",
+    _linux.CLONE_NEWIPC: "ipc",
+    _linux.CLONE_NEWUTS: "uts",
+    _linux.CLONE_NEWCGROUP: "cgroup",
+}
 
 
 def _kill_and_reap(pid: int, pidfd: int) -> None:
@@ -454,11 +488,15 @@ def _create(
                 flags |= NAMESPACE_FLAGS[name]
             if oci.user_namespace:
                 flags |= _linux.CLONE_NEWUSER
+            # the joined mount namespace is entered by the child (this process keeps
+            # its own view of the paths it uses); the others by the clone
+            in_child = tuple(j for j in joins if j[1] == _linux.CLONE_NEWNS)
             plan: dict[str, Any] = {
                 "detached": detached,
                 "start_fifo": fifo_fd,
                 "start_proc": proc_fd,
-                "join_fds": tuple(joins),
+                "join_fds": in_child,
+                "inherit": tuple(j for j in joins if j not in in_child),
             }
             if not detached:
                 me = os.pidfd_open(os.getpid())
