@@ -18,6 +18,7 @@ import ctypes
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -999,3 +1000,40 @@ def test_usage_errors(tmp_path: Path) -> None:
     if not ROOT:
         res = runc(root, "create", "--bundle", str(tmp_path), "x", check=False)
         assert res.returncode == 1 and "needs root" in res.stderr
+
+
+DEMO = Path(__file__).resolve().parent.parent / "scripts" / "containerd-demo.sh"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(
+    not (shutil.which("containerd") and shutil.which("ctr")),
+    reason="containerd is not installed (scripts/debian-deps.sh test installs it)",
+)
+def test_containerd_runs_busybox_with_mydocker_runc(tmp_path: Path) -> None:
+    """``ctr run --runc-binary mydocker-runc`` of a busybox image imported from an
+    OCI archive (scripts/containerd-demo.sh: a private containerd, in a mount
+    namespace of its own, its state in a temporary directory)."""
+    before = _demo_cgroups()
+    env = {**os.environ, "MYDOCKER_RUNC": RUNC, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    res = subprocess.run(
+        [str(DEMO), "sh", "-c", "echo pid $$; cat /proc/self/status | grep CapEff; exit 5"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 5, res.stderr
+    assert res.stdout.splitlines()[:2] == ["pid 1", "CapEff:\t00000000a80425fb"], res.stdout
+    assert _demo_cgroups() == before
+
+
+def _demo_cgroups() -> set[str]:
+    from supervisor import cgroups
+
+    return {
+        os.path.join(p, "mydocker-demo")
+        for p in cgroups.parents_of(cgroups.current_layout())
+        if os.path.exists(os.path.join(p, "mydocker-demo"))
+    }

@@ -34,6 +34,10 @@ from .config import Resources
 #: where a container without ``linux.cgroupsPath`` goes, below our own cgroup
 DEFAULT_PARENT = "mydocker-runc"
 
+#: the v1 controllers a container gets a directory in even without a limit, where
+#: its path allows (containerd reads metrics and OOM events there)
+ACCOUNTING = ("memory", "cpu", "cpuacct", "pids")
+
 #: which v1 controller each resource needs
 _CONTROLLER = {
     "memory_limit": "memory",
@@ -234,11 +238,19 @@ class OciCgroup:
                     "cgroups", 0, "no cgroup v2 and no devices controller to confine devices with"
                 )
             v1_devices = layout.v1_for("devices")
-            if v1_devices is not None and (layout.v2 is None or res.devices):
-                # Without cgroup v2 the v1 controller is the confinement; beside v2
-                # (a hybrid host) the rules are written there too, as runc writes
-                # them: tools read a container's rules from its devices.list.
-                hierarchies.append(v1_devices)
+            if v1_devices is not None and layout.v2 is None:
+                hierarchies.append(v1_devices)  # without cgroup v2: the confinement
+            # Beside cgroup v2 (a hybrid host), the v1 hierarchies containerd reads a
+            # container's metrics and OOM events from, and the device rules (tools
+            # read them from devices.list), as runc places its containers: where
+            # the path is below our own cgroup there; else the container stays in
+            # ours (a limit that needs the controller is refused instead, above).
+            optional = [layout.v1_for(c) for c in ACCOUNTING]
+            if res.devices and layout.v2 is not None:
+                optional.append(v1_devices)
+            for h in optional:
+                if h is not None and h not in hierarchies and _target(h, rel) is not None:
+                    hierarchies.append(h)
             if layout.v2 is not None:
                 cg.v2 = cg._make(fs, layout.v2, rel, v2_controllers)
                 if v2_controllers:
@@ -261,11 +273,8 @@ class OciCgroup:
 
     def _make(self, fs: cgroups.CgroupFS, h: cgroups.Hierarchy, rel: str, enable: dict[str, str]) -> str:
         own = h.dir_of(h.own_path)
-        target = h.dir_of(rel) if rel.startswith("/") else (posixpath.join(own, rel) if own else None)
+        target = _target(h, rel)
         if own is None or target is None:
-            raise SpecError(f"linux.cgroupsPath {rel!r} is not visible in {h.mountpoint}")
-        target = posixpath.normpath(target)
-        if target != own and not target.startswith(own.rstrip("/") + "/"):
             raise SpecError(
                 f"linux.cgroupsPath {rel!r} is outside mydocker-runc's own cgroup "
                 f"{h.own_path} in {h.mountpoint}: mydocker-runc makes cgroups only below its own"
@@ -471,6 +480,21 @@ class OciCgroup:
                 cgroups.kill_all(fs, d)
                 time.sleep(0.005)
         return left
+
+
+def _target(h: cgroups.Hierarchy, rel: str) -> str | None:
+    """The directory of ``rel`` (absolute: from the hierarchy's root; relative: from
+    our own cgroup) in ``h``, or None when it is not below our own cgroup there."""
+    own = h.dir_of(h.own_path)
+    if own is None:
+        return None
+    target = h.dir_of(rel) if rel.startswith("/") else posixpath.join(own, rel)
+    if target is None:
+        return None
+    target = posixpath.normpath(target)
+    if target != own and not target.startswith(own.rstrip("/") + "/"):
+        return None
+    return target
 
 
 def _populated(d: str) -> bool:
