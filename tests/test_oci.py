@@ -170,8 +170,8 @@ def test_namespaces_new_and_joined_and_id_maps() -> None:
     assert spec.namespaces == {"pid", "mount"}
     assert oci.namespace_paths == (("network", "/proc/1/ns/net"),)
     assert oci.user_namespace
-    assert [(m.inside, m.outside, m.count) for m in oci.uid_mappings] == [(0, 100000, 65536)]
-    assert [(m.inside, m.outside, m.count) for m in oci.gid_mappings] == [(0, 200000, 10)]
+    assert oci.uid_mappings == ((0, 100000, 65536),)
+    assert oci.gid_mappings == ((0, 200000, 10),)
 
 
 def test_linux_fields() -> None:
@@ -389,6 +389,37 @@ def test_the_default_spec_parses() -> None:
     assert spec.read_only and spec.tty and oci.masked_paths and oci.process.capabilities.bounding
     f = features()
     assert f["ociVersionMax"] == config.OCI_VERSION and "rro" in f["mountOptions"]  # type: ignore[operator]
+
+
+# ------------------------------------------------------------------ the command line's grammar
+
+
+def test_the_shims_command_lines_parse() -> None:
+    from supervisor.oci.args import parse
+
+    a = parse(
+        "--root /r --log /b/log.json --log-format json create --bundle /b --pid-file /b/init.pid "
+        "--console-socket /s c1".split()
+    )
+    assert (a.root, a.log, a.log_format, a.command) == ("/r", "/b/log.json", "json", "create")
+    assert (a.bundle, a.pid_file, a.console_socket, a.container_id) == ("/b", "/b/init.pid", "/s", "c1")
+    a = parse("--root=/r exec --process /p.json --detach --pid-file /p c1".split())
+    assert (a.root, a.process, a.detach, a.pid_file, a.container_id, a.args) == (
+        "/r",
+        "/p.json",
+        True,
+        "/p",
+        "c1",
+        [],
+    )
+    a = parse(["exec", "-t", "-e", "A=1", "-e", "B=2", "c1", "sh", "-c", "echo --help"])
+    assert (a.tty, a.env, a.container_id, a.args) == (True, ["A=1", "B=2"], "c1", ["sh", "-c", "echo --help"])
+    a = parse(["create", "-bundle", "/b", "--no-new-keyring", "c1"])  # Go-style -bundle
+    assert (a.bundle, a.no_new_keyring) == ("/b", True)
+    assert parse(["kill", "c1", "KILL"]).signal == "KILL" and parse(["kill", "c1"]).signal == "SIGTERM"
+    assert parse(["delete", "-f", "c1"]).force and parse(["--version"]).version
+    assert parse(["ps", "-f", "json", "c1", "--", "-ef"]).ps_args == ["--", "-ef"]
+    assert "usage:" in parse(["create", "--help"]).help and parse([]).command is None
 
 
 # ------------------------------------------------------------------ the child's filesystem steps
@@ -980,7 +1011,9 @@ def test_usage_errors(tmp_path: Path) -> None:
     root = tmp_path / "state"
     for args, message in (
         (["state"], "state needs a container id"),
-        (["bogus"], "invalid choice"),
+        (["bogus"], "unknown command 'bogus'"),
+        (["delete", "--frce", "x"], "unknown option '--frce'"),
+        (["create", "--bundle"], "--bundle needs a value"),
         (["--systemd-cgroup", "state", "x"], "--systemd-cgroup is not supported"),
         (["kill", "x", "SIGNOPE"], "unknown signal 'SIGNOPE'"),
         (["kill", "x", "KILL"], "container x does not exist"),

@@ -25,7 +25,6 @@ import errno
 import os
 import posixpath
 import time
-from dataclasses import dataclass, field
 
 from .. import cgroups, devices
 from ..errors import SpecError, StartError
@@ -164,16 +163,18 @@ def writes(res: Resources, version: int) -> list[tuple[str, str, str]]:
     return w
 
 
-@dataclass
 class OciCgroup:
     """The directories of one OCI container's cgroup, and which of them we made."""
 
-    #: the cgroup v2 directory, or None
-    v2: str | None = None
-    #: one directory per v1 hierarchy used
-    v1: list[str] = field(default_factory=list)
-    #: what we made (removed at delete), parents before children
-    made: list[str] = field(default_factory=list)
+    def __init__(
+        self, v2: str | None = None, v1: list[str] | None = None, made: list[str] | None = None
+    ) -> None:
+        #: the cgroup v2 directory, or None
+        self.v2 = v2
+        #: one directory per v1 hierarchy used
+        self.v1 = v1 or []
+        #: what we made (removed at delete), parents before children
+        self.made = made or []
 
     # ---------------------------------------------------------------- records
 

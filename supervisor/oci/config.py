@@ -21,14 +21,13 @@ import json
 import os
 import posixpath
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import capabilities
+from .._named import NamedTuple
 from ..devices import DeviceRule
 from ..errors import SpecError
 from ..spec import UNCONFINED, ContainerSpec
-from ..userns import IdMap
 
 #: the runtime spec version this runtime speaks (the state's ``ociVersion``); configs
 #: of 1.0.0 up to any 1.3.x are read
@@ -162,8 +161,7 @@ _IPC_SYSCTLS = frozenset(
 # ---------------------------------------------------------------- the data
 
 
-@dataclass(frozen=True)
-class Hook:
+class Hook(NamedTuple):
     """One hook: a host program run with the container's state on its stdin."""
 
     path: str
@@ -174,8 +172,7 @@ class Hook:
     timeout: int | None = None
 
 
-@dataclass(frozen=True)
-class Hooks:
+class Hooks(NamedTuple):
     """The hooks of each kind, in order (runtime-spec config.md, "POSIX-platform Hooks")."""
 
     prestart: tuple[Hook, ...] = ()
@@ -191,8 +188,7 @@ class Hooks:
         return bool(self.prestart or self.create_runtime or self.create_container)
 
 
-@dataclass(frozen=True)
-class OciMount:
+class OciMount(NamedTuple):
     """One entry of ``mounts``, as the child makes it.
 
     A bind mount (``bind``/``rbind`` option, or type ``bind``) of ``source`` (a host
@@ -213,8 +209,16 @@ class OciMount:
     recursive_ro: bool = False
 
 
-@dataclass(frozen=True)
-class Device:
+class IdMap(NamedTuple):
+    """One of ``linux.uidMappings``/``gidMappings`` (``userns.IdMap``'s fields, without
+    loading userns for every container)."""
+
+    container_id: int
+    host_id: int
+    size: int
+
+
+class Device(NamedTuple):
     """One entry of ``linux.devices``: a node made in the container's /dev."""
 
     path: str
@@ -228,8 +232,7 @@ class Device:
     gid: int = 0
 
 
-@dataclass(frozen=True)
-class Rlimit:
+class Rlimit(NamedTuple):
     """One of ``process.rlimits``."""
 
     name: str
@@ -238,8 +241,7 @@ class Rlimit:
     hard: int
 
 
-@dataclass(frozen=True)
-class CapabilitySets:
+class CapabilitySets(NamedTuple):
     """``process.capabilities``: five sets of ``CAP_X`` names."""
 
     bounding: frozenset[str] = frozenset()
@@ -249,8 +251,7 @@ class CapabilitySets:
     ambient: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(NamedTuple):
     """``process`` (also what ``exec --process`` reads)."""
 
     args: tuple[str, ...]
@@ -278,8 +279,7 @@ class Process:
         return out
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(NamedTuple):
     """``linux.resources``: None means "leave it as it is"."""
 
     memory_limit: int | None = None
@@ -303,8 +303,7 @@ class Resources:
     unified: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class OciSettings:
+class OciSettings(NamedTuple):
     """What an OCI config says beyond ``ContainerSpec``'s own fields."""
 
     bundle: str
@@ -324,8 +323,8 @@ class OciSettings:
     #: MS_* propagation of the root after pivot_root; 0: private (the default)
     rootfs_propagation: int = 0
     cgroups_path: str | None = None
-    resources: Resources = field(default_factory=Resources)
-    hooks: Hooks = field(default_factory=Hooks)
+    resources: Resources = Resources()
+    hooks: Hooks = Hooks()
     annotations: tuple[tuple[str, str], ...] = ()
     oci_version: str = OCI_VERSION
     #: the hostname to set, also in a UTS namespace joined by path (the spec's

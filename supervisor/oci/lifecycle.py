@@ -34,14 +34,13 @@ import json
 import os
 import select
 import signal
-import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from .. import _linux, capabilities, init, userns, wire
+from .. import _linux, capabilities, init, wire
+from .._named import NamedTuple
 from ..errors import (
     CommandNotExecutableError,
     CommandNotFoundError,
@@ -57,6 +56,10 @@ from . import hooks, records
 from .cgroup import OciCgroup
 from .config import OciSettings, Process
 from .fs import child_ops, wire_ops
+
+TYPE_CHECKING = False  # typing's, without importing it here
+if TYPE_CHECKING:
+    import socket
 
 #: CLONE_NEW* of each namespace, by ContainerSpec's and OCI's names
 NAMESPACE_FLAGS = {
@@ -85,8 +88,10 @@ def _require_root() -> None:
         raise NotPermittedError("mydocker-runc needs root (rootless OCI containers are not supported)")
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def now() -> str:
+    """This instant in RFC 3339 (UTC, microseconds), as runc's state has it."""
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
 
 # ---------------------------------------------------------------- what the child gets
@@ -342,6 +347,8 @@ def _open_namespaces(oci: OciSettings) -> tuple[list[tuple[int, int]], int]:
 
 def _send_console(path: str, master: int) -> None:
     """Hand the pty master to the caller's console socket (SCM_RIGHTS), as runc."""
+    import socket
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         try:
             sock.connect(path)
@@ -353,8 +360,7 @@ def _send_console(path: str, master: int) -> None:
 # ---------------------------------------------------------------- create
 
 
-@dataclass
-class Created:
+class Created(NamedTuple):
     """A container created by this process (the child is ours until we exit)."""
 
     record: records.Record
@@ -466,6 +472,8 @@ def _create(
                 pause = (err_w, hooks_r)
             console = None
             if process.terminal:
+                import socket
+
                 console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 ours.callback(console.close)
                 child_side.callback(theirs.close)
@@ -513,7 +521,11 @@ def _create(
             # placed, mapped, limited, then let go
             cgroup.attach(pid)
             if oci.user_namespace:
-                userns.write_maps(pid, userns.Mapping(oci.uid_mappings, oci.gid_mappings, helpers=False))
+                from .. import userns
+
+                uids = tuple(userns.IdMap(*m) for m in oci.uid_mappings)
+                gids = tuple(userns.IdMap(*m) for m in oci.gid_mappings)
+                userns.write_maps(pid, userns.Mapping(uids, gids, helpers=False))
             _set_limits(pid, process)
             wire.release(sync_w)
             events = _Events(err_r)
@@ -543,7 +555,7 @@ def _create(
                 rootfs=spec.rootfs,
                 pid=pid,
                 start_time=started,
-                created=_now(),
+                created=now(),
                 owner="root",
                 annotations=annotations,
                 cgroup=cgroup.to_json(),
@@ -968,6 +980,8 @@ def exec_process(
             fds.update(errpipe=err_w, sync=sync_r)
             console = None
             if process.terminal:
+                import socket
+
                 console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
                 ours.callback(console.close)
                 child_side.callback(theirs.close)

@@ -27,9 +27,9 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 
 from .._fs import DIR_FLAGS, remove_tree
+from .._named import NamedTuple
 from ..errors import MydockerError, SpecError
 
 #: the default ``--root``
@@ -44,8 +44,7 @@ class NotFoundError(MydockerError):
     """No container of that id under the root."""
 
 
-@dataclass
-class Record:
+class Record(NamedTuple):
     """What the runtime keeps of one container."""
 
     id: str
@@ -57,9 +56,9 @@ class Record:
     #: when it was created, RFC 3339 (UTC)
     created: str
     owner: str = ""
-    annotations: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = {}
     #: ``cgroup.OciCgroup.to_json()``
-    cgroup: dict[str, object] = field(default_factory=dict)
+    cgroup: dict[str, object] = {}
     #: the CLONE_NEW* namespaces an exec joins (the container's own and joined ones)
     join: int = 0
     #: the container has a user namespace of its own
@@ -68,7 +67,7 @@ class Record:
 
     def to_json(self) -> str:
         """The record as ``state.json`` holds it."""
-        return json.dumps({"version": _VERSION, **asdict(self)}, indent=1)
+        return json.dumps({"version": _VERSION, **dict(zip(self._fields, self, strict=True))}, indent=1)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Record:
@@ -167,14 +166,15 @@ def load(root: str, container_id: str) -> Record:
 
 
 def save(root: str, record: Record) -> None:
-    """Write the record whole (temporary file, fsync'd, renamed over the old one)."""
+    """Write the record whole: a temporary file renamed over the old one, so a reader
+    sees one or the other (no fsync: the state is as volatile as the processes it
+    describes, and lives on a tmpfs in /run)."""
     d = container_dir(root, record.id)
     tmp = os.path.join(d, f".{STATE}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         with open(fd, "w", encoding="utf-8", closefd=False) as f:
             f.write(record.to_json())
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, os.path.join(d, STATE))

@@ -18,31 +18,18 @@ exit with the container's status.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-import traceback
-from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from ..errors import MydockerError, SpecError
 from . import records
+from .args import PROG, UsageError, parse
 
 VERSION = "0.1.0"
-PROG = "mydocker-runc"
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (raised, not printed and exited)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
 class Log:
@@ -56,7 +43,9 @@ class Log:
     def _write(self, level: str, msg: str) -> None:
         if not self.path:
             return
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        from .lifecycle import now as _now
+
+        now = _now()
         if self.fmt == "json":
             line = json.dumps({"level": level, "msg": msg, "time": now})
         else:
@@ -83,122 +72,12 @@ class Log:
             self._write("debug", msg)
 
 
-# ---------------------------------------------------------------- the parser
-
-
-def _parser() -> _Parser:
-    p = _Parser(prog=PROG, description="An OCI runtime (runc's command line) on mydocker's engine.")
-    p.add_argument("--root", default=records.DEFAULT_ROOT, help="state directory (default %(default)s)")
-    p.add_argument("--log", default=None, help="log file (errors and warnings; default: none)")
-    p.add_argument("--log-format", default="text", choices=("text", "json"), help="log format")
-    p.add_argument("--debug", action="store_true", help="debug messages (and tracebacks) in the log")
-    p.add_argument("--systemd-cgroup", action="store_true", help="(not supported)")
-    p.add_argument("--rootless", default="auto", help="(only false or auto)")
-    p.add_argument("--criu", default=None, help=argparse.SUPPRESS)
-    p.add_argument("-v", "--version", action="store_true", help="print the version")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    def command(name: str, help: str) -> _Parser:
-        return sub.add_parser(name, help=help, description=help)
-
-    for name, help in (
-        ("create", "create a container (set up, waiting before its program)"),
-        ("run", "create and start a container (and wait for it unless --detach)"),
-    ):
-        c = command(name, help)
-        c.add_argument("-b", "--bundle", default=".", help="the bundle's directory (default: .)")
-        c.add_argument("--pid-file", help="write the container's pid here")
-        c.add_argument("--console-socket", help="unix socket that receives the terminal's master")
-        c.add_argument("--no-pivot", action="store_true", help="(accepted: pivot_root is always used)")
-        c.add_argument(
-            "--no-new-keyring", action="store_true", help="(accepted: a new keyring is always made)"
-        )
-        c.add_argument("--preserve-fds", type=int, default=0, help="(only 0)")
-        if name == "run":
-            c.add_argument("-d", "--detach", action="store_true", help="return once it runs")
-            c.add_argument("--keep", action="store_true", help="do not delete it when it exits")
-        c.add_argument("container_id", metavar="ID", nargs="?", default="")
-    for name, help in (
-        ("start", "start a created container"),
-        ("state", "print a container's state (JSON)"),
-        ("pause", "freeze a container's processes"),
-        ("resume", "thaw a paused container"),
-    ):
-        command(name, help).add_argument("container_id", metavar="ID", nargs="?", default="")
-    c = command("kill", "send a signal to a container (default SIGTERM)")
-    c.add_argument("-a", "--all", action="store_true", help="to every process of the container")
-    c.add_argument("container_id", metavar="ID", nargs="?", default="")
-    c.add_argument("signal", nargs="?", default="SIGTERM")
-    c = command("delete", "delete a container")
-    c.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
-    c.add_argument("container_id", metavar="ID", nargs="?", default="")
-    c = command("exec", "run a process in a running container")
-    c.add_argument("-p", "--process", help="the process (JSON, as the config's process)")
-    c.add_argument("-d", "--detach", action="store_true", help="return once it runs")
-    c.add_argument("--pid-file", help="write its pid here")
-    c.add_argument("--console-socket", help="unix socket that receives the terminal's master")
-    c.add_argument("-t", "--tty", action="store_true", help="a terminal")
-    c.add_argument("--cwd", help="working directory")
-    c.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE")
-    c.add_argument("-u", "--user", help="UID[:GID]")
-    c.add_argument("--additional-gids", "-g", action="append", default=[], help="a supplementary gid")
-    c.add_argument("-c", "--cap", action="append", default=[], help="add a capability")
-    c.add_argument("--no-new-privs", action="store_true", help="set no_new_privs")
-    c.add_argument("--preserve-fds", type=int, default=0, help="(only 0)")
-    c.add_argument("container_id", metavar="ID", nargs="?", default="")
-    c.add_argument("args", nargs=argparse.REMAINDER)
-    c = command("list", "list containers")
-    c.add_argument("-f", "--format", default="table", choices=("table", "json"))
-    c.add_argument("-q", "--quiet", action="store_true", help="ids only")
-    c = command("ps", "list a container's processes")
-    c.add_argument("-f", "--format", default="table", choices=("table", "json"))
-    c.add_argument("container_id", metavar="ID", nargs="?", default="")
-    c.add_argument("ps_args", nargs=argparse.REMAINDER)
-    c = command("update", "change a container's resources")
-    c.add_argument("-r", "--resources", help="a linux.resources JSON file ('-': stdin)")
-    for flag in (
-        "memory",
-        "memory-reservation",
-        "memory-swap",
-        "cpu-shares",
-        "cpu-period",
-        "cpu-quota",
-        "cpuset-cpus",
-        "cpuset-mems",
-        "pids-limit",
-    ):
-        c.add_argument(f"--{flag}")
-    c.add_argument("container_id", metavar="ID", nargs="?", default="")
-    c = command("events", "a container's resource usage (JSON)")
-    c.add_argument("--stats", action="store_true", help="once, then exit")
-    c.add_argument("--interval", default="5s", help="between two reports (default 5s)")
-    c.add_argument("container_id", metavar="ID", nargs="?", default="")
-    command("features", "what this runtime supports (JSON)")
-    c = command("spec", "write a default config.json")
-    c.add_argument("-b", "--bundle", default=".", help="where (default: .)")
-    c.add_argument("--rootless", dest="spec_rootless", action="store_true", help="(not supported)")
-    return p
-
-
-def _long_options(argv: list[str]) -> list[str]:
-    """runc (Go's flag package) takes ``-bundle`` for ``--bundle``: make it so."""
-    out = []
-    for i, arg in enumerate(argv):
-        if arg == "--" or (i and argv[i - 1] in ("exec",) and not arg.startswith("-")):
-            out += argv[i:]
-            break
-        if arg.startswith("-") and not arg.startswith("--") and len(arg.split("=", 1)[0]) > 2:
-            arg = "-" + arg
-        out.append(arg)
-    return out
-
-
 # ---------------------------------------------------------------- commands
 
 
-def _need_id(args: argparse.Namespace) -> str:
+def _need_id(args: SimpleNamespace) -> str:
     if not args.container_id:
-        raise _UsageError(f"{args.command} needs a container id (see '{PROG} {args.command} --help')")
+        raise UsageError(f"{args.command} needs a container id (see '{PROG} {args.command} --help')")
     return str(args.container_id)
 
 
@@ -207,7 +86,7 @@ def _print_json(value: object) -> None:
     sys.stdout.flush()
 
 
-def _run(args: argparse.Namespace, log: Log) -> int:
+def _run(args: SimpleNamespace, log: Log) -> int:
     from . import lifecycle
 
     cmd = args.command
@@ -261,9 +140,7 @@ def _run(args: argparse.Namespace, log: Log) -> int:
     return 0
 
 
-def _exec(args: argparse.Namespace, log: Log) -> int:
-    from dataclasses import replace
-
+def _exec(args: SimpleNamespace, log: Log) -> int:
     from . import config as oci_config
     from . import lifecycle
 
@@ -283,7 +160,7 @@ def _exec(args: argparse.Namespace, log: Log) -> int:
         if command and command[0] == "--":
             command = command[1:]
         if not command:
-            raise _UsageError(f"exec needs --process or a command (see '{PROG} exec --help')")
+            raise UsageError(f"exec needs --process or a command (see '{PROG} exec --help')")
         base = lifecycle.exec_defaults(root, cid)
         env = dict(base.env_dict())
         for item in args.env:
@@ -304,14 +181,12 @@ def _exec(args: argparse.Namespace, log: Log) -> int:
             added = frozenset(
                 c.upper() if c.upper().startswith("CAP_") else "CAP_" + c.upper() for c in args.cap
             )
-            caps = replace(
-                caps,
+            caps = caps._replace(
                 bounding=caps.bounding | added,
                 effective=caps.effective | added,
                 permitted=caps.permitted | added,
             )
-        process = replace(
-            base,
+        process = base._replace(
             args=tuple(command),
             env=tuple(f"{k}={v}" for k, v in env.items()),
             cwd=args.cwd or base.cwd,
@@ -329,7 +204,7 @@ def _exec(args: argparse.Namespace, log: Log) -> int:
     )
 
 
-def _list(root: str, args: argparse.Namespace) -> None:
+def _list(root: str, args: SimpleNamespace) -> None:
     from . import lifecycle
 
     states = []
@@ -367,7 +242,7 @@ def _cgroup_of(root: str, cid: str) -> Any:
     return OciCgroup.from_json(records.load(root, cid).cgroup)
 
 
-def _ps(root: str, args: argparse.Namespace) -> int:
+def _ps(root: str, args: SimpleNamespace) -> int:
     pids = _cgroup_of(root, _need_id(args)).pids()
     if args.format == "json":
         _print_json(pids)
@@ -406,7 +281,7 @@ def _pause(root: str, cid: str, frozen: bool) -> None:
         _cgroup_of(root, cid).freeze(frozen)
 
 
-def _update(root: str, args: argparse.Namespace) -> None:
+def _update(root: str, args: SimpleNamespace) -> None:
     from . import config as oci_config
 
     cid = _need_id(args)
@@ -431,7 +306,7 @@ def _update(root: str, args: argparse.Namespace) -> None:
         "cpuset_mems": ("cpu", "mems"),
         "pids_limit": ("pids", "limit"),
     }
-    for attr, (section, key) in flags.items():
+    for attr, (section, key) in flags.items():  # the names of _UPDATE_FLAGS
         value = getattr(args, attr)
         if value is None:
             continue
@@ -446,7 +321,7 @@ def _update(root: str, args: argparse.Namespace) -> None:
         _cgroup_of(root, cid).update(res)
 
 
-def _events(root: str, args: argparse.Namespace) -> int:
+def _events(root: str, args: SimpleNamespace) -> int:
     cid = _need_id(args)
     text = args.interval.strip()
     try:
@@ -581,7 +456,7 @@ def default_spec() -> dict[str, object]:
     }
 
 
-def _spec(args: argparse.Namespace) -> None:
+def _spec(args: SimpleNamespace) -> None:
     if args.spec_rootless:
         raise SpecError("--rootless is not supported (mydocker-runc needs root)")
     path = os.path.join(args.bundle, "config.json")
@@ -617,13 +492,18 @@ def main(argv: list[str] | None = None) -> NoReturn:
     argv = sys.argv[1:] if argv is None else argv
     log = Log(None, "text", False)
     try:
-        args = _parser().parse_args(_long_options(argv))
+        args = parse(argv)
         log = Log(args.log, args.log_format, args.debug)
+        if args.help is not None:
+            print(args.help)
+            sys.exit(0)
         if args.version:
             print(f"{PROG} version {VERSION}\nspec: {_spec_version()}")
             sys.exit(0)
         if args.command is None:
-            raise _UsageError(f"a command is needed (see '{PROG} --help')")
+            raise UsageError(f"a command is needed (see '{PROG} --help')")
+        if args.log_format not in ("text", "json"):
+            raise UsageError(f"--log-format {args.log_format!r}: text or json")
         if args.systemd_cgroup:
             raise SpecError("--systemd-cgroup is not supported: mydocker-runc manages cgroupfs paths only")
         if args.rootless not in ("auto", "false"):
@@ -631,7 +511,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = _run(args, log)
     except SystemExit:
         raise
-    except _UsageError as e:
+    except UsageError as e:
         _fail(log, str(e))
     except KeyboardInterrupt:
         sys.exit(130)
@@ -639,12 +519,18 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _fail(log, str(e))
     except OSError as e:
         if log.debug_on:
-            log.debug(traceback.format_exc())
+            log.debug(_traceback())
         _fail(log, str(e))
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
-        log.debug(traceback.format_exc())
+        log.debug(_traceback())
         _fail(log, f"internal error: {type(e).__name__}: {e} (--debug --log FILE keeps the traceback)")
     sys.exit(code)
+
+
+def _traceback() -> str:
+    import traceback  # only for --debug's log: not on every call's start
+
+    return traceback.format_exc()
 
 
 def _spec_version() -> str:
