@@ -57,6 +57,7 @@ AT_FDCWD = -100
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_DUMPABLE = 4
 
 # <linux/seccomp.h>
 SECCOMP_SET_MODE_FILTER = 1

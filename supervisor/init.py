@@ -350,6 +350,12 @@ _PDEATHSIG: Step = (
     f"prctl({_linux.PR_SET_PDEATHSIG}, {_signal.SIGKILL})",
 )
 _CLOSE_RANGE: Step = ("close_range", *_linux.close_range_cloexec_call(3))
+_UNDUMPABLE: Step = (
+    "prctl(PR_SET_DUMPABLE)",
+    _linux.raw_prctl,
+    (_linux.PR_SET_DUMPABLE, 0, 0, 0, 0),
+    f"prctl({_linux.PR_SET_DUMPABLE}, 0)",
+)
 _BRING_UP_LO: Step = ("bring up lo", _linux.raw_loopback_up, (), "socket(AF_INET), ioctl(SIOCSIFFLAGS, 'lo')")
 _SETSID: Step = ("setsid", _linux.raw_setsid, (), "setsid()")
 _STDIO_NAMES = ("dup2 stdio 0", "dup2 stdio 1", "dup2 stdio 2")
@@ -558,6 +564,15 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         steps += [("become root in the user namespace", *_linux.setresuid_call(0))]
         if not plan.detached:
             steps.append(_PDEATHSIG)  # an id change clears it
+    if plan.detached or child.join:
+        # Until its exec the child is a copy of our interpreter: a process of the
+        # container (an OCI container waits "created" for as long as its caller
+        # likes; an exec joins a running one) must not reach it through
+        # /proc/PID/exe or /proc/PID/mem (runc CVE-2019-5736). Not dumpable, only
+        # CAP_SYS_PTRACE of the host's user namespace opens those; the exec of the
+        # command makes it dumpable again. After the maps: a rootless supervisor
+        # writes them through /proc/PID.
+        steps.append(_UNDUMPABLE)
     if child.join:
         # An exec: into the container's namespaces (setns through a pidfd joins them
         # all at once, the user namespace first); the PID one the cloner joined.

@@ -722,6 +722,10 @@ def test_create_start_state_kill_delete(root: Path, busybox: Path, tmp_path: Pat
         assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
         assert b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes()  # waiting before its program
         assert json.loads(runc(root, "list", "--format", "json").stdout)[0]["status"] == "created"
+        # what waits there is the runtime's interpreter: nothing in the container may
+        # reach it (runc CVE-2019-5736)
+        res = runc(root, "exec", cid, "sh", "-c", "readlink /proc/1/exe || echo refused", check=False)
+        assert res.stdout.strip() == "refused", res
         runc(root, "start", cid)
         s = wait_status(root, cid, "running")
         assert s["status"] == "running" and s["pid"] == pid
@@ -970,6 +974,10 @@ def test_joined_namespace_user_namespace_and_limits(
         assert out.read_text().split() == ["0", "100000", "65536"]
         assert Path(f"/proc/{pid2}/oom_score_adj").read_text().strip() == "123"
         assert "Max open files            99                   99" in Path(f"/proc/{pid2}/limits").read_text()
+        # a process exec'd into the created container cannot reach the runtime's
+        # interpreter that waits there as its PID 1 (runc CVE-2019-5736)
+        res = runc(root, "exec", second, "sh", "-c", "readlink /proc/1/exe || echo refused", check=False)
+        assert res.stdout.strip() == "refused", res
         runc(root, "delete", second)  # created, not started: deleted as runc deletes it
         reap(pid2)
         runc(root, "delete", "--force", first)
