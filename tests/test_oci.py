@@ -640,13 +640,17 @@ def runc(
 ) -> subprocess.CompletedProcess[str]:
     """``mydocker-runc --root ROOT ARGS``. Its output goes to files, not pipes: a
     container inherits create's stdio (as runc's do), and would hold a pipe open."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    text = kw.pop("input_text", None)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as inp:
+        if text is not None:
+            inp.write(text.encode())
+            inp.seek(0)
         res = subprocess.run(
             [RUNC, "--root", str(root), *args],
             stdout=out,
             stderr=err,
             timeout=timeout,
-            stdin=kw.pop("stdin", subprocess.DEVNULL),
+            stdin=inp if text is not None else subprocess.DEVNULL,
             **kw,
         )
         out.seek(0)
@@ -1078,3 +1082,57 @@ def _demo_cgroups() -> set[str]:
         for p in cgroups.parents_of(cgroups.current_layout())
         if os.path.exists(os.path.join(p, "mydocker-demo"))
     }
+
+
+@pytest.mark.root
+def test_update_list_ps_and_events(root: Path, busybox: Path, tmp_path: Path, subreaper: None) -> None:
+    cid = new_id()
+    linux = {"resources": {"devices": [{"allow": False, "access": "rwm"}], "pids": {"limit": 50}}}
+    bundle = make_bundle(tmp_path / "b", busybox, ["sleep", "100"], linux=linux)
+    runc(root, "run", "--detach", "--bundle", str(bundle), cid)
+    pid = state(root, cid)["pid"]
+    try:
+        from supervisor.oci.cgroup import OciCgroup
+
+        cg = OciCgroup.from_json(records.load(str(root), cid).cgroup)
+        pids_dir = next(d for d in cg.dirs if d.startswith("/sys/fs/cgroup/pids/")) if cg.v1 else cg.v2
+        assert pids_dir is not None and Path(pids_dir, "pids.max").read_text().strip() == "50"
+        runc(root, "update", "--pids-limit", "70", cid)
+        assert Path(pids_dir, "pids.max").read_text().strip() == "70"
+        runc(root, "update", "--resources", "-", cid, input_text='{"pids": {"limit": 80}}')
+        assert Path(pids_dir, "pids.max").read_text().strip() == "80"
+        res = runc(
+            root, "update", "--resources", "-", cid, input_text='{"blockIO": {"weight": 10}}', check=False
+        )
+        assert res.returncode == 1 and "block I/O" in res.stderr
+        table = runc(root, "list").stdout.splitlines()
+        assert table[0].split() == ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+        assert table[1].split()[:3] == [cid, str(pid), "running"]
+        assert runc(root, "list", "-q").stdout.split() == [cid]
+        ps = runc(root, "ps", cid).stdout.splitlines()
+        assert "PID" in ps[0].split() and len(ps) == 2 and str(pid) in ps[1].split()
+        data = json.loads(runc(root, "events", "--stats", cid).stdout)["data"]
+        assert data["pids"] == {"current": 1, "limit": 80} and data["cpu"]["usage"]["total"] >= 0
+        runc(root, "delete", "--force", cid)
+        reap(pid)
+    finally:
+        cleanup(root, cid, [pid])
+
+
+@pytest.mark.root
+def test_run_in_the_foreground_with_a_terminal(root: Path, busybox: Path, tmp_path: Path) -> None:
+    import pexpect
+
+    cid = new_id()
+    bundle = make_bundle(tmp_path / "b", busybox, ["sh"], process={"terminal": True})
+    child = pexpect.spawn(RUNC, ["--root", str(root), "run", "--bundle", str(bundle), cid], timeout=30)
+    try:
+        child.setwinsize(33, 91)
+        child.expect("# ")
+        child.sendline("tty; stty size; exit 4")
+        child.expect("/dev/pts/0")
+        child.expect("33 91")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 4
