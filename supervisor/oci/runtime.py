@@ -25,11 +25,12 @@ import time
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
+from .. import __version__
 from ..errors import MydockerError, SpecError
 from . import records
 from .args import PROG, UsageError, parse
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 class Log:
