@@ -16,7 +16,10 @@ Four conversations, all over fds that live only as long as one container's start
   text (utf-8) + the pidfd by SCM_RIGHTS when pid > 0. Replies come strictly in the
   order of the requests.
 - **error pipe** (child -> supervisor, close-on-exec): ``step NUL errno NUL detail``
-  when a step before exec failed; EOF with no data means the exec succeeded.
+  when a step before exec failed; EOF with no data means the exec succeeded. An
+  OCI container's child also writes ``ASK_FOR_HOOKS`` (and waits on its hooks
+  pipe) and ``CREATED`` (then waits on its exec fifo): markers start with NUL,
+  which no failure report does.
 - **console handshake** (child -> supervisor, a socketpair): with ``-t`` and a root
   filesystem the child sends the pty master it opened in its own devpts; the
   supervisor sizes the pty and answers one byte, and only then does the child go on.
