@@ -363,6 +363,13 @@ def test_refused_in_one_line_naming_the_field(field: str, value: object, message
     assert "\n" not in str(e.value)
 
 
+def test_start_container_refuses_an_oci_spec() -> None:
+    from supervisor import rootfs
+
+    with pytest.raises(SpecError, match="run it with mydocker-runc"):
+        rootfs.resolve(parse(base_config()))
+
+
 def test_missing_process_and_unknown_keys() -> None:
     data = base_config()
     del data["process"]
