@@ -59,12 +59,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
 EOF
 containerd --config "$WORK/config.toml" > "$WORK/containerd.log" 2>&1 &
 daemon=$!
+ctr() { command ctr --address "$WORK/containerd.sock" --namespace mydocker-demo "$@"; }
 stop() {
+    # whatever a failed run left: its tasks (and their shims) go before containerd
+    for task in $(ctr task ls -q 2>/dev/null); do
+        ctr task kill -s KILL "$task" >/dev/null 2>&1
+        ctr task rm -f "$task" >/dev/null 2>&1
+    done
+    for c in $(ctr container ls -q 2>/dev/null); do ctr container rm "$c" >/dev/null 2>&1; done
     kill "$daemon" 2>/dev/null || true
     wait "$daemon" 2>/dev/null || true
 }
 trap stop EXIT INT TERM
-ctr() { command ctr --address "$WORK/containerd.sock" --namespace mydocker-demo "$@"; }
 i=0
 until ctr version >/dev/null 2>&1; do
     i=$((i + 1))

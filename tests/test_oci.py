@@ -1143,3 +1143,27 @@ def test_run_in_the_foreground_with_a_terminal(root: Path, busybox: Path, tmp_pa
     finally:
         child.close()
     assert child.exitstatus == 4
+
+
+@pytest.mark.root
+def test_the_default_cgroup_parent_goes_with_the_last_container(
+    root: Path, busybox: Path, tmp_path: Path, subreaper: None
+) -> None:
+    from supervisor import cgroups
+
+    parents = [os.path.join(p, "mydocker-runc") for p in cgroups.parents_of(cgroups.current_layout())]
+    before = {p for p in parents if os.path.exists(p)}
+    first, second = new_id(), new_id()
+    bundle = make_bundle(tmp_path / "b", busybox, ["sleep", "100"])
+    pids = []
+    try:
+        for cid in (first, second):
+            runc(root, "run", "-d", "--bundle", str(bundle), cid)
+            pids.append(state(root, cid)["pid"])
+        for cid, pid in zip((first, second), pids, strict=True):
+            runc(root, "delete", "--force", cid)
+            reap(pid)
+    finally:
+        cleanup(root, first, [])
+        cleanup(root, second, [])
+    assert {p for p in parents if os.path.exists(p)} == before

@@ -466,20 +466,32 @@ class OciCgroup:
 
     def remove(self, timeout: float = 10.0) -> list[str]:
         """Kill what is left and remove the directories we made, children first;
-        returns those still there (busy after ``timeout``)."""
+        returns those still there (busy after ``timeout``).
+
+        The container's own directories go with whatever cgroups its processes made
+        below them; a parent we made goes only when empty (another container may
+        have come below it meanwhile: then whoever is last removes it, and the
+        default ``mydocker-runc`` parent is always tried)."""
         fs = cgroups.current_layout().fs
         deadline = time.monotonic() + timeout
         left = []
+        leaves = set(self.dirs)
         for d in reversed(self.made):
+            if d not in leaves:
+                with contextlib.suppress(OSError):
+                    fs.rmdir(d)
+                continue
             while not cgroups.remove_tree(fs, d):
-                if not _populated(d):
-                    # not empty of cgroups: another container's below a parent we made
-                    break
                 if time.monotonic() > deadline:
                     left.append(d)
                     break
                 cgroups.kill_all(fs, d)
                 time.sleep(0.005)
+        for d in leaves:
+            parent = posixpath.dirname(d)
+            if posixpath.basename(parent) == DEFAULT_PARENT and parent not in self.made:
+                with contextlib.suppress(OSError):
+                    fs.rmdir(parent)
         return left
 
 
@@ -496,20 +508,6 @@ def _target(h: cgroups.Hierarchy, rel: str) -> str | None:
     if target != own and not target.startswith(own.rstrip("/") + "/"):
         return None
     return target
-
-
-def _populated(d: str) -> bool:
-    try:
-        with open(posixpath.join(d, "cgroup.procs")) as f:
-            if f.read().strip():
-                return True
-    except OSError:
-        return False
-    try:
-        with open(posixpath.join(d, "cgroup.events")) as f:
-            return any(line.strip() == "populated 1" for line in f)
-    except OSError:
-        return False
 
 
 def _write(fs: cgroups.CgroupFS, d: str, name: str, value: str, why: str) -> None:
