@@ -11,13 +11,15 @@
 #                                 setpriv), vim-tiny (a full-screen program for the
 #                                 pty tests), nftables (nft, to look at the tables)
 #                                 and iproute2 (ip: the network tests' outside host
-#                                 and bench/network.py's baseline)
+#                                 and bench/network.py's baseline), containerd
+#                                 (ctr and its runc shim drive mydocker-runc in
+#                                 tests/test_oci.py and scripts/containerd-demo.sh)
 #
 # Without root or apt-get it only says what is missing (mydocker itself then says
 # what it cannot do, in one line, when it is asked to).
 set -eu
 packages="libseccomp2 tini uidmap libnftables1"
-[ "${1:-run}" = test ] && packages="$packages busybox-static procps util-linux vim-tiny nftables iproute2"
+[ "${1:-run}" = test ] && packages="$packages busybox-static procps util-linux vim-tiny nftables iproute2 containerd"
 need=""
 for pkg in $packages; do
     dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"

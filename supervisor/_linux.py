@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 CLONE_PIDFD = 0x00001000
 CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
+CLONE_NEWTIME = 0x00000080
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -56,8 +57,8 @@ AT_FDCWD = -100
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
-PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_DUMPABLE = 4
 
 # <linux/seccomp.h>
 SECCOMP_SET_MODE_FILTER = 1
@@ -276,6 +277,8 @@ _errno_location.restype = ctypes.c_void_p
 
 # <linux/keyctl.h>
 KEYCTL_JOIN_SESSION_KEYRING = 1
+# <linux/nsfs.h>: _IO(0xb7, 0x3), the CLONE_NEW* type of a namespace file
+NS_GET_NSTYPE = 0xB703
 # <poll.h>
 POLLIN = 1
 
@@ -483,6 +486,16 @@ def keepcaps_call(keep: bool) -> RawCall:
     return raw_prctl, (PR_SET_KEEPCAPS, int(keep), 0, 0, 0), f"prctl(PR_SET_KEEPCAPS, {int(keep)})"
 
 
+def ambient_raise_call(cap: int) -> RawCall:
+    """prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap) as a raw call (the capability
+    must be permitted and inheritable)."""
+    return (
+        raw_prctl,
+        (PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0),
+        f"prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, {cap})",
+    )
+
+
 def ambient_clear_call() -> RawCall:
     """prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL) as a raw call."""
     return (
@@ -560,6 +573,8 @@ def identity_calls_after_seccomp(
     gid: int,
     groups: tuple[int, ...] | None,
     pdeathsig: int = 0,
+    inheritable: int = 0,
+    ambient: int = 0,
 ) -> list[RawCall]:
     """The child's identity and capability calls after the seccomp filter, in order
     (``groups`` None: no setgroups, which a user namespace with one mapped id refuses).
@@ -582,7 +597,8 @@ def identity_calls_after_seccomp(
          the effective set here; KEEPCAPS kept the permitted one).
       6. PR_SET_KEEPCAPS 0: nothing later should keep capabilities over a uid
          change (execve clears the flag too; runc clears it explicitly).
-      7. capset: effective, permitted, and an empty inheritable set. Last, because
+      7. capset: effective, permitted, and the inheritable set (empty but for an
+         OCI config that asks for one). Last, because
          it removes CAP_SETUID, CAP_SETGID and CAP_SETPCAP that 1 to 5 need. For
          root, execve then makes the permitted and effective sets the bounding set
          (root's programs count as having every file capability); for another uid
@@ -590,6 +606,8 @@ def identity_calls_after_seccomp(
       8. PR_CAP_AMBIENT_CLEAR_ALL: ambient capabilities would survive the execve
          even into a non-root, non-setuid program. Step 7 already empties them (an
          ambient capability must be permitted and inheritable); this says it.
+         Then each capability of ``ambient`` is raised (an OCI config's ambient set,
+         which execve keeps for a program without file capabilities).
       9. PR_SET_PDEATHSIG again (if ``pdeathsig``): the kernel forgets the parent
          death signal when the effective uid or gid changes (steps 4 and 5).
 
@@ -601,9 +619,10 @@ def identity_calls_after_seccomp(
         setresgid_call(gid),
         setresuid_call(uid),
         keepcaps_call(False),
-        capset_call(effective, permitted, 0),
+        capset_call(effective, permitted, inheritable),
         ambient_clear_call(),
     ]
+    calls += [ambient_raise_call(cap) for cap in range(64) if ambient >> cap & 1]
     if pdeathsig:
         rearm = (PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0)
         calls.append((raw_prctl, rearm, f"prctl(PR_SET_PDEATHSIG, {pdeathsig})"))

@@ -81,6 +81,10 @@ class Confinement(NamedTuple):
     split: tuple[bytes, bytes] | None = None
     #: rlimits to set, ``(docker's name, resource, soft, hard)`` (``ulimits.child_rlimits``)
     rlimits: tuple[tuple[str, int, int, int], ...] = ()
+    #: the inheritable and ambient capability masks (an OCI config may ask for them;
+    #: mydocker's own containers have none)
+    inheritable: int = 0
+    ambient: int = 0
 
 
 class ChildSpec(NamedTuple):
@@ -251,6 +255,9 @@ class ChildPlan(NamedTuple):
     errpipe: int
     #: a user namespace: the child blocks reading this until the supervisor mapped it
     sync: int = -1
+    #: wait on ``sync`` before the first step whatever else (an OCI container: its
+    #: runtime places it in its v1 cgroups and sets its limits meanwhile)
+    hold: bool = False
     #: signals to reset to SIG_DFL (``signals_to_reset()`` taken before the clone);
     #: None: work it out in the child (slower: ~0.3 ms of copy-on-write faults)
     reset_signals: tuple[int, ...] | None = None
@@ -265,6 +272,19 @@ class ChildPlan(NamedTuple):
     supervisor: int = -1
     #: an exec: the pidfd of the container's PID 1, whose namespaces it joins
     target: int = -1
+    #: an OCI container (``oci/``): no parent death signal, since its creator exits
+    #: and leaves it to the caller's subreaper until ``delete``
+    detached: bool = False
+    #: an OCI container's exec fifo (an O_PATH fd): once set up, the child says so on
+    #: its error pipe (``wire.report_created``) and blocks opening the fifo for
+    #: writing until ``start`` opens it for reading; only then does it exec
+    start_fifo: int = -1
+    #: the host's /proc (O_PATH) through which the fifo is reopened: the container
+    #: may have no /proc of its own (an OCI container without a mount namespace is
+    #: only chrooted); closed before the exec, as every fd (close-on-exec)
+    start_proc: int = -1
+    #: namespaces to join first, as (fd, CLONE_NEW* type): an OCI config's paths
+    join_fds: tuple[tuple[int, int], ...] = ()
 
 
 def child_plan(child: ChildSpec, fds: dict[str, int], reset: tuple[int, ...] | None) -> ChildPlan:
@@ -335,17 +355,13 @@ _PDEATHSIG: Step = (
     (_linux.PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0),
     f"prctl({_linux.PR_SET_PDEATHSIG}, {_signal.SIGKILL})",
 )
-#: an exec's child, from its clone into the container's PID namespace to its execve:
-#: not ptrace-able, its /proc files not openable, by the container's processes (it
-#: holds the host's privileges until it drops them; execve makes the command dumpable
-#: again); runc's rule after CVE-2019-5736
-_NOT_DUMPABLE: Step = (
-    "prctl(PR_SET_DUMPABLE, 0)",
+_CLOSE_RANGE: Step = ("close_range", *_linux.close_range_cloexec_call(3))
+_UNDUMPABLE: Step = (
+    "prctl(PR_SET_DUMPABLE)",
     _linux.raw_prctl,
     (_linux.PR_SET_DUMPABLE, 0, 0, 0, 0),
     f"prctl({_linux.PR_SET_DUMPABLE}, 0)",
 )
-_CLOSE_RANGE: Step = ("close_range", *_linux.close_range_cloexec_call(3))
 _BRING_UP_LO: Step = ("bring up lo", _linux.raw_loopback_up, (), "socket(AF_INET), ioctl(SIOCSIFFLAGS, 'lo')")
 _SETSID: Step = ("setsid", _linux.raw_setsid, (), "setsid()")
 _STDIO_NAMES = ("dup2 stdio 0", "dup2 stdio 1", "dup2 stdio 2")
@@ -358,12 +374,12 @@ def _namespace_steps(child: ChildSpec, net_ready: bool) -> list[Step]:
     if child.mount:
         # First of all: nothing we mount may propagate back to the host.
         steps.append(_MAKE_ROOT_PRIVATE)
-        if child.fs_ops:
-            from .mounts import CHILD_FUNCTIONS  # loaded in the parent, before the clone
+    if child.fs_ops:  # without a mount namespace: only an OCI container's chroot
+        from .mounts import CHILD_FUNCTIONS  # loaded in the parent, before the clone
 
-            steps += [(name, CHILD_FUNCTIONS[fn], args, None) for name, fn, args in child.fs_ops]
-        if child.mount_proc:
-            steps.append(_MOUNT_PROC)
+        steps += [(name, CHILD_FUNCTIONS[fn], args, None) for name, fn, args in child.fs_ops]
+    if child.mount and child.mount_proc:
+        steps.append(_MOUNT_PROC)
     if child.hostname is not None:
         name = child.hostname.encode()
         text = f"sethostname({child.hostname!r})"
@@ -433,6 +449,17 @@ def _exec_init(how: ExecCall, init: tuple[bytes, object, object]) -> None:
     returns."""
     candidates, _argv, _envp, prog = how
     path, init_argv, envp = init
+    _check_command(candidates, prog)
+    _linux.raw_execve(path, init_argv, envp)
+    raise _StepFailed("exec", _linux.errno_now(), f"{path.decode(errors='replace')} (--init)")
+
+
+_X_OK = 1  # <unistd.h>
+
+
+def _check_command(candidates: tuple[bytes, ...], prog: str) -> None:
+    """The PATH search of ``_exec`` with access(2): raise the error the exec would
+    meet (a command not found or not executable) without exec'ing."""
     found = errno.ENOENT
     for cand in candidates:
         if _linux.raw_access(cand, _X_OK) == 0:
@@ -445,11 +472,6 @@ def _exec_init(how: ExecCall, init: tuple[bytes, object, object]) -> None:
             found = err
     if found:
         raise _StepFailed("exec", found, prog)
-    _linux.raw_execve(path, init_argv, envp)
-    raise _StepFailed("exec", _linux.errno_now(), f"{path.decode(errors='replace')} (--init)")
-
-
-_X_OK = 1  # <unistd.h>
 
 
 def _supervisor_gone(pollfd: object) -> None:
@@ -482,6 +504,24 @@ def _enter_userns(errpipe: int, sync: int) -> None:
         raise OSError(err, f"unshare(CLONE_NEWUSER) failed: {os.strerror(err)}")
     wire.ask_for_maps(errpipe)
     _wait_until_placed(sync)
+
+
+def _wait_for_start(
+    errpipe: int, fifo: int, proc: int, path: bytes, candidates: tuple[bytes, ...], prog: str
+) -> None:
+    """An OCI container, set up and confined: check that its command can be exec'd
+    (an error of create, as runc makes it), tell the creator (who then exits), and
+    block until ``start`` opens the exec fifo (runc's exec.fifo, reopened through
+    /proc/self/fd as runc does: the fd is O_PATH, its path outside our root)."""
+    _check_command(candidates, prog)
+    wire.report_created(errpipe)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+        os.close(fifo)
+        os.close(proc)
 
 
 class Prepared(NamedTuple):
@@ -518,20 +558,37 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     # parent is single-threaded, so its mask now is the child's at the clone.
     masked = bool(_signal.pthread_sigmask(_signal.SIG_BLOCK, ()))
     # If the supervisor dies, so do we (the parent is the supervisor, thanks to
-    # CLONE_PARENT); cgroups clean up whatever escapes.
-    steps: list[Step] = [_PDEATHSIG]
-    if child.join:
-        steps.append(_NOT_DUMPABLE)
+    # CLONE_PARENT); cgroups clean up whatever escapes. Not an OCI container: its
+    # creator exits by design.
+    steps: list[Step] = [] if plan.detached else [_PDEATHSIG]
     if plan.supervisor >= 0:
         pollfd = _linux.pollfd_in(plan.supervisor)
         steps.append(("check the supervisor", _supervisor_gone, (pollfd,), None))
     late = child.userns == 2
     # Before anything else: into its cgroups (it must not run outside its limits)...
     steps += [("enter its cgroups", _join_cgroup, (procs,), None) for procs in child.placement]
-    if plan.sync >= 0 and (child.userns == 1 or child.net == NET_PLUGGED):
+    if plan.sync >= 0 and (child.userns == 1 or child.net == NET_PLUGGED or plan.hold):
         # ... with a user namespace of its own, its uid and gid maps written, and on
         # a network, its eth0 configured (nothing runs before it is there).
         steps.append(("wait for the supervisor", _wait_until_placed, (plan.sync, not late), None))
+    if child.userns == 1:
+        # Root of the new user namespace, now that its maps are written: the ids we
+        # were cloned with are the parent's, which the maps of an OCI config need not
+        # map (then nothing we create could be owned). A rootless parent mapped its
+        # own ids to 0: no change, and no parent death signal lost.
+        steps += [("become root in the user namespace", *_linux.setresgid_call(0))]
+        steps += [("become root in the user namespace", *_linux.setresuid_call(0))]
+        if not plan.detached:
+            steps.append(_PDEATHSIG)  # an id change clears it
+    if plan.detached or child.join:
+        # Until its exec the child is a copy of our interpreter: a process of the
+        # container (an OCI container waits "created" for as long as its caller
+        # likes; an exec joins a running one) must not reach it through
+        # /proc/PID/exe or /proc/PID/mem (runc CVE-2019-5736). Not dumpable, only
+        # CAP_SYS_PTRACE of the host's user namespace opens those; the exec of the
+        # command makes it dumpable again. After the maps: a rootless supervisor
+        # writes them through /proc/PID.
+        steps.append(_UNDUMPABLE)
     if child.join:
         # An exec: into the container's namespaces (setns through a pidfd joins them
         # all at once, the user namespace first); the PID one the cloner joined.
@@ -541,6 +598,8 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
             # enter the PID one (helper._clone_through_userns); a second join is EINVAL
             join &= ~_linux.CLONE_NEWUSER
         steps.append(("join the container", *_linux.setns_call(plan.target, join)))
+    for fd, nstype in sorted(plan.join_fds, key=lambda j: j[1] != _linux.CLONE_NEWUSER):
+        steps.append(("join the namespace", *_linux.setns_call(fd, nstype)))
     if plan.netns >= 0:
         # Before anything that looks at the network namespace (a sysfs mount of a
         # root filesystem shows the mounter's): made ready by the helper while idle,
@@ -560,12 +619,16 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     if late:
         steps.append(("enter a user namespace", _enter_userns, (plan.errpipe, plan.sync), None))
     if child.confine is not None:
-        steps += confine_steps(child.confine)
+        steps += confine_steps(child.confine, rearm=not plan.detached)
     if child.cwd:
         # after the uid change: the directory is entered as the container's user
         cwd = os.fsencode(child.cwd)
         steps.append((f"chdir {child.cwd}", _linux.raw_chdir, (cwd,), f"chdir({child.cwd!r})"))
     candidates, argv, envp, prog = child.exec
+    if plan.start_fifo >= 0:
+        fifo = b"self/fd/%d" % plan.start_fifo
+        wait = (plan.errpipe, plan.start_fifo, plan.start_proc, fifo, candidates, prog)
+        steps.append(("wait for start", _wait_for_start, wait, None))
     envp_array = _linux.c_string_array(envp)
     how = (candidates, _linux.c_string_array(argv), envp_array, prog)
     init = None
@@ -594,7 +657,7 @@ def rlimit_steps(rlimits: tuple[tuple[str, int, int, int], ...]) -> list[Step]:
 #: the steps of each distinct confinement, built once per process: a few dozen raw
 #: calls whose arguments (error texts, ctypes buffers) would otherwise be made again
 #: for every container, between two clones of the spawn helper
-_confine_cache: dict[Confinement, list[Step]] = {}
+_confine_cache: dict[tuple[Confinement, bool], list[Step]] = {}
 _KEYRING: Step = (
     "join a new session keyring",
     _linux.raw_syscall,
@@ -603,14 +666,15 @@ _KEYRING: Step = (
 )
 
 
-def confine_steps(conf: Confinement) -> list[Step]:
+def confine_steps(conf: Confinement, rearm: bool = True) -> list[Step]:
     """The child's confinement, in runc's order (``_linux.identity_calls_after_seccomp``
     says why this order): a session keyring of its own (the session keyring is not
     namespaced: the caller's keys would be reachable), the bounding set, then the
     seccomp filter while CAP_SYS_ADMIN is still effective (the kernel wants it, or
     no_new_privs), then groups, gid, uid and the capability sets. With
-    ``no_new_privs`` the filter comes last instead, right before the exec."""
-    steps = _confine_cache.get(conf)
+    ``no_new_privs`` the filter comes last instead, right before the exec. ``rearm``:
+    set the parent death signal again after the uid change (which clears it)."""
+    steps = _confine_cache.get((conf, rearm))
     if steps is not None:
         return steps
     steps = [_KEYRING]
@@ -623,7 +687,14 @@ def confine_steps(conf: Confinement) -> list[Step]:
     if not conf.no_new_privs:
         steps += load
     after = _linux.identity_calls_after_seccomp(
-        conf.effective, conf.permitted, conf.uid, conf.gid, conf.groups, pdeathsig=_signal.SIGKILL
+        conf.effective,
+        conf.permitted,
+        conf.uid,
+        conf.gid,
+        conf.groups,
+        pdeathsig=_signal.SIGKILL if rearm else 0,
+        inheritable=conf.inheritable,
+        ambient=conf.ambient,
     )
     steps += [("set the user and capabilities", *c) for c in after]
     if conf.no_new_privs:
@@ -631,7 +702,7 @@ def confine_steps(conf: Confinement) -> list[Step]:
         steps += load
     if len(_confine_cache) >= 64:
         _confine_cache.clear()
-    _confine_cache[conf] = steps
+    _confine_cache[conf, rearm] = steps
     return steps
 
 

@@ -172,6 +172,31 @@ class Kernel:
         """The path of the terminal on ``fd``."""
         return os.ttyname(fd)
 
+    def mknod_at(self, dir_fd: int, name: str, mode: int, device: int) -> None:
+        """mknodat(2)."""
+        os.mknod(name, mode, device, dir_fd=dir_fd)
+
+    def set_owner(self, dir_fd: int, name: str, mode: int, uid: int, gid: int) -> None:
+        """chmod and chown of ``name`` (never through a symlink)."""
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.chmod(fd_path(fd), mode)  # an O_PATH fd: through its magic link
+            os.chown(fd_path(fd), uid, gid)
+        finally:
+            os.close(fd)
+
+    def write(self, path: str, data: bytes) -> None:
+        """Write ``data`` to an existing file in one write(2) (a sysctl)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def chroot(self, path: str) -> None:
+        """chroot(2)."""
+        os.chroot(path)
+
 
 #: the calls the steps make (tests swap in a fake)
 KERNEL = Kernel()
@@ -349,13 +374,134 @@ def _read_only_path(root: str, path: str) -> None:
     _make_read_only(root, path)
 
 
-def _symlink_in(root: str, link_target: str, path: str) -> None:
+def _symlink_in(root: str, link_target: str, path: str, exist_ok: bool = False) -> None:
     parts = _parts(path)
     parent = open_target(root, "/".join(parts[:-1]))
     try:
         KERNEL.symlink_at(link_target, parent, parts[-1])
+    except FileExistsError:
+        if not exist_ok:
+            raise
     finally:
         KERNEL.close(parent)
+
+
+# The steps of an OCI bundle's root (``oci/fs.py`` builds their list): its root used
+# as it is (no overlay), any filesystem type, bind mounts with flags and propagation,
+# device nodes, sysctls, a pause for the runtime's hooks, a chroot without a mount
+# namespace of its own.
+
+
+def _bind_root(root: str) -> None:
+    # The bundle's root bound onto itself: pivot_root wants a mount, and a read-only
+    # root is a remount of it.
+    fd = KERNEL.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        KERNEL.mount(fd_path(fd), fd_path(fd), None, _linux.MS_BIND | _linux.MS_REC, None)
+    finally:
+        KERNEL.close(fd)
+
+
+def _propagate(root: str, path: str, flags: int) -> None:
+    # MS_SHARED, MS_SLAVE, MS_PRIVATE or MS_UNBINDABLE (| MS_REC) of the mount at path
+    if root == "/" and not _parts(path):  # the root after pivot_root: no /proc needed
+        KERNEL.mount(None, "/", None, flags, None)
+        return
+    fd = open_target(root, path, directory=False, create=False)
+    try:
+        KERNEL.mount(None, fd_path(fd), None, flags, None)
+    finally:
+        KERNEL.close(fd)
+
+
+def _mount_fs(
+    root: str, path: str, source: str, fstype: str, flags: int, data: str | None, propagation: tuple[int, ...]
+) -> None:
+    fd = open_target(root, path)
+    try:
+        KERNEL.mount(source, fd_path(fd), fstype, flags, data)
+    finally:
+        KERNEL.close(fd)
+    for prop in propagation:
+        _propagate(root, path, prop)
+
+
+def _bind_mount(
+    root: str,
+    source: str,
+    path: str,
+    recursive: bool,
+    flags: int,
+    propagation: tuple[int, ...],
+    recursive_ro: bool,
+) -> None:
+    k = KERNEL
+    src = k.open(source, os.O_PATH)  # what it is now is what gets mounted (see _bind_in)
+    try:
+        fd = open_target(root, path, directory=k.is_dir(src))
+        bind = _linux.MS_BIND | (_linux.MS_REC if recursive else 0)
+        try:
+            k.mount(fd_path(src), fd_path(fd), None, bind, None)
+        finally:
+            k.close(fd)
+    finally:
+        k.close(src)
+    if flags:  # a bind takes no flags but by a remount of it
+        fd = open_target(root, path, directory=False, create=False)
+        try:
+            remount = _linux.MS_REMOUNT | _linux.MS_BIND | flags
+            try:
+                k.mount(None, fd_path(fd), None, remount, None)
+            except PermissionError:
+                # the source's nosuid/nodev/noexec/atime flags are locked in a user
+                # namespace that does not own its mount: keep them
+                k.mount(None, fd_path(fd), None, remount | (k.mount_flags(fd) & _KEEP_FLAGS), None)
+        finally:
+            k.close(fd)
+    if recursive_ro:
+        _make_read_only(root, path, recursive=True)
+    for prop in propagation:
+        _propagate(root, path, prop)
+
+
+def _mknod_in(root: str, path: str, mode: int, device: int, uid: int, gid: int) -> None:
+    # An existing node is kept, as runc keeps it.
+    parts = _parts(path)
+    parent = open_target(root, "/".join(parts[:-1]))
+    try:
+        try:
+            KERNEL.mknod_at(parent, parts[-1], mode, device)
+        except FileExistsError:
+            return
+        KERNEL.set_owner(parent, parts[-1], stat.S_IMODE(mode), uid, gid)
+    finally:
+        KERNEL.close(parent)
+
+
+def _write_in(root: str, path: str, data: bytes) -> None:
+    # a sysctl: /proc/sys/... of the container's own /proc
+    fd = open_target(root, path, directory=False, create=False)
+    try:
+        KERNEL.write(fd_path(fd), data)
+    finally:
+        KERNEL.close(fd)
+
+
+def _make_dir(root: str, path: str) -> None:
+    KERNEL.close(open_target(root, path))
+
+
+def _chroot(root: str) -> None:
+    # A container without a mount namespace of its own: no mount is made (it would be
+    # the host's), the process only gets the bundle's root as its root.
+    k = KERNEL
+    k.chdir(root)
+    k.chroot(".")
+    k.chdir("/")
+
+
+def _pause_for_hooks(errpipe: int, hooks: int) -> None:
+    wire.ask_for_hooks(errpipe, hooks)
 
 
 def _pivot_root(new_root: str) -> None:
@@ -408,6 +554,15 @@ CHILD_FUNCTIONS: dict[str, Callable[..., None]] = {
         _read_only_path,
         _symlink_in,
         _pivot_root,
+        _bind_root,
+        _propagate,
+        _mount_fs,
+        _bind_mount,
+        _mknod_in,
+        _write_in,
+        _make_dir,
+        _chroot,
+        _pause_for_hooks,
     )
 }
 

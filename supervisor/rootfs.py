@@ -26,9 +26,14 @@ def resolve(spec: ContainerSpec) -> ContainerSpec:
     Nothing is created. A spec without a root filesystem is returned unchanged.
 
     Raises:
-        SpecError: unknown image; a missing, non-directory or unreadable rootfs; a
+        SpecError: an OCI bundle's spec (``spec.oci``: mydocker-runc runs those);
+            unknown image; a missing, non-directory or unreadable rootfs; a
             volume whose host path does not exist; a path overlayfs cannot take.
     """
+    if spec.oci is not None:
+        # its root is used as it is, its mounts and confinement are its config's:
+        # made by mydocker-runc (supervisor/oci), never by start_container's overlay
+        raise SpecError("this spec describes an OCI bundle: run it with mydocker-runc (supervisor.oci)")
     if spec.rootfs is None and spec.image is None:
         return spec
     changes: dict[str, object] = {}

@@ -502,6 +502,12 @@ class ContainerSpec:
             ``"none"``: a network namespace with only ``lo``; ``"host"``: the
             host's (``"net"`` leaves ``namespaces``).
         ports: published ports (``Port``), on a network only.
+        oci: for a container described by an OCI bundle (``mydocker-runc``), an
+            ``oci.config.OciSettings`` with what ``config.json`` says beyond the
+            fields above; then ``rootfs`` is used as it is (OCI's ``root.path``, no
+            overlay), the environment is exactly the config's, and the
+            capabilities, mounts, devices and cgroup are those of ``oci``. None for
+            mydocker's own containers.
         id: the container id (generated).
     """
 
@@ -530,6 +536,7 @@ class ContainerSpec:
     userns: str | None = None
     network: str | None = None
     ports: tuple[Port, ...] = ()
+    oci: object = None
     id: str = field(default_factory=new_id)
 
     def __post_init__(self) -> None:
@@ -663,7 +670,7 @@ class ContainerSpec:
         if self.rootfs is None and self.image is None:
             if self.read_only or self.mounts:
                 raise SpecError("--read-only, volumes and tmpfs mounts need --rootfs or --image")
-        elif "mount" not in self.namespaces:
+        elif "mount" not in self.namespaces and self.oci is None:  # an OCI one is chrooted
             raise SpecError("a root filesystem needs a mount namespace of its own")
         for m in self.mounts:
             if not isinstance(m, Mount):

@@ -16,7 +16,10 @@ Four conversations, all over fds that live only as long as one container's start
   text (utf-8) + the pidfd by SCM_RIGHTS when pid > 0. Replies come strictly in the
   order of the requests.
 - **error pipe** (child -> supervisor, close-on-exec): ``step NUL errno NUL detail``
-  when a step before exec failed; EOF with no data means the exec succeeded.
+  when a step before exec failed; EOF with no data means the exec succeeded. An
+  OCI container's child also writes ``ASK_FOR_HOOKS`` (and waits on its hooks
+  pipe) and ``CREATED`` (then waits on its exec fifo): markers start with NUL,
+  which no failure report does.
 - **console handshake** (child -> supervisor, a socketpair): with ``-t`` and a root
   filesystem the child sends the pty master it opened in its own devpts; the
   supervisor sizes the pty and answers one byte, and only then does the child go on.
@@ -250,3 +253,42 @@ def ask_for_maps(errpipe: int) -> None:
     """In the child: ask the supervisor to write the maps of our new user namespace
     (it answers through the sync pipe: ``release``)."""
     os.write(errpipe, ASK_FOR_MAPS)
+
+
+# ---------------------------------------------------------------- OCI containers
+
+#: what an OCI container's child writes on its error pipe once it is set up and
+#: confined, before it blocks on its exec fifo (the spec's "created" state): its
+#: creator may exit. NUL first, as ``ASK_FOR_MAPS``.
+CREATED = b"\0created\0"
+#: what it writes when its mounts are made and its root not yet pivoted, then waits
+#: for one byte on its hooks pipe: the runtime runs the prestart, createRuntime and
+#: createContainer hooks meanwhile
+ASK_FOR_HOOKS = b"\0hooks\0"
+
+
+def report_created(errpipe: int) -> None:
+    """In the child: the container is created (see ``CREATED``)."""
+    os.write(errpipe, CREATED)
+
+
+def ask_for_hooks(errpipe: int, hooks: int) -> None:
+    """In the child: let the runtime run the hooks, and wait until it has (``release``
+    on ``hooks``; EOF: it gave up).
+
+    Raises:
+        OSError: the runtime gave up (a hook failed): the child stops there.
+    """
+    os.write(errpipe, ASK_FOR_HOOKS)
+    if not wait_released(hooks):
+        raise OSError(errno.ECANCELED, "the runtime stopped the container (a hook failed)")
+
+
+def split_marker(data: bytes) -> tuple[bytes | None, bytes]:
+    """``(marker, rest)`` when ``data`` read from an error pipe starts with one of the
+    child's markers (``ASK_FOR_MAPS``, ``ASK_FOR_HOOKS``, ``CREATED``), else
+    ``(None, data)``: a failure report, or nothing."""
+    for marker in (ASK_FOR_HOOKS, CREATED, ASK_FOR_MAPS):
+        if data.startswith(marker):
+            return marker, data[len(marker) :]
+    return None, data

@@ -170,7 +170,27 @@ def _cgroup_leftovers() -> set[str]:
     from supervisor import cgroups
 
     layout = cgroups.current_layout()
-    return set(cgroups.leftovers(layout.fs, cgroups.parents_of(layout)))
+    return set(cgroups.leftovers(layout.fs, cgroups.parents_of(layout))) | _oci_cgroups(layout)
+
+
+#: the ids of the OCI containers the tests make start with this (tests/test_oci.py)
+OCI_ID_PREFIX = f"pytest-{os.getpid()}-"
+
+
+def _oci_cgroups(layout: object) -> set[str]:
+    """The cgroups of this test process's OCI containers (mydocker-runc puts a
+    container without a cgroupsPath in ``mydocker-runc/<id>`` below its own cgroup,
+    which is this process's: the tests start it), in every hierarchy."""
+    from supervisor import cgroups
+
+    found = set()
+    for parent in cgroups.parents_of(layout):  # type: ignore[arg-type]
+        d = os.path.join(parent, "mydocker-runc")
+        try:
+            found |= {os.path.join(d, n) for n in os.listdir(d) if n.startswith(OCI_ID_PREFIX)}
+        except OSError:
+            continue
+    return found
 
 
 def _owner_fds() -> set[int]:

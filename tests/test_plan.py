@@ -267,6 +267,10 @@ def expected_names(case: Case, fs_names: list[str]) -> list[str]:
         names += ["enter its cgroups"] * len(PROCS)
     if case.userns == 1 or case.network:
         names.append("wait for the supervisor")
+    if case.userns == 1:
+        # root of its user namespace once the maps are written (an id change clears
+        # the parent death signal: set again)
+        names += ["become root in the user namespace"] * 2 + ["prctl(PR_SET_PDEATHSIG)"]
     if case.netns:
         names += ["join the network namespace"] * 2  # setns, close
     if "mount" in ns:
@@ -318,6 +322,8 @@ _FIXED_PHASES = {
     "check the supervisor": "supervisor",
     "enter its cgroups": "cgroups",
     "wait for the supervisor": "wait",
+    "become root in the user namespace": "wait",
+    "prctl(PR_SET_DUMPABLE)": "wait",
     "join the network namespace": "netns",
     "make / private": "private",
     "mount /proc": "proc",
@@ -346,8 +352,10 @@ def phases(names: list[str], fs_names: list[str]) -> list[int]:
     """The phase of each step, as an index into PHASES."""
     index = {**_PHASE_INDEX, **dict.fromkeys(fs_names, PHASES.index("filesystem"))}
     out = []
-    for name in names:  # a root filesystem's own "mount /proc" is one of its steps
+    for i, name in enumerate(names):  # a root filesystem's own "mount /proc" is one of its steps
         at = index.get(name, PHASES.index("cwd") if name.startswith("chdir ") else None)
+        if name == "prctl(PR_SET_PDEATHSIG)" and i:  # set again after an id change
+            at = out[-1]
         assert at is not None, f"a step nobody knows: {name!r}"
         out.append(at)
     return out
@@ -635,10 +643,11 @@ def test_an_exec_joins_the_container_first_and_sets_up_no_namespace(join: int) -
             fds["supervisor"] = SUPERVISOR
         prepared = init.prepare(init.child_plan(child, fds, reset=()))
         names = [step[0] for step in prepared.steps]
-        expected = ["prctl(PR_SET_PDEATHSIG)", "prctl(PR_SET_DUMPABLE, 0)"]
-        # into the container's v1 cgroups by host paths, before it joins its mount namespace
+        expected = ["prctl(PR_SET_PDEATHSIG)"]
+        # into the container's v1 cgroups by host paths, before it joins its mount
+        # namespace; not dumpable (init.py says why) before it joins the rest
         expected += ["check the supervisor"] * sup + ["enter its cgroups"] * len(PROCS) * placement
-        expected.append("join the container")
+        expected += ["prctl(PR_SET_DUMPABLE)", "join the container"]
         if console:
             expected.append("open the container's terminal")
         else:
