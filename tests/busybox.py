@@ -3,6 +3,7 @@ scripts/busybox-image.sh from Debian's busybox-static (tests skip without it).""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -37,3 +38,15 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int, str]]:
         target = str(p.readlink()) if p.is_symlink() else ""
         out[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, target)
     return out
+
+
+def reachable(path: Path, bits: int = 0o755) -> Path:
+    """Open ``path`` and every directory above it to other users (``bits`` added to
+    each mode): a container whose root is another host id (rootless, or an OCI user
+    namespace) must walk down to its root filesystem. pytest makes its directories
+    0700, its base directory included, wherever ``--basetemp`` puts it."""
+    for p in [path, *path.parents]:
+        if p == Path("/"):
+            break
+        os.chmod(p, os.stat(p).st_mode | bits)
+    return path

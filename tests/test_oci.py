@@ -948,9 +948,8 @@ def test_joined_namespace_user_namespace_and_limits(
 ) -> None:
     first, second = new_id(), new_id()
     # the container's root is host uid 100000: it must be able to reach its root
-    # filesystem (pytest makes its directories 0700)
-    for d in (busybox.parent, busybox.parent.parent):
-        d.chmod(0o755)
+    # filesystem, all the way down from pytest's 0700 base directory
+    bb.reachable(busybox)
     runc(root, "run", "-d", "--bundle", str(make_bundle(tmp_path / "a", busybox, ["sleep", "100"])), first)
     pid = state(root, first)["pid"]
     pids = [pid]

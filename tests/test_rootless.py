@@ -51,10 +51,7 @@ def code(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 else:
                     shutil.copy2(src, site / name)
     shutil.copytree(REPO / "supervisor", site / "supervisor", ignore=shutil.ignore_patterns("__pycache__"))
-    for p in [site, *site.parents]:
-        if p == Path("/"):
-            break
-        os.chmod(p, os.stat(p).st_mode | 0o755)
+    bb.reachable(site)
     subprocess.run(["chmod", "-R", "a+rX", str(site)], check=True)
     return site
 
@@ -65,10 +62,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "home"
     home.mkdir()
     os.chown(home, UID, UID)
-    for p in [tmp_path, *tmp_path.parents]:
-        if p == Path("/"):
-            break
-        os.chmod(p, os.stat(p).st_mode | 0o711)
+    bb.reachable(tmp_path, 0o711)
     yield home
     # what the user's containers and images left is the user's: removed as the user
     # would (a range's ids need the user's namespace: `mydocker` itself did that)
@@ -78,12 +72,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox root filesystem uid 1000 can read."""
-    root = bb.build(tmp_path_factory)[0]
-    for p in [root, *root.parents]:
-        if p == Path("/"):
-            break
-        os.chmod(p, os.stat(p).st_mode | 0o755)
-    return root
+    return bb.reachable(bb.build(tmp_path_factory)[0])
 
 
 def as_user(
