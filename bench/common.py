@@ -315,6 +315,10 @@ class CommandRunner(Runner):
         self.optional = optional
         self.namespace = namespace or contextlib.nullcontext
 
+    @property
+    def path(self) -> str:
+        return "-"  # not mydocker's: whatever helpers a session made are not its
+
     async def one(self) -> None:
         await run_command(self.argv())
 
@@ -611,6 +615,13 @@ def per_s(x: float) -> str:
 
 def times(x: float) -> str:
     return f"{x:.2f}x"
+
+
+def ratio_cell(results: Results, name: str, base: str) -> str:
+    """ "c=1 latency ratio, c=64 throughput ratio" of ``name`` against ``base``."""
+    if name == base or not results.has(base, 1):
+        return ""
+    return f"{times(results.ratio(name, base, 1, 'median'))}, {times(results.ratio(name, base, 64, 'rate'))}"
 
 
 def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

@@ -60,20 +60,17 @@ def runners(bench: Bench, rootfs: str, profile: str) -> tuple[list[Runner], list
 
 
 def report(title: str, group: list[Runner], results: Results, base: str) -> dict[str, Any]:
-    rows = []
-    for r in group:
-        lat = results.ratio(r.name, base, 1, "median")
-        thr = results.ratio(r.name, base, 64, "rate")
-        rows.append(
-            [
-                r.name,
-                r.path,
-                ms(results.value(r.name, 1, "median")),
-                ms(results.value(r.name, 1, "p90")),
-                per_s(results.value(r.name, 64, "rate")),
-                "" if r.name == base else f"{times(lat)}, {times(thr)}",
-            ]
-        )
+    rows = [
+        [
+            r.name,
+            r.path,
+            ms(results.value(r.name, 1, "median")),
+            ms(results.value(r.name, 1, "p90")),
+            per_s(results.value(r.name, 64, "rate")),
+            common.ratio_cell(results, r.name, base),
+        ]
+        for r in group
+    ]
     headers = ["confinement", "spawn path", "c=1 median", "c=1 p90", "c=64", f"vs {base}: c=1, c=64"]
     print(table(title, headers, rows))
     return {r.name: results.to_json().get(r.name) for r in group}

@@ -85,13 +85,7 @@ def report_group(
             ms(results.value(r.name, 1, "p90")),
             per_s(results.value(r.name, 64, "rate")),
         ]
-        for ref in refs:
-            if ref == r.name or not results.has(ref, 1):
-                row.append("")
-                continue
-            lat, thr = results.ratio(r.name, ref, 1, "median"), results.ratio(r.name, ref, 64, "rate")
-            row.append(f"{times(lat)}, {times(thr)}")
-        rows.append(row)
+        rows.append(row + [common.ratio_cell(results, r.name, ref) for ref in refs])
     print(table(title, headers, rows))
     out.update(results.to_json())
     return out
