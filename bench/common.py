@@ -400,9 +400,10 @@ def _proc_status(pid: int | str) -> dict[str, str]:
     return out
 
 
-def rss_kb(pid: int | str = "self") -> int:
-    """VmRSS of a process, in kB."""
-    return int(_proc_status(pid).get("VmRSS", "0 kB").split()[0])
+def rss_kb(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """A process's resident memory in kB: ``VmRSS`` (all of it) or ``RssAnon``
+    (its own anonymous pages, without the shared files it maps)."""
+    return int(_proc_status(pid).get(field, "0 kB").split()[0])
 
 
 def _netns_held(pid: int) -> int:
@@ -618,7 +619,7 @@ def times(x: float) -> str:
 
 
 def ratio_cell(results: Results, name: str, base: str) -> str:
-    """ "c=1 latency ratio, c=64 throughput ratio" of ``name`` against ``base``."""
+    """The c=1 latency ratio and the c=64 throughput ratio of ``name`` to ``base``."""
     if name == base or not results.has(base, 1):
         return ""
     return f"{times(results.ratio(name, base, 1, 'median'))}, {times(results.ratio(name, base, 64, 'rate'))}"
