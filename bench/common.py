@@ -112,6 +112,13 @@ class Results:
         values = [f(ra[k]) / f(rb[k]) for k in ra.keys() & rb.keys()]
         return statistics.median(values) if values else float("nan")
 
+    def difference(self, a: str, b: str, concurrency: int, metric: str) -> float:
+        """The median over rounds of a's ``metric`` minus b's, in the same round."""
+        ra, rb = self.samples.get((a, concurrency), {}), self.samples.get((b, concurrency), {})
+        f = METRICS[metric]
+        values = [f(ra[k]) - f(rb[k]) for k in ra.keys() & rb.keys()]
+        return statistics.median(values) if values else float("nan")
+
     def spread(self, name: str, concurrency: int, metric: str) -> tuple[float, float]:
         """The lowest and highest round's ``metric``."""
         values = [METRICS[metric](s) for s in self.samples.get((name, concurrency), {}).values()]
@@ -386,7 +393,7 @@ def spawn_helpers() -> list[tuple[str, int]]:
 
     out = []
     for h in spawn.helpers():
-        kind = "zygote" if _proc_status(h.pid).get("Seccomp") == "2" else "helper"
+        kind = "zygote" if seccomp_mode(h.pid) == "2" else "helper"
         out.append((kind, _netns_held(h.pid)))
     return out
 
@@ -398,6 +405,11 @@ def _proc_status(pid: int | str) -> dict[str, str]:
             key, _, value = line.partition(":")
             out[key] = value.strip()
     return out
+
+
+def seccomp_mode(pid: int | str) -> str:
+    """0 none, 1 strict, 2 a filter (``Seccomp`` in /proc/PID/status)."""
+    return _proc_status(pid).get("Seccomp", "")
 
 
 def rss_kb(pid: int | str = "self", field: str = "VmRSS") -> int:
@@ -448,9 +460,9 @@ def without_netns_pool() -> Iterator[None]:
 # ---------------------------------------------------------------- the run's environment
 
 
-def _children() -> set[int]:
-    """Every process whose parent is this one (zombies included)."""
-    me, out = str(os.getpid()), set()
+def children_of(pid: int) -> set[int]:
+    """Every process whose parent is ``pid`` (zombies included)."""
+    me, out = str(pid), set()
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
@@ -501,7 +513,7 @@ class Bench:
         os.environ["MYDOCKER_STATE_DIR"] = str(self.state_dir)
         self._make_cgroup_parent()
         self._mounts = _mounts()
-        self._children = _children()
+        self._children = children_of(os.getpid())
         return self
 
     def _make_cgroup_parent(self) -> None:
@@ -541,9 +553,9 @@ class Bench:
         included: we are their subreaper), cgroups below our parent, mounts, and
         containers' directories in the state directory."""
         deadline = time.monotonic() + 5
-        while _children() - self._children and time.monotonic() < deadline:
+        while children_of(os.getpid()) - self._children and time.monotonic() < deadline:
             time.sleep(0.05)
-        for pid in _children() - self._children:
+        for pid in children_of(os.getpid()) - self._children:
             with contextlib.suppress(OSError):
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
