@@ -12,12 +12,17 @@
 #                                 pty tests), nftables (nft, to look at the tables)
 #                                 and iproute2 (ip: the network tests' outside host
 #                                 and bench/network.py's baseline)
+#   scripts/debian-deps.sh bench  that, and the runtimes the benches compare
+#                                 mydocker with: crun and runc
 #
 # Without root or apt-get it only says what is missing (mydocker itself then says
 # what it cannot do, in one line, when it is asked to).
 set -eu
 packages="libseccomp2 tini uidmap libnftables1"
-[ "${1:-run}" = test ] && packages="$packages busybox-static procps util-linux vim-tiny nftables iproute2"
+case "${1:-run}" in
+test | bench) packages="$packages busybox-static procps util-linux vim-tiny nftables iproute2" ;;
+esac
+[ "${1:-run}" = bench ] && packages="$packages crun runc"
 need=""
 for pkg in $packages; do
     dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"
