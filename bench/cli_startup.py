@@ -202,7 +202,7 @@ def main() -> int:
     with Bench("bench/cli_startup.py") as bench:
         print(f"bench/cli_startup.py: {common.machine()}")
         common.ensure_tools()
-        figures["wall"] = section_wall(bench, rounds, 5 if args.quick else 20)
+        figures["wall"] = section_wall(bench, rounds, 5 if args.quick else 10)
         figures["imports"] = section_imports(2 if args.quick else 7)
     common.write_json(args.json, figures)
     return 1 if bench.leaks else 0
