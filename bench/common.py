@@ -546,7 +546,8 @@ class Bench:
         self._check()
         shutil.rmtree(self.tmp, ignore_errors=True)
         if exc[0] is None:
-            print(f"\n{self.name}: left behind: {'; '.join(self.leaks) if self.leaks else 'nothing'}")
+            left = "; ".join(self.leaks) if self.leaks else "nothing"
+            print(f"\n{self.name}: left behind: {left} (load average {os.getloadavg()[0]:.1f} at the end)")
 
     def _check(self) -> None:
         """Record and remove whatever the run left: our child processes (orphans

@@ -30,6 +30,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import common
@@ -145,6 +146,11 @@ def main() -> int:
         finally:
             remove_network(name, state_dir=str(bench.state_dir))
         figures = report(runners, results)
+        # A namespace's veth goes with it, but the kernel tears namespaces down in a
+        # worker, later (seconds, on a loaded machine): wait for them to go.
+        deadline = time.monotonic() + 60
+        while interfaces(net.bridge) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if interfaces(net.bridge):
             bench.leaks.append(f"interfaces: {sorted(interfaces(net.bridge))}")
     common.write_json(args.json, figures)
