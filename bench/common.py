@@ -48,6 +48,12 @@ from supervisor import DEVNULL, ContainerSpec, run_container  # noqa: E402
 
 #: the namespaces unshare(1) makes, as mydocker does (mydocker adds a cgroup namespace)
 UNSHARE = ["unshare", "-fpmuin", "--mount-proc"]
+#: rounds of a full run, and the batches of each runner in a round ({concurrency: units
+#: of work}): many short rounds pair the runners' figures more closely in time than a
+#: few long ones, on a machine whose load changes from minute to minute
+ROUNDS = 8
+SIZES = {1: 60, 64: 384}
+QUICK_SIZES = {1: 10, 64: 64}
 #: the Debian packages the benches use, installed by ``scripts/debian-deps.sh bench``
 TOOLS = ("unshare", "nsenter", "setpriv", "crun", "runc", "busybox", "ip")
 
@@ -659,7 +665,7 @@ def machine() -> str:
     )
 
 
-def arguments(doc: str, rounds: int = 5) -> argparse.ArgumentParser:
+def arguments(doc: str, rounds: int = ROUNDS) -> argparse.ArgumentParser:
     """The options every bench takes."""
     parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: one round, small batches")
@@ -668,8 +674,13 @@ def arguments(doc: str, rounds: int = 5) -> argparse.ArgumentParser:
     return parser
 
 
-def rounds_of(args: argparse.Namespace, full: int = 5) -> int:
+def rounds_of(args: argparse.Namespace, full: int = ROUNDS) -> int:
     return args.rounds or (1 if args.quick else full)
+
+
+def sizes_of(args: argparse.Namespace) -> dict[int, int]:
+    """Per round and runner: how many units at concurrency 1 and at 64."""
+    return QUICK_SIZES if args.quick else SIZES
 
 
 def write_json(path: str | None, figures: dict[str, Any]) -> None:

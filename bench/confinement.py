@@ -79,7 +79,7 @@ def report(title: str, group: list[Runner], results: Results, base: str) -> dict
 def main() -> int:
     args = common.arguments(__doc__).parse_args()
     rounds = common.rounds_of(args)
-    sizes = {1: 10, 64: 64} if args.quick else {1: 100, 64: 640}
+    sizes = common.sizes_of(args)
     figures: dict[str, Any] = {"machine": common.machine(), "rounds": rounds}
     with Bench("bench/confinement.py") as bench:
         print(f"bench/confinement.py: {common.machine()}")

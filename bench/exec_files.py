@@ -84,7 +84,7 @@ def section_exec(bench: Bench, rounds: int, quick: bool) -> dict[str, Any]:
         ApiRunner("a fresh container (run_container), asyncio", **o),
         NsenterRunner(o),
     ]
-    sizes = {1: 10, 64: 64} if quick else {1: 100, 64: 640}
+    sizes = common.QUICK_SIZES if quick else common.SIZES
     print(f"interleaved: {rounds} round(s); per round and runner: c=1: {sizes[1]}, c=64: {sizes[64]}")
     results = common.interleave(runners, rounds, sizes)
     base = "exec, asyncio"
@@ -165,7 +165,7 @@ def section_files(bench: Bench, rounds: int, quick: bool) -> dict[str, Any]:
     runners: list[Runner] = [
         FileRunner(m, op, size, bench, rootfs) for m in METHODS for size in sizes for op in ("write", "read")
     ]
-    n = 20 if quick else 100  # 4 kB each; 100 MB: 1/20 of it
+    n = 20 if quick else 60  # 4 kB each; 100 MB: 1/20 of it
     print(f"\ninterleaved: {rounds} round(s); per round: {n} of each 4 kB op, {n // 20} of each 100 MB op")
     results: Results = common.interleave(runners, rounds, {1: n})
     headers = ["method"] + [f"{op} {label}" for label in ("4 kB", "100 MB") for op in ("write", "read")]

@@ -128,9 +128,9 @@ def interfaces(bridge: str) -> set[str]:
 
 
 def main() -> int:
-    args = common.arguments(__doc__, rounds=3).parse_args()
-    rounds = common.rounds_of(args, full=3)
-    n = {1: 20, 64: 64} if args.quick else {1: 100, 64: 640}
+    args = common.arguments(__doc__).parse_args()
+    rounds = common.rounds_of(args)
+    n = common.sizes_of(args)
     with Bench("bench/network.py") as bench:
         print(f"bench/network.py: {common.machine()}")
         common.ensure_tools(["ip", "nsenter", "unshare"])

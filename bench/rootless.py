@@ -141,7 +141,7 @@ def main() -> int:
         worker_main(json.loads(args.worker))
         return 0
     rounds = common.rounds_of(args)
-    sizes = {1: 10, 64: 64} if args.quick else {1: 100, 64: 640}
+    sizes = common.sizes_of(args)
     figures: dict[str, Any] = {"machine": common.machine(), "rounds": rounds}
     with Bench("bench/rootless.py") as bench:
         print(f"bench/rootless.py: {common.machine()}")

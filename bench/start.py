@@ -99,7 +99,7 @@ def section_start(bench: Bench, rounds: int, quick: bool) -> dict[str, Any]:
     if hidden.note:
         print(f"note: {hidden.note}")
     host, on_rootfs = start_runners(bench, rootfs, hidden)
-    sizes = {1: 10, 64: 64} if quick else {1: 100, 64: 640}
+    sizes = common.QUICK_SIZES if quick else common.SIZES
     print(
         f"interleaved: {rounds} round(s); per round and runner: c=1: {sizes[1]}, c=64: {sizes[64]} containers"
     )
@@ -252,10 +252,10 @@ def main() -> int:
         if "start" in sections:
             figures["start"] = section_start(bench, rounds, args.quick)
         if "big" in sections:
-            n, mb = (20, 256) if args.quick else (100, 1024)
+            n, mb = (20, 256) if args.quick else (60, 1024)
             figures["big_supervisor"] = section_big_supervisor(bench, rounds, n, mb)
         if "helpers" in sections:
-            sizes = {1: 10, 64: 64} if args.quick else {1: 100, 64: 640}
+            sizes = common.sizes_of(args)
             figures["helpers"] = section_helpers(bench, rounds, sizes)
     common.write_json(args.json, figures)
     return 1 if bench.leaks else 0
