@@ -31,6 +31,7 @@ import argparse
 import ctypes
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -79,10 +80,16 @@ def main() -> int:
             argv += ["--quick"] if args.quick else []
             argv += ["--rounds", str(args.rounds)] if args.rounds else []
             print(f"\n==== bench/{SECTIONS[name]} ====", flush=True)
-            t = time.monotonic()
+            t, cpu = time.monotonic(), cpu_seconds()
             status = subprocess.run(argv).returncode
+            elapsed = time.monotonic() - t
+            busy, ours = (b - a for a, b in zip(cpu, cpu_seconds(), strict=True))
+            capacity = elapsed * (os.cpu_count() or 1) / 100
             print(
-                f"==== bench/{SECTIONS[name]}: {time.monotonic() - t:.0f} s, exit status {status}", flush=True
+                f"==== bench/{SECTIONS[name]}: {elapsed:.0f} s, exit status {status}; the CPUs were busy"
+                f" {busy / capacity:.0f}% of the time: this bench {ours / capacity:.0f}%, other processes"
+                f" and kernel threads {(busy - ours) / capacity:.0f}%",
+                flush=True,
             )
             if status != 0:
                 failed.append(name)
@@ -95,6 +102,22 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 1 if failed or left else 0
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU time used so far by the whole machine (/proc/stat, every CPU) and by this
+    driver and its reaped descendants (the benches, their helpers and containers:
+    those cloned with CLONE_PARENT are reaped by a bench too). The difference over a
+    bench is what other processes and kernel threads took meanwhile: the noise."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    hz = os.sysconf("SC_CLK_TCK")
+    ours = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        ours += usage.ru_utime + usage.ru_stime
+    return (user + nice + system + irq + softirq + steal) / hz, ours
 
 
 def orphans() -> list[str]:
