@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit bench clean deps-run deps-test
+.PHONY: run test lint unit bench bench-quick clean deps-run deps-test deps-bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ deps-run:
 
 deps-test:
 	scripts/debian-deps.sh test
+
+deps-bench:
+	scripts/debian-deps.sh bench
 
 ## run: set up, then start an interactive shell in a new container
 run: $(STAMP) deps-run
@@ -34,9 +37,14 @@ lint: $(STAMP)
 test: lint deps-test
 	$(BIN)/pytest
 
-## bench: compare mydocker with unshare(1) (and crun/runc where installed)
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+## bench: every bench in bench/ (as root, ~25 minutes): mydocker against unshare(1),
+## crun, runc and itself, interleaved, medians of rounds; BENCH="--only start,exec"
+bench: $(STAMP) deps-bench
+	$(BIN)/python bench/run.py $(BENCH)
+
+## bench-quick: one small round of each bench (a minute or two): do they all run?
+bench-quick: $(STAMP) deps-bench
+	$(BIN)/python bench/run.py --quick $(BENCH)
 
 clean:
 	rm -rf $(VENV)

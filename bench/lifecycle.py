@@ -43,7 +43,7 @@ from supervisor import DEVNULL, open_container, run_container  # noqa: E402
 MYDOCKER = [str(Path(sys.executable).with_name("mydocker"))]
 if not Path(MYDOCKER[0]).exists():
     MYDOCKER = [sys.executable, "-m", "supervisor.cli"]
-UNSHARE = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--mount-proc"]
+UNSHARE = ["unshare", "--fork", "--kill-child", "--pid", "--mount", "--uts", "--ipc", "--net", "--mount-proc"]
 
 
 def _rss_kb(pid: int) -> int:
@@ -69,9 +69,10 @@ def _ms(samples: list[float]) -> str:
 
 
 class Bench:
-    def __init__(self, sdir: str, quick: bool) -> None:
+    def __init__(self, sdir: str, quick: bool, rounds: int | None = None) -> None:
         self.sdir = sdir
         self.quick = quick
+        self.samples = rounds or (5 if quick else 30)
         self.env = {**os.environ, "MYDOCKER_STATE_DIR": sdir, "MYDOCKER_DAEMON_IDLE": "0"}
         self.results: dict[str, object] = {}
 
@@ -82,7 +83,7 @@ class Bench:
         return r.stdout.decode()
 
     def run_d(self) -> None:
-        n = 5 if self.quick else 30
+        n = self.samples
         self.md("run", "-d", "--rm", "true")  # the daemon, started and warm
         ids: list[str] = []
         cli = _timed(lambda: ids.append(self.md("run", "-d", "sleep", "60").strip()), n)
@@ -117,7 +118,7 @@ class Bench:
         self.results["run_d"] = {"cli": cli, "request": inproc, "sh_unshare": sh}
 
     def exec_round_trip(self) -> None:
-        n = 5 if self.quick else 30
+        n = self.samples
         cid = self.md("run", "-d", "sleep", "600").strip()
         pid = json.loads(self.md("inspect", cid))[0]["State"]["Pid"]
         cli = _timed(lambda: self.md("exec", cid, "/bin/true"), n)
@@ -219,12 +220,13 @@ class Bench:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--rounds", type=int, help="samples of run -d and of exec (default 30, quick 5)")
     parser.add_argument("--json", metavar="FILE", help="keep the figures")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/lifecycle.py needs root")
     with tempfile.TemporaryDirectory(prefix="mydocker-bench-") as sdir:
-        bench = Bench(sdir, args.quick)
+        bench = Bench(sdir, args.quick, args.rounds)
         try:
             bench.run_d()
             bench.exec_round_trip()

@@ -13,7 +13,7 @@ Run as root from the repository (a minute or two; ``--quick`` for a smoke run)::
    system of the runtime and of the container it reaped), which a loaded machine
    disturbs much less. Medians, p90, ratios. crun and runc run in a mount namespace
    without the host's cgroup2 mount on a hybrid host (crun refuses hybrid:
-   ``bench/run.py``'s ``HiddenCgroup2``); mydocker-runc sees the host as it is.
+   ``bench/ocibundle.py``'s ``HiddenCgroup2``); mydocker-runc sees the host as it is.
 2. **Where mydocker-runc's time goes**: a bare interpreter (``python -I -S -c
    pass``), the interpreter with the venv's ``site`` (here an editable install,
    whose finder imports pathlib), the run path's imports, the runtime's own work
@@ -125,7 +125,7 @@ def as_is() -> Iterator[None]:
 def side_by_side(bundle: Path, tmp: Path, rounds: int, timer: Timer) -> list[str]:
     """Section 1; the runtimes measured."""
     try:
-        from run import HiddenCgroup2  # bench/run.py
+        from ocibundle import HiddenCgroup2
 
         hidden = HiddenCgroup2()
         enter: Callable[[], contextlib.AbstractContextManager[None]] = hidden.entered

@@ -14,12 +14,17 @@
 #                                 and bench/network.py's baseline), containerd
 #                                 (ctr and its runc shim drive mydocker-runc in
 #                                 tests/test_oci.py and scripts/containerd-demo.sh)
+#   scripts/debian-deps.sh bench  that, and the runtimes the benches compare
+#                                 mydocker with: crun and runc
 #
 # Without root or apt-get it only says what is missing (mydocker itself then says
 # what it cannot do, in one line, when it is asked to).
 set -eu
 packages="libseccomp2 tini uidmap libnftables1"
-[ "${1:-run}" = test ] && packages="$packages busybox-static procps util-linux vim-tiny nftables iproute2 containerd"
+case "${1:-run}" in
+test | bench) packages="$packages busybox-static procps util-linux vim-tiny nftables iproute2 containerd" ;;
+esac
+[ "${1:-run}" = bench ] && packages="$packages crun runc"
 need=""
 for pkg in $packages; do
     dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"

@@ -1,0 +1,113 @@
+"""Confinement cost: mydocker's default confinement against less of it, side by side.
+
+Run as root from a clone (``--quick`` for a smoke run)::
+
+    .venv/bin/python bench/confinement.py [--quick] [--rounds N] [--json FILE]
+
+Confinement is on for every container (docker's capabilities, docker's seccomp
+profile, the device program on the container's cgroup, a keyring, and with a root
+filesystem docker's masked and read-only paths), so what it costs is measured here:
+c=1 latency and c=64 throughput of ``run_container(["/bin/true"], ...)`` on asyncio,
+interleaved (``common.interleave``), for
+
+- the default; ``seccomp="unconfined"`` (everything else kept); ``privileged=True``
+  (every capability, no filter, all devices, nothing masked);
+- docker's profile given as a file (an equal profile that is not mydocker's built-in
+  one: each child loads the whole filter instead of a zygote helper's base program
+  plus a small closing one: what the zygote buys);
+- the default and ``privileged`` with spawn helpers that keep no network namespaces
+  ready (``common.without_netns_pool``: the pool takes the namespace's creation off
+  the start while the helper is idle; unshare(1) pays it inline);
+- the default without a cgroup (and so without the device program);
+- with a busybox root filesystem: the default and ``privileged`` (masked paths).
+
+Ratios are against the default of the same group, and issue 11's goal is printed:
+c=64 throughput of the default at least 0.95x of ``privileged``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import common
+import ocibundle as oci
+from common import ApiRunner, Bench, Results, Runner, ms, per_s, table, times
+
+DEFAULT = "default"
+PRIVILEGED = "privileged=True"
+ROOTFS_DEFAULT = "--rootfs, default"
+ROOTFS_PRIVILEGED = "--rootfs, privileged=True"
+
+
+def runners(bench: Bench, rootfs: str, profile: str) -> tuple[list[Runner], list[Runner]]:
+    o = bench.options
+    host: list[Runner] = [
+        ApiRunner(DEFAULT, **o),
+        ApiRunner('seccomp="unconfined"', seccomp="unconfined", **o),
+        ApiRunner(PRIVILEGED, privileged=True, **o),
+        ApiRunner("docker's profile from a file", seccomp=profile, **o),
+        ApiRunner("default, no netns pool", netns_pool=False, **o),
+        ApiRunner("privileged=True, no netns pool", netns_pool=False, privileged=True, **o),
+        ApiRunner("default, no cgroup (no device program)", cgroup=False),
+    ]
+    on_rootfs: list[Runner] = [
+        ApiRunner(ROOTFS_DEFAULT, rootfs=rootfs, **o),
+        ApiRunner(ROOTFS_PRIVILEGED, rootfs=rootfs, privileged=True, **o),
+    ]
+    return host, on_rootfs
+
+
+def report(title: str, group: list[Runner], results: Results, base: str) -> dict[str, Any]:
+    rows = [
+        [
+            r.name,
+            r.path,
+            ms(results.value(r.name, 1, "median")),
+            ms(results.value(r.name, 1, "p90")),
+            per_s(results.value(r.name, 64, "rate")),
+            common.ratio_cell(results, r.name, base),
+        ]
+        for r in group
+    ]
+    headers = ["confinement", "spawn path", "c=1 median", "c=1 p90", "c=64", f"vs {base}: c=1, c=64"]
+    print(table(title, headers, rows))
+    return {r.name: results.to_json().get(r.name) for r in group}
+
+
+def main() -> int:
+    args = common.arguments(__doc__).parse_args()
+    rounds = common.rounds_of(args)
+    sizes = common.sizes_of(args)
+    figures: dict[str, Any] = {"machine": common.machine(), "rounds": rounds}
+    with Bench("bench/confinement.py") as bench:
+        print(f"bench/confinement.py: {common.machine()}")
+        rootfs = str(common.busybox_rootfs(bench.tmp))
+        profile = bench.tmp / "docker-default.json"
+        profile.write_text(json.dumps(oci.docker_seccomp()))
+        host, on_rootfs = runners(bench, rootfs, str(profile))
+        print(f"interleaved: {rounds} round(s); per round and runner: c=1: {sizes[1]}, c=64: {sizes[64]}")
+        results = common.interleave(host + on_rootfs, rounds, sizes)
+        print("\nasyncio; medians over rounds; 'vs default': the median of each round's ratio")
+        figures["host_root"] = report("/bin/true on the host's root", host, results, DEFAULT)
+        figures["rootfs"] = report(
+            "/bin/true on a busybox root filesystem", on_rootfs, results, ROOTFS_DEFAULT
+        )
+        goal = {
+            "host root": results.ratio(DEFAULT, PRIVILEGED, 64, "rate"),
+            "busybox root": results.ratio(ROOTFS_DEFAULT, ROOTFS_PRIVILEGED, 64, "rate"),
+        }
+        for where, ratio in goal.items():
+            verdict = "met" if ratio >= 0.95 else "NOT met"
+            print(
+                f"\nissue 11 ({where}): c=64 throughput, default vs privileged: {times(ratio)}"
+                f" (goal 0.95x: {verdict})"
+            )
+        figures["default_vs_privileged_c64"] = goal
+    common.write_json(args.json, figures)
+    return 1 if bench.leaks else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
