@@ -37,7 +37,7 @@ lint: $(STAMP)
 test: lint deps-test
 	$(BIN)/pytest
 
-## bench: every bench in bench/ (as root, ~25 minutes): mydocker against unshare(1),
+## bench: every bench in bench/ (as root, ~15 minutes): mydocker against unshare(1),
 ## crun, runc and itself, interleaved, medians of rounds; BENCH="--only start,exec"
 bench: $(STAMP) deps-bench
 	$(BIN)/python bench/run.py $(BENCH)
