@@ -209,7 +209,7 @@ class Runner:
 
     def session(self) -> contextlib.AbstractAsyncContextManager[object]:
         """What a batch runs inside (e.g. a container to exec into)."""
-        return contextlib.nullcontext()  # type: ignore[return-value]
+        return contextlib.nullcontext()
 
     async def warm(self) -> None:
         # the first containers of an event loop start its spawn helper
@@ -469,12 +469,12 @@ def without_netns_pool() -> Iterator[None]:
 def children_of(pid: int) -> set[int]:
     """Every process whose parent is ``pid`` (zombies included)."""
     me, out = str(pid), set()
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
             try:
-                with open(f"/proc/{pid}/stat") as f:
+                with open(f"/proc/{entry}/stat") as f:
                     if f.read().rsplit(")", 1)[1].split()[1] == me:
-                        out.add(int(pid))
+                        out.add(int(entry))
             except (OSError, IndexError):
                 pass
     return out
@@ -635,6 +635,18 @@ def per_s(x: float) -> str:
 
 def times(x: float) -> str:
     return f"{x:.2f}x"
+
+
+def figures_row(results: Results, runner: Runner) -> list[str]:
+    """A runner's name, spawn path, c=1 median and p90, and c=64 throughput: the
+    first cells of every start-to-exit table."""
+    return [
+        runner.name,
+        runner.path,
+        ms(results.value(runner.name, 1, "median")),
+        ms(results.value(runner.name, 1, "p90")),
+        per_s(results.value(runner.name, 64, "rate")),
+    ]
 
 
 def ratio_cell(results: Results, name: str, base: str) -> str:

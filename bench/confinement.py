@@ -33,7 +33,7 @@ from typing import Any
 
 import common
 import ocibundle as oci
-from common import ApiRunner, Bench, Results, Runner, ms, per_s, table, times
+from common import ApiRunner, Bench, Results, Runner, table, times
 
 DEFAULT = "default"
 PRIVILEGED = "privileged=True"
@@ -60,17 +60,7 @@ def runners(bench: Bench, rootfs: str, profile: str) -> tuple[list[Runner], list
 
 
 def report(title: str, group: list[Runner], results: Results, base: str) -> dict[str, Any]:
-    rows = [
-        [
-            r.name,
-            r.path,
-            ms(results.value(r.name, 1, "median")),
-            ms(results.value(r.name, 1, "p90")),
-            per_s(results.value(r.name, 64, "rate")),
-            common.ratio_cell(results, r.name, base),
-        ]
-        for r in group
-    ]
+    rows = [[*common.figures_row(results, r), common.ratio_cell(results, r.name, base)] for r in group]
     headers = ["confinement", "spawn path", "c=1 median", "c=1 p90", "c=64", f"vs {base}: c=1, c=64"]
     print(table(title, headers, rows))
     return {r.name: results.to_json().get(r.name) for r in group}

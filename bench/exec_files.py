@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 import common
-from common import ApiRunner, Bench, CommandRunner, Results, Runner, ms, per_s, table
+from common import ApiRunner, Bench, CommandRunner, Results, Runner, ms, table
 
 from supervisor import DEVNULL, open_container
 from supervisor.container import Container
@@ -88,17 +88,7 @@ def section_exec(bench: Bench, rounds: int, quick: bool) -> dict[str, Any]:
     print(f"interleaved: {rounds} round(s); per round and runner: c=1: {sizes[1]}, c=64: {sizes[64]}")
     results = common.interleave(runners, rounds, sizes)
     base = "exec, asyncio"
-    rows = [
-        [
-            r.name,
-            r.path,
-            ms(results.value(r.name, 1, "median")),
-            ms(results.value(r.name, 1, "p90")),
-            per_s(results.value(r.name, 64, "rate")),
-            common.ratio_cell(results, r.name, base),
-        ]
-        for r in runners
-    ]
+    rows = [[*common.figures_row(results, r), common.ratio_cell(results, r.name, base)] for r in runners]
     headers = ["/bin/true by", "spawn path", "c=1 median", "c=1 p90", "c=64", f"vs {base}: c=1, c=64"]
     print(table("exec round trip into a running container (host root, default confinement)", headers, rows))
     return results.to_json()

@@ -133,7 +133,7 @@ def orphans() -> list[str]:
     """Processes reparented to this driver (it is their subreaper) and still running,
     after reaping those that have exited (a stopped daemon, a killed baseline) and
     giving the rest two seconds to go."""
-    me, found = str(os.getpid()), []
+    me, found = str(os.getpid()), list[str]()
     deadline = time.monotonic() + 2
     while True:
         with contextlib.suppress(ChildProcessError):

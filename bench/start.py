@@ -78,13 +78,7 @@ def report_group(
             rows.append([r.name, "-", f"not available: {r.available}", "", "", *([""] * len(refs))])
             out[r.name] = {"available": r.available}
             continue
-        row = [
-            r.name,
-            r.path,
-            ms(results.value(r.name, 1, "median")),
-            ms(results.value(r.name, 1, "p90")),
-            per_s(results.value(r.name, 64, "rate")),
-        ]
+        row = common.figures_row(results, r)
         rows.append(row + [common.ratio_cell(results, r.name, ref) for ref in refs])
     print(table(title, headers, rows))
     out.update(results.to_json())
@@ -202,7 +196,7 @@ class HelperPoolRunner(ApiRunner):
                 pools[base] = itertools.cycle([first, *extra])
             return next(pools[base])
 
-        spawn.get_helper = get_helper  # type: ignore[assignment]
+        spawn.get_helper = get_helper
         try:
             return super().batch(n, concurrency)
         finally:
