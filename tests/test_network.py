@@ -387,6 +387,41 @@ def test_published_port(state: Path, busybox: Path, network: str) -> None:
 
 @root
 @needs_nft
+def test_ps_shows_the_host_ports_a_running_container_got(state: Path, busybox: Path, network: str) -> None:
+    port = free_port()
+    proc = running(
+        state,
+        busybox,
+        "sleep 30",
+        "--network",
+        network,
+        "--name",
+        "web",
+        "-p",
+        f"127.0.0.1:{port}:80",
+        "-p",
+        "81/udp",
+    )
+    try:
+        wait_for(lambda: len(members(state, network)) == 1)
+        res = run_cli("ps", "--state-dir", str(state))
+        assert res.returncode == 0, res.stderr
+        header, row = res.stdout.decode().splitlines()
+        cell = row[header.index("PORTS") : header.index("NAMES")].strip()
+        fixed, chosen = cell.split(", ")
+        assert fixed == f"127.0.0.1:{port}->80/tcp"
+        host, _, rest = chosen.partition(":")
+        picked, _, target = rest.partition("->")
+        # -p 81/udp: the host port the kernel picked, not 0
+        assert host == "0.0.0.0" and int(picked) > 0 and target == "81/udp", cell
+    finally:
+        stop(proc)
+    res = run_cli("ps", "--state-dir", str(state), "-a")
+    assert res.returncode == 0 and "->" not in res.stdout.decode()  # no ports once it exited
+
+
+@root
+@needs_nft
 def test_rm_refused_while_a_container_runs(state: Path, busybox: Path, network: str) -> None:
     proc = running(state, busybox, "sleep 30", "--network", network, "--name", "busy")
     try:

@@ -122,9 +122,23 @@ def _image(record: dict[str, Any]) -> str:
     return str(image) or "(host)"
 
 
-def _ports(record: dict[str, Any]) -> str:
-    ports = record.get("HostConfig", {}).get("Ports", [])
-    return ", ".join(str(p) for p in ports) if isinstance(ports, list) else ""
+def _published(sdir: str, entries: list[Any]) -> dict[str, str]:
+    """The PORTS cell of each running container on a network: its published ports
+    as the kernel bound them (``-p 80`` shows the host port it got), read from the
+    networks' live leases, docker's way (``0.0.0.0:32768->80/tcp``)."""
+    from ..network.ipam import Store
+    from ..spec import NETWORK_MODES, NETWORK_NAME
+
+    modes = {e.record.get("HostConfig", {}).get("NetworkMode") for e in entries if e.running}
+    names = sorted(
+        m for m in modes if isinstance(m, str) and m not in NETWORK_MODES and NETWORK_NAME.fullmatch(m)
+    )
+    store, out = Store(sdir), {}
+    for name in names:
+        for lease, alive in store.leases(name):
+            if alive and lease.forwards:
+                out[lease.container] = ", ".join(f"{a}:{h}->{c}/{p}" for p, a, h, c in lease.forwards)
+    return out
 
 
 @click.command(short_help="List containers.")
@@ -137,11 +151,13 @@ def ps(show_all: bool, quiet: bool, no_trunc: bool, state_dir: str | None) -> No
     from .. import records
 
     now = time.time()
-    shown = [e for e in records.entries(resolve_state_dir(state_dir)) if show_all or e.running]
+    sdir = resolve_state_dir(state_dir)
+    shown = [e for e in records.entries(sdir) if show_all or e.running]
     if quiet:
         for e in shown:
             click.echo(e.id if no_trunc else e.short_id)
         return
+    ports = _published(sdir, shown)
     rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]]
     for e in shown:
         rows.append(
@@ -151,7 +167,7 @@ def ps(show_all: bool, quiet: bool, no_trunc: bool, state_dir: str | None) -> No
                 _command(e.record, no_trunc),
                 _ago(e.record.get("Created"), now),
                 status_text(e, now),
-                _ports(e.record),
+                ports.get(e.id, "") if e.running else "",
                 e.name,
             ]
         )
