@@ -54,9 +54,11 @@ def run(
     pidfd: int = -1,
     namespaces: int = 0,
     warn: Callable[[str], None] | None = None,
+    runner: Callable[[Hook, bytes], None] | None = None,
 ) -> None:
     """Run ``hooks`` one after the other with ``state`` on their stdin; with a
-    ``pidfd``, each in the ``namespaces`` (CLONE_NEW* flags) of that process.
+    ``pidfd``, each in the ``namespaces`` (CLONE_NEW* flags) of that process;
+    ``runner``: how to run one (a hook and its stdin), instead of ``run_one``.
 
     Raises:
         StartError: a hook failed (step "<kind> hook"), unless ``warn`` is given:
@@ -65,7 +67,10 @@ def run(
     data = json.dumps(state).encode()
     for hook in hooks:
         try:
-            run_one(hook, data, pidfd, namespaces)
+            if runner is not None:
+                runner(hook, data)
+            else:
+                run_one(hook, data, pidfd, namespaces)
         except StartError as e:
             if warn is None:
                 raise StartError(f"{kind} hook", e.errno, e.detail) from None
