@@ -1200,3 +1200,23 @@ def test_start_container_hooks_run_confined_as_the_container(
         res.returncode == 1
         and res.stderr == "mydocker-runc: startContainer hook: /bin/sh: exit status 3: no\n"
     )
+
+
+@pytest.mark.root
+def test_exec_without_a_mount_namespace_stays_in_the_containers_root(
+    root: Path, busybox: Path, tmp_path: Path, subreaper: None
+) -> None:
+    # the container is only chrooted: an exec has no mount namespace to join, and
+    # must be chrooted too, not run in the host's root
+    cid = new_id()
+    linux = {"namespaces": [{"type": "pid"}, {"type": "ipc"}], "maskedPaths": [], "readonlyPaths": []}
+    bundle = make_bundle(tmp_path / "b", busybox, ["sleep", "100"], mounts=[], linux=linux, hostname=None)
+    runc(root, "run", "-d", "--bundle", str(bundle), cid)
+    pid = state(root, cid)["pid"]
+    try:
+        res = runc(root, "exec", "--cwd", "/etc", cid, "sh", "-c", "pwd; ls /")
+        assert res.stdout.split() == ["/etc", *sorted(os.listdir(busybox))]
+        runc(root, "delete", "--force", cid)
+        reap(pid)
+    finally:
+        cleanup(root, cid, [pid])

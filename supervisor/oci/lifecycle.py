@@ -1048,11 +1048,21 @@ def _spawn_in(
             if executable is not None:
                 _candidates, argv, envp, _prog = child.exec
                 child = child._replace(exec=((os.fsencode(executable),), argv, envp, executable))
+            keep: tuple[int, ...] = ()
+            if not rec.join & _linux.CLONE_NEWNS:
+                # no mount namespace to join (the container is only chrooted): its
+                # root, or the process would run in the host's
+                root_fd = os.open(f"/proc/{rec.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                child_side.callback(os.close, root_fd)
+                if not records.alive(rec):  # the pid was not reused before the open
+                    raise ContainerStateError(f"container {rec.id} is not running")
+                child = child._replace(fs_ops=(("enter the container's root", "_chroot_fd", (root_fd,)),))
+                keep = (root_fd,)
             plan: dict[str, Any] = {"detached": detach, "hold": True}
             pidns = target if rec.join & _linux.CLONE_NEWPID else -1
             old_umask = os.umask(0o022 if process.umask is None else process.umask)
             try:
-                pid, pidfd = _clone(child, 0, fds, pidns=pidns, **plan)
+                pid, pidfd = _clone(child, 0, fds, keep=keep, pidns=pidns, **plan)
             finally:
                 os.umask(old_umask)
                 child_side.close()
