@@ -1220,3 +1220,28 @@ def test_exec_without_a_mount_namespace_stays_in_the_containers_root(
         reap(pid)
     finally:
         cleanup(root, cid, [pid])
+
+
+@pytest.mark.root
+def test_a_cgroup_that_holds_processes_is_refused(
+    root: Path, busybox: Path, tmp_path: Path, subreaper: None
+) -> None:
+    # a second container in the first's cgroup would be killed by the first's delete
+    # (which empties its cgroup): refused, as runc refuses it
+    first, second = new_id(), new_id()
+    linux = {"cgroupsPath": f"mydocker-runc/{first}"}
+    bundle = make_bundle(tmp_path / "b", busybox, ["sleep", "100"], linux=linux)
+    runc(root, "run", "-d", "--bundle", str(bundle), first)
+    pid = state(root, first)["pid"]
+    try:
+        res = runc(root, "run", "-d", "--bundle", str(bundle), second, check=False)
+        assert res.returncode == 1 and "the cgroup is not empty" in res.stderr, res.stderr
+        assert runc(root, "state", second, check=False).returncode == 1
+        assert state(root, first)["status"] == "running"
+        res = runc(root, "exec", second, "true", check=False)
+        assert res.stderr == f"mydocker-runc: container {second} does not exist\n"
+        runc(root, "delete", "--force", first)
+        reap(pid)
+    finally:
+        cleanup(root, second, [])
+        cleanup(root, first, [pid])

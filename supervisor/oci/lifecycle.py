@@ -1139,8 +1139,8 @@ def _run_start_hook(rec: records.Record, spec: ContainerSpec, hook: oci_config.H
 
 
 def _saved_spec(root: str, container_id: str) -> tuple[ContainerSpec, dict[str, Any]]:
+    rec = records.load(root, container_id)  # first: no such container is NotFoundError
     data = saved_config(root, container_id)
-    rec = records.load(root, container_id)
     return oci_config.parse(data, rec.bundle, container_id), data
 
 
