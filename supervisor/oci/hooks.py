@@ -7,8 +7,10 @@ When each runs, and where (runtime-spec config.md, "POSIX-platform Hooks"):
                               runtime's namespaces
     createContainer           then, in the container's namespaces (its mount
                               namespace still shows the host's root)
-    startContainer            start, before the program is exec'd; in the
-                              container's namespaces (after pivot_root: its root)
+    startContainer            start, before the program is exec'd; a program of
+                              the container's, run as an exec into it is
+                              (``lifecycle._run_start_hook``): confined as its
+                              process, in its namespaces and cgroup
     poststart                 start, once the program runs; the runtime's
                               namespaces; a failure is a warning
     poststop                  delete, after the container is gone; a failure is a
