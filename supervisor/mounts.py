@@ -114,6 +114,10 @@ class Kernel:
         """chdir(2)."""
         os.chdir(path)
 
+    def fchdir(self, fd: int) -> None:
+        """fchdir(2)."""
+        os.fchdir(fd)
+
     def open(self, path: str, flags: int) -> int:
         """open(2) of a host path (close-on-exec)."""
         return os.open(path, flags | os.O_CLOEXEC)
@@ -500,6 +504,15 @@ def _chroot(root: str) -> None:
     k.chdir("/")
 
 
+def _chroot_fd(root_fd: int) -> None:
+    # An exec into a container without a mount namespace of its own: its root (an
+    # O_PATH fd of /proc/PID/root taken by the runtime) becomes ours.
+    k = KERNEL
+    k.fchdir(root_fd)
+    k.chroot(".")
+    k.chdir("/")
+
+
 def _pause_for_hooks(errpipe: int, hooks: int) -> None:
     wire.ask_for_hooks(errpipe, hooks)
 
@@ -562,6 +575,7 @@ CHILD_FUNCTIONS: dict[str, Callable[..., None]] = {
         _write_in,
         _make_dir,
         _chroot,
+        _chroot_fd,
         _pause_for_hooks,
     )
 }

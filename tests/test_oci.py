@@ -1167,3 +1167,81 @@ def test_the_default_cgroup_parent_goes_with_the_last_container(
         cleanup(root, first, [])
         cleanup(root, second, [])
     assert {p for p in parents if os.path.exists(p)} == before
+
+
+@pytest.mark.root
+def test_start_container_hooks_run_confined_as_the_container(
+    root: Path, busybox: Path, tmp_path: Path, subreaper: None
+) -> None:
+    # a startContainer hook's path resolves in the container: its program is the
+    # image's, so it runs as runc runs it (in the container's init, confined), never
+    # as the host's root with every capability and outside the container's cgroup
+    cid = new_id()
+    out = tmp_path / "out"
+    out.mkdir()
+    script = "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status > /out/hook; cat > /out/state"
+    hooks = {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
+    mounts = default_spec()["mounts"] + [{"destination": "/out", "source": str(out), "options": ["bind"]}]  # type: ignore[operator]
+    bundle = make_bundle(tmp_path / "b", busybox, ["sleep", "100"], hooks=hooks, mounts=mounts)
+    runc(root, "create", "--bundle", str(bundle), cid)
+    pid = state(root, cid)["pid"]
+    try:
+        runc(root, "start", cid)
+        assert (out / "hook").read_text() == "CapEff:\t00000000a80425fb\nNoNewPrivs:\t1\n"
+        assert json.loads((out / "state").read_text())["status"] == "created"
+        runc(root, "delete", "--force", cid)
+        reap(pid)
+    finally:
+        cleanup(root, cid, [pid])
+    hooks = {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no >&2; exit 3"]}]}
+    bundle = make_bundle(tmp_path / "c", busybox, ["sleep", "100"], hooks=hooks)
+    res = runc(root, "run", "--bundle", str(bundle), cid, check=False)
+    assert (
+        res.returncode == 1
+        and res.stderr == "mydocker-runc: startContainer hook: /bin/sh: exit status 3: no\n"
+    )
+
+
+@pytest.mark.root
+def test_exec_without_a_mount_namespace_stays_in_the_containers_root(
+    root: Path, busybox: Path, tmp_path: Path, subreaper: None
+) -> None:
+    # the container is only chrooted: an exec has no mount namespace to join, and
+    # must be chrooted too, not run in the host's root
+    cid = new_id()
+    linux = {"namespaces": [{"type": "pid"}, {"type": "ipc"}], "maskedPaths": [], "readonlyPaths": []}
+    bundle = make_bundle(tmp_path / "b", busybox, ["sleep", "100"], mounts=[], linux=linux, hostname=None)
+    runc(root, "run", "-d", "--bundle", str(bundle), cid)
+    pid = state(root, cid)["pid"]
+    try:
+        res = runc(root, "exec", "--cwd", "/etc", cid, "sh", "-c", "pwd; ls /")
+        assert res.stdout.split() == ["/etc", *sorted(os.listdir(busybox))]
+        runc(root, "delete", "--force", cid)
+        reap(pid)
+    finally:
+        cleanup(root, cid, [pid])
+
+
+@pytest.mark.root
+def test_a_cgroup_that_holds_processes_is_refused(
+    root: Path, busybox: Path, tmp_path: Path, subreaper: None
+) -> None:
+    # a second container in the first's cgroup would be killed by the first's delete
+    # (which empties its cgroup): refused, as runc refuses it
+    first, second = new_id(), new_id()
+    linux = {"cgroupsPath": f"mydocker-runc/{first}"}
+    bundle = make_bundle(tmp_path / "b", busybox, ["sleep", "100"], linux=linux)
+    runc(root, "run", "-d", "--bundle", str(bundle), first)
+    pid = state(root, first)["pid"]
+    try:
+        res = runc(root, "run", "-d", "--bundle", str(bundle), second, check=False)
+        assert res.returncode == 1 and "the cgroup is not empty" in res.stderr, res.stderr
+        assert runc(root, "state", second, check=False).returncode == 1
+        assert state(root, first)["status"] == "running"
+        res = runc(root, "exec", second, "true", check=False)
+        assert res.stderr == f"mydocker-runc: container {second} does not exist\n"
+        runc(root, "delete", "--force", first)
+        reap(pid)
+    finally:
+        cleanup(root, second, [])
+        cleanup(root, first, [pid])

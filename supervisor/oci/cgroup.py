@@ -267,6 +267,9 @@ class OciCgroup:
                 _write_all(fs, d, writes(res, 1), wanted, only=set(h.controllers))
                 if "devices" in h.controllers:
                     devices.apply_v1(fs, d, res.devices + devices.DEFAULT_RULES)
+            if cg.pids():
+                # another container's (as runc, refused): its delete kills all in it
+                raise SpecError(f"linux.cgroupsPath {rel!r}: the cgroup is not empty (it holds processes)")
         except BaseException:
             cg.remove()
             raise

@@ -7,8 +7,10 @@ When each runs, and where (runtime-spec config.md, "POSIX-platform Hooks"):
                               runtime's namespaces
     createContainer           then, in the container's namespaces (its mount
                               namespace still shows the host's root)
-    startContainer            start, before the program is exec'd; in the
-                              container's namespaces (after pivot_root: its root)
+    startContainer            start, before the program is exec'd; a program of
+                              the container's, run as an exec into it is
+                              (``lifecycle._run_start_hook``): confined as its
+                              process, in its namespaces and cgroup
     poststart                 start, once the program runs; the runtime's
                               namespaces; a failure is a warning
     poststop                  delete, after the container is gone; a failure is a
@@ -54,9 +56,11 @@ def run(
     pidfd: int = -1,
     namespaces: int = 0,
     warn: Callable[[str], None] | None = None,
+    runner: Callable[[Hook, bytes], None] | None = None,
 ) -> None:
     """Run ``hooks`` one after the other with ``state`` on their stdin; with a
-    ``pidfd``, each in the ``namespaces`` (CLONE_NEW* flags) of that process.
+    ``pidfd``, each in the ``namespaces`` (CLONE_NEW* flags) of that process;
+    ``runner``: how to run one (a hook and its stdin), instead of ``run_one``.
 
     Raises:
         StartError: a hook failed (step "<kind> hook"), unless ``warn`` is given:
@@ -65,7 +69,10 @@ def run(
     data = json.dumps(state).encode()
     for hook in hooks:
         try:
-            run_one(hook, data, pidfd, namespaces)
+            if runner is not None:
+                runner(hook, data)
+            else:
+                run_one(hook, data, pidfd, namespaces)
         except StartError as e:
             if warn is None:
                 raise StartError(f"{kind} hook", e.errno, e.detail) from None

@@ -635,7 +635,13 @@ def start(root: str, container_id: str, *, warn: Warn | None = None) -> records.
         try:
             if hook_set.start_container:
                 state = hooks.state_json(rec.id, "created", rec.pid, rec.bundle, rec.annotations)
-                hooks.run("startContainer", hook_set.start_container, state, pidfd=pidfd, namespaces=rec.join)
+                spec, _data = _saved_spec(root, container_id)
+                hooks.run(
+                    "startContainer",
+                    hook_set.start_container,
+                    state,
+                    runner=lambda hook, data: _run_start_hook(rec, spec, hook, data),
+                )
             _open_fifo(os.path.join(slot.dir, records.FIFO), pidfd, container_id)
         finally:
             os.close(pidfd)
@@ -758,7 +764,7 @@ def _signal_pid(pid: int, sig: int) -> None:
         os.close(fd)
 
 
-def _wait_gone(pidfd: int, timeout: float) -> bool:
+def _wait_gone(pidfd: int, timeout: float | None) -> bool:
     return bool(select.select([pidfd], [], [], timeout)[0])
 
 
@@ -908,7 +914,7 @@ def run(
     try:
         start(root, container_id, warn=warn)
     except BaseException:
-        os.close(made.pidfd)
+        _kill_and_reap(made.record.pid, made.pidfd)  # ours: not a zombie for the caller
         with contextlib.suppress(MydockerError):
             delete(root, container_id, force=True, warn=warn)
         raise
@@ -957,16 +963,60 @@ def exec_process(
     if process.terminal and console_socket is None and detach:
         raise SpecError("a terminal needs --console-socket with --detach")
     spec, _data = _saved_spec(root, container_id)
+    env = environment(process, f"/proc/{rec.pid}/root")
+    pid, pidfd, master = _spawn_in(rec, spec, process, env, detach=detach, console_socket=console_socket)
+    try:
+        if pid_file:
+            records.write_file_atomically(pid_file, str(pid).encode())
+    except BaseException:
+        _kill_and_reap(pid, pidfd)
+        if master >= 0:
+            os.close(master)
+        raise
+    if detach:
+        os.close(pidfd)
+        return 0
+    try:
+        return wait(pid, pidfd, master)
+    finally:
+        os.close(pidfd)
+
+
+def _spawn_in(
+    rec: records.Record,
+    spec: ContainerSpec,
+    process: Process,
+    env: dict[str, str],
+    *,
+    detach: bool = False,
+    console_socket: str | None = None,
+    stdio: tuple[int, int, int] = (0, 1, 2),
+    executable: str | None = None,
+) -> tuple[int, int, int]:
+    """Start ``process`` in the container of ``rec`` (see ``exec_process``) with
+    ``env`` and ``stdio``; ``executable``: the program to exec (else ``process.args[0]``
+    searched in the PATH of ``env``). Returns (pid, pidfd, the terminal's master or -1)
+    once it has exec'd.
+
+    Raises:
+        ContainerStateError: the container's process is gone.
+        SpecError, StartError, CommandNotFoundError, ...: it could not start.
+    """
     try:
         target = records.pidfd(rec)
     except ProcessLookupError:
-        raise ContainerStateError(f"container {container_id} is not running") from None
+        raise ContainerStateError(f"container {rec.id} is not running") from None
     with contextlib.ExitStack() as ours:
         ours.callback(os.close, target)
         child_side = contextlib.ExitStack()
         try:
             cgroup = OciCgroup.from_json(rec.cgroup)
-            fds: dict[str, int] = {"stdin": 0, "stdout": 1, "stderr": 2, "target": target}
+            fds: dict[str, int] = {
+                "stdin": stdio[0],
+                "stdout": stdio[1],
+                "stderr": stdio[2],
+                "target": target,
+            }
             cg_fd = cgroup.open_v2() if cgroup.v2 and os.path.isdir(cgroup.v2) else -1
             if cg_fd >= 0:
                 child_side.callback(os.close, cg_fd)
@@ -987,7 +1037,6 @@ def exec_process(
                 child_side.callback(theirs.close)
                 fds.update(stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=theirs.fileno())
                 fds["console"] = theirs.fileno()
-            env = environment(process, f"/proc/{rec.pid}/root")
             child = init.exec_child_spec(
                 process.args,
                 env,
@@ -996,11 +1045,24 @@ def exec_process(
                 rec.join,
                 confinement(process, spec.seccomp),
             )
+            if executable is not None:
+                _candidates, argv, envp, _prog = child.exec
+                child = child._replace(exec=((os.fsencode(executable),), argv, envp, executable))
+            keep: tuple[int, ...] = ()
+            if not rec.join & _linux.CLONE_NEWNS:
+                # no mount namespace to join (the container is only chrooted): its
+                # root, or the process would run in the host's
+                root_fd = os.open(f"/proc/{rec.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                child_side.callback(os.close, root_fd)
+                if not records.alive(rec):  # the pid was not reused before the open
+                    raise ContainerStateError(f"container {rec.id} is not running")
+                child = child._replace(fs_ops=(("enter the container's root", "_chroot_fd", (root_fd,)),))
+                keep = (root_fd,)
             plan: dict[str, Any] = {"detached": detach, "hold": True}
             pidns = target if rec.join & _linux.CLONE_NEWPID else -1
             old_umask = os.umask(0o022 if process.umask is None else process.umask)
             try:
-                pid, pidfd = _clone(child, 0, fds, pidns=pidns, **plan)
+                pid, pidfd = _clone(child, 0, fds, keep=keep, pidns=pidns, **plan)
             finally:
                 os.umask(old_umask)
                 child_side.close()
@@ -1015,24 +1077,70 @@ def exec_process(
             master = -1
             if console is not None:
                 master = _take_console(console, events, process, console_socket)
-            events.exec_done()
-            if pid_file:
-                records.write_file_atomically(pid_file, str(pid).encode())
+            try:
+                events.exec_done()
+            except BaseException:
+                if master >= 0:
+                    os.close(master)
+                raise
         except BaseException:
             _kill_and_reap(pid, pidfd)
             raise
-        if detach:
-            os.close(pidfd)
-            return 0
+        return pid, pidfd, master
+
+
+def _run_start_hook(rec: records.Record, spec: ContainerSpec, hook: oci_config.Hook, stdin: bytes) -> None:
+    """A startContainer hook: a program of the container's (its path resolves in the
+    container), run as its process runs (runc runs it in the container's init, after
+    its confinement): in its namespaces and cgroup, as its user, with its capability
+    sets and seccomp profile, with ``stdin`` (the state) on its stdin.
+
+    Raises:
+        StartError: it could not start, failed, or ran past its timeout (killed).
+    """
+    process = oci_config.settings_of(spec).process
+    assert process is not None
+    process = process._replace(
+        args=tuple(hook.args) or (hook.path,), env=tuple(hook.env or ()), cwd="/", terminal=False
+    )
+    env = {k: v for k, _, v in (item.partition("=") for item in process.env)}
+    with contextlib.ExitStack() as stack:
+        data = os.memfd_create("state", os.MFD_CLOEXEC)
+        stack.callback(os.close, data)
+        os.write(data, stdin)
+        os.lseek(data, 0, os.SEEK_SET)
+        out = os.memfd_create("output", os.MFD_CLOEXEC)
+        stack.callback(os.close, out)
         try:
-            return wait(pid, pidfd, master)
-        finally:
-            os.close(pidfd)
+            _pid, pidfd, _master = _spawn_in(
+                rec, spec, process, env, stdio=(data, out, out), executable=hook.path
+            )
+        except StartError as e:
+            raise StartError("hook", e.errno, f"{hook.path}: {e.detail}") from None
+        stack.callback(os.close, pidfd)
+        if not _wait_gone(pidfd, hook.timeout if hook.timeout is not None else None):
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitid(os.P_PIDFD, pidfd, os.WEXITED | _linux.WALL)
+            raise StartError("hook", 0, f"{hook.path} did not finish in {hook.timeout} s (killed)")
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | _linux.WALL)
+        assert info is not None
+        if info.si_code == os.CLD_EXITED and info.si_status == 0:
+            return
+        os.lseek(out, 0, os.SEEK_SET)
+        said = os.read(out, 65536).decode(errors="replace").strip().splitlines()
+        how = (
+            f"exit status {info.si_status}"
+            if info.si_code == os.CLD_EXITED
+            else f"killed by signal {info.si_status}"
+        )
+        raise StartError("hook", 0, f"{hook.path}: {how}" + (f": {said[-1]}" if said else ""))
 
 
 def _saved_spec(root: str, container_id: str) -> tuple[ContainerSpec, dict[str, Any]]:
+    rec = records.load(root, container_id)  # first: no such container is NotFoundError
     data = saved_config(root, container_id)
-    rec = records.load(root, container_id)
     return oci_config.parse(data, rec.bundle, container_id), data
 
 
