@@ -363,6 +363,26 @@ def test_refused_in_one_line_naming_the_field(field: str, value: object, message
     assert "\n" not in str(e.value)
 
 
+def test_sysctls_and_hostname_of_a_joined_namespace_that_is_the_runtimes_own_are_refused() -> None:
+    """Joining the runtime's own (the host's) network or UTS namespace by path: a
+    sysctl or hostname set there would be the host's (runc refuses net.* there)."""
+    data = base_config()
+    linux = data["linux"]
+    kinds = [n for n in linux["namespaces"] if n["type"] not in ("network", "uts")]
+    linux["namespaces"] = [*kinds, {"type": "network", "path": "/proc/self/ns/net"}]
+    linux["sysctl"] = {"net.ipv4.ip_forward": "1"}
+    with pytest.raises(SpecError, match="needs a net namespace of the container's own"):
+        parse(data)
+    del linux["sysctl"]
+    linux["namespaces"] = [*kinds, {"type": "uts", "path": "/proc/self/ns/uts"}]
+    data["hostname"] = "box"
+    with pytest.raises(SpecError, match="hostname needs a uts namespace of the container's own"):
+        parse(data)
+    # another process's namespace that is not ours is the container's to set
+    linux["namespaces"] = [*kinds, {"type": "uts", "path": "/nonexistent/ns/uts"}]
+    assert parse(data).oci is not None
+
+
 def test_start_container_refuses_an_oci_spec() -> None:
     from supervisor import rootfs
 

@@ -803,6 +803,24 @@ def parse_hooks(data: object) -> Hooks:
     return _hooks(_Obj(data, ""))
 
 
+def _the_runtimes_own(paths: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    """Which of the namespaces joined by path are the one mydocker-runc itself is in
+    (runc refuses ``net.*`` sysctls in the host's network namespace the same way). A
+    path that cannot be looked at is left to the join, which says so."""
+    own = set()
+    for kind, path in paths:
+        short = NAMESPACES[kind]
+        if short not in ("net", "uts", "ipc"):
+            continue
+        try:
+            there, here = os.stat(path), os.stat(f"/proc/self/ns/{short}")
+        except OSError:
+            continue
+        if (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino):
+            own.add(short)
+    return frozenset(own)
+
+
 def _sysctl(linux: _Obj, new: frozenset[str], joined: frozenset[str]) -> tuple[tuple[str, str], ...]:
     out = linux.string_map("sysctl")
     for key, _value in out:
@@ -859,7 +877,9 @@ def parse(data: object, bundle: str, container_id: str) -> ContainerSpec:
     ):
         linux.refuse(key, what)
     new, paths, user = _namespaces(linux)
-    joined = frozenset(NAMESPACES[kind] for kind, _path in paths)
+    # a namespace joined by path that is the runtime's own is the host's, as far as
+    # the container is concerned: its sysctls and hostname are not the container's
+    joined = frozenset(NAMESPACES[kind] for kind, _path in paths) - _the_runtimes_own(paths)
     uid_maps, gid_maps = _id_maps(linux, "uidMappings"), _id_maps(linux, "gidMappings")
     if user and (not uid_maps or not gid_maps):
         raise SpecError("a user namespace needs linux.uidMappings and linux.gidMappings")
