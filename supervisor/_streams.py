@@ -26,14 +26,18 @@ class FdStream(anyio.abc.ByteStream):
         self._fd = fd
         self._eof_on_eio = eof_on_eio
         self._closed = False
-        self._receive_guard = anyio.Lock()
-        self._send_guard = anyio.Lock()
+        # made on first use: a stream only ever read needs no send lock (and a lock
+        # is ~0.8 kB, which the daemon would pay twice per container for nothing)
+        self._receive_guard: anyio.Lock | None = None
+        self._send_guard: anyio.Lock | None = None
 
     def fileno(self) -> int:
         """The underlying file descriptor."""
         return self._fd
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._receive_guard is None:
+            self._receive_guard = anyio.Lock()
         async with self._receive_guard:
             while True:
                 if self._closed:
@@ -53,6 +57,8 @@ class FdStream(anyio.abc.ByteStream):
 
     async def send(self, item: bytes) -> None:
         view = memoryview(item)
+        if self._send_guard is None:
+            self._send_guard = anyio.Lock()
         async with self._send_guard:
             while view:
                 if self._closed:

@@ -183,6 +183,26 @@ def test_logs_keep_the_streams_apart_and_outlive_the_container(world: World) -> 
     world.ok("rm", "talk")
 
 
+def test_logs_of_containers_writing_at_once_are_whole_and_in_order(world: World) -> None:
+    """One task of the daemon reads every container's output (daemon/pumps.py):
+    three containers writing ~1.3 MB each on both streams at once, more than a pipe
+    holds and more than one read takes, each log whole, in order, streams apart."""
+    script = "i=0; while [ $i -lt 40000 ]; do echo out $i; echo err $i >&2; i=$((i+1)); done"
+    names = [f"loud{k}" for k in range(3)]
+    for name in names:
+        world.detach("--name", name, "sh", "-c", script)
+    for name in names:
+        assert world.ok("wait", name).strip() == "0"
+    expected_out = "".join(f"out {i}\n" for i in range(40000)).encode()
+    expected_err = "".join(f"err {i}\n" for i in range(40000)).encode()
+    for name in names:
+        r = world.run("logs", name, timeout=120)
+        assert r.returncode == 0
+        assert r.stdout == expected_out, (name, len(r.stdout))
+        assert r.stderr == expected_err, (name, len(r.stderr))
+        world.ok("rm", name)
+
+
 def test_logs_follow_until_the_container_exits(world: World) -> None:
     world.detach("--name", "ticker", "sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 0.3; done")
     r = world.run("logs", "-f", "ticker", timeout=30)

@@ -37,6 +37,7 @@ from ..errors import MydockerError
 from ..logs import DEFAULT_MAX_SIZE, LogWriter
 from ..spec import DEVNULL, PIPE, ContainerSpec
 from . import protocol
+from .pumps import Pumps
 
 #: how long a daemon with nothing to do stays, unless told (``MYDOCKER_DAEMON_IDLE``)
 DEFAULT_IDLE = 10.0
@@ -83,6 +84,9 @@ class Daemon:
         self.last_activity = time.monotonic()
         self.stopping = anyio.Event()
         self._containers_tg: Any = None
+        #: each running container's log, written by the pumps
+        self.logs: dict[str, LogWriter] = {}
+        self.pumps = Pumps(self._deliver)
 
     # -- requests ---------------------------------------------------------------
 
@@ -170,7 +174,11 @@ class Daemon:
             await container.aclose()
             raise
         self.containers[spec.id] = container
-        self._containers_tg.start_soon(self._supervise, container, log)
+        self.logs[spec.id] = log
+        for name, stream in (("stdout", container.stdout), ("stderr", container.stderr)):
+            if stream is not None and (name == "stdout" or stream is not container.stdout):
+                self.pumps.add(spec.id, name, stream.fileno())
+        self._containers_tg.start_soon(self._supervise, container)
         return {"ok": True, "id": spec.id, "warnings": found}
 
     async def _attach(self, cid: str, stream: FdStream, pending: bytes) -> None:
@@ -233,32 +241,28 @@ class Daemon:
 
     # -- containers -------------------------------------------------------------
 
-    async def _supervise(self, container: Container, log: LogWriter) -> None:
-        """Log its output until it exits, then record the exit and tear it down."""
+    async def _supervise(self, container: Container) -> None:
+        """Wait for it to exit, then record the exit and tear it down (its output is
+        the pumps' to read meanwhile)."""
+        cid = container.spec.id
         try:
-            async with anyio.create_task_group() as tg:
-                pumps = []
-                for name, stream in (("stdout", container.stdout), ("stderr", container.stderr)):
-                    if stream is not None and (name == "stdout" or stream is not container.stdout):
-                        done = anyio.Event()
-                        pumps.append(done)
-                        tg.start_soon(self._pump, stream, name, log, done, container.spec.id)
-                await container.wait()
-                # what it wrote before it died is still in the pipes: read it all,
-                # but not for ever (a process of --pid host may keep them open)
-                with anyio.move_on_after(2.0):
-                    for done in pumps:
-                        await done.wait()
-                tg.cancel_scope.cancel()
+            await container.wait()
+            # what it wrote before it died is still in the pipes: let the pumps read
+            # it all, but not for ever (a process of --pid host may keep them open)
+            with anyio.move_on_after(2.0):
+                while self.pumps.open_streams(cid):
+                    await anyio.sleep(0.01)
         finally:
             with anyio.CancelScope(shield=True):
+                self.pumps.forget(cid)  # before its streams' fds are closed
                 try:
                     await container.aclose()
                 except Exception as e:  # noqa: BLE001 - one container's teardown must not end the daemon
                     _log(f"tearing down container {container.spec.short_id}: {e}")
-                log.close()
-                self.containers.pop(container.spec.id, None)
-                cid = container.spec.id
+                log = self.logs.pop(cid, None)
+                if log is not None:
+                    log.close()
+                self.containers.pop(cid, None)
                 if container.returncode is not None:
                     self._to_attached(
                         cid, protocol.EXIT, container.returncode.to_bytes(4, "big", signed=True)
@@ -267,21 +271,17 @@ class Daemon:
                     send.close()
                 self.last_activity = time.monotonic()
 
-    async def _pump(self, stream: FdStream, name: str, log: LogWriter, done: anyio.Event, cid: str) -> None:
-        try:
-            while True:
-                try:
-                    data = await stream.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    return
-                try:
-                    log.write(name, data)
-                except OSError as e:
-                    _log(f"cannot write the log {log.path}: {e.strerror or e}")
-                if self.attached.get(cid):
-                    self._to_attached(cid, protocol.OUT if name == "stdout" else protocol.ERR, data)
-        finally:
-            done.set()
+    def _deliver(self, cid: str, name: str, data: bytes) -> None:
+        """A chunk of a container's output (``Pumps``): to its log and to the
+        clients attached to it."""
+        log = self.logs.get(cid)
+        if log is not None:
+            try:
+                log.write(name, data)
+            except OSError as e:
+                _log(f"cannot write the log {log.path}: {e.strerror or e}")
+        if self.attached.get(cid):
+            self._to_attached(cid, protocol.OUT if name == "stdout" else protocol.ERR, data)
 
     # -- the loop ----------------------------------------------------------------
 
@@ -325,21 +325,27 @@ class Daemon:
 
     async def run(self, listener: socket.socket, ready: int | None) -> None:
         """Serve until told to stop or idle; then stop the containers and return."""
-        async with anyio.create_task_group() as containers_tg:
-            self._containers_tg = containers_tg
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._accept, listener)
-                tg.start_soon(self._watch_signals)
-                if self.idle > 0:
-                    tg.start_soon(self._watch_idle)
-                if ready is not None:
-                    os.write(ready, b"ok\n")
-                    os.close(ready)
-                await self.stopping.wait()
-                tg.cancel_scope.cancel()
-            listener.close()
-            for container in list(self.containers.values()):
-                containers_tg.start_soon(container.stop)
+        try:
+            async with anyio.create_task_group() as pumps_tg:
+                pumps_tg.start_soon(self.pumps.run)
+                async with anyio.create_task_group() as containers_tg:
+                    self._containers_tg = containers_tg
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._accept, listener)
+                        tg.start_soon(self._watch_signals)
+                        if self.idle > 0:
+                            tg.start_soon(self._watch_idle)
+                        if ready is not None:
+                            os.write(ready, b"ok\n")
+                            os.close(ready)
+                        await self.stopping.wait()
+                        tg.cancel_scope.cancel()
+                    listener.close()
+                    for container in list(self.containers.values()):
+                        containers_tg.start_soon(container.stop)
+                pumps_tg.cancel_scope.cancel()  # every container is gone, and its streams
+        finally:
+            self.pumps.close()
 
 
 def _attach_request(line: bytes) -> str | None:
