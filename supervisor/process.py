@@ -84,6 +84,12 @@ class Process:
         self._wait_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
 
+    @property
+    def pidfd(self) -> int:
+        """Its pidfd, to watch in a selector of one's own (readable once it has
+        exited). It stays this object's: never close it; it is closed by ``aclose``."""
+        return self._pidfd
+
     async def wait(self) -> int:
         """Wait until it exits, reap it, and return its exit status.
 

@@ -1,12 +1,13 @@
-"""Every detached container's output, read by one task of the daemon.
+"""Every detached container's output and exit, watched by one task of the daemon.
 
-A task per stream (two per container, each with anyio's task handle, its events and
-a stream's locks) cost the daemon ~10 kB per container; one epoll set holding every
-container's stdout and stderr, waited on as one fd (``anyio.wait_readable`` on the
-epoll fd, which asyncio and trio both take), costs a dict entry per stream. Reads
-are level-triggered and at most 64 KiB per stream per turn, so one busy container
-cannot starve the others; what is read goes to ``deliver`` (the log, the attached
-clients), synchronously, in the order it was written.
+A task per stream and one per container waiting for its exit (each with anyio's
+task handle, its events, a stream's locks) cost the daemon ~15 kB per container;
+one epoll set holding every container's stdout, stderr and pidfd, waited on as one
+fd (``anyio.wait_readable`` on the epoll fd, which asyncio and trio both take),
+costs a dict entry each. Reads are level-triggered and at most 64 KiB per stream per
+turn, so one busy container cannot starve the others; what is read goes to
+``deliver`` (the log, the attached clients), synchronously, in the order it was
+written; a pidfd that turns readable (its process exited) goes to ``exited``, once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import anyio
 
 #: the most bytes read from one stream per turn of the loop
 CHUNK = 65536
+#: the stream name that marks a pidfd
+_EXIT = "exit"
 
 
 class Pumps:
@@ -29,11 +32,17 @@ class Pumps:
     must come before its fd is closed.
     """
 
-    def __init__(self, deliver: Callable[[str, str, bytes], None]) -> None:
+    def __init__(self, deliver: Callable[[str, str, bytes], None], exited: Callable[[str], None]) -> None:
         self._epoll = select.epoll()  # close-on-exec, as Python makes every fd
         self._by_fd: dict[int, tuple[str, str]] = {}
         self._open: dict[str, int] = {}
         self._deliver = deliver
+        self._exited = exited
+
+    def watch_exit(self, container_id: str, pidfd: int) -> None:
+        """Call ``exited(container_id)`` once ``pidfd`` turns readable."""
+        self._epoll.register(pidfd, select.EPOLLIN)
+        self._by_fd[pidfd] = (container_id, _EXIT)
 
     def add(self, container_id: str, name: str, fd: int) -> None:
         """Read ``fd`` (non-blocking, a pipe's or a pty's read end) as stream
@@ -47,7 +56,7 @@ class Pumps:
         return self._open.get(container_id, 0)
 
     def forget(self, container_id: str) -> None:
-        """Stop reading the container's streams (before they are closed)."""
+        """Stop watching the container's streams and pidfd (before they are closed)."""
         for fd in [fd for fd, (cid, _name) in self._by_fd.items() if cid == container_id]:
             self._drop(fd)
         self._open.pop(container_id, None)
@@ -66,6 +75,10 @@ class Pumps:
     def _read(self, fd: int) -> None:
         owner = self._by_fd.get(fd)
         if owner is None:
+            return
+        if owner[1] == _EXIT:
+            self._drop(fd)
+            self._exited(owner[0])
             return
         try:
             data = os.read(fd, CHUNK)
@@ -86,6 +99,8 @@ class Pumps:
             self._epoll.unregister(fd)
         except OSError:
             pass  # closed already: the kernel dropped it with its last reference
+        if owner[1] == _EXIT:
+            return
         left = self._open.get(owner[0], 0) - 1
         if left > 0:
             self._open[owner[0]] = left

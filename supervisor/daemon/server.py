@@ -86,7 +86,9 @@ class Daemon:
         self._containers_tg: Any = None
         #: each running container's log, written by the pumps
         self.logs: dict[str, LogWriter] = {}
-        self.pumps = Pumps(self._deliver)
+        self.pumps = Pumps(self._deliver, self._exited)
+        #: the containers whose teardown has begun
+        self._ending: set[str] = set()
 
     # -- requests ---------------------------------------------------------------
 
@@ -178,7 +180,7 @@ class Daemon:
         for name, stream in (("stdout", container.stdout), ("stderr", container.stderr)):
             if stream is not None and (name == "stdout" or stream is not container.stdout):
                 self.pumps.add(spec.id, name, stream.fileno())
-        self._containers_tg.start_soon(self._supervise, container)
+        self.pumps.watch_exit(spec.id, container.pidfd)
         return {"ok": True, "id": spec.id, "warnings": found}
 
     async def _attach(self, cid: str, stream: FdStream, pending: bytes) -> None:
@@ -241,11 +243,23 @@ class Daemon:
 
     # -- containers -------------------------------------------------------------
 
-    async def _supervise(self, container: Container) -> None:
-        """Wait for it to exit, then record the exit and tear it down (its output is
-        the pumps' to read meanwhile)."""
+    def _exited(self, cid: str) -> None:
+        """A container's PID 1 exited (``Pumps``): a task to tear it down."""
+        container = self.containers.get(cid)
+        if container is not None:
+            self._containers_tg.start_soon(self._end, container)
+
+    async def _end(self, container: Container, stop: bool = False) -> None:
+        """Reap it (``stop``: first stop it), record the exit and tear it down (its
+        output is the pumps' to read meanwhile). Once per container: its exit and
+        the daemon's shutdown may both ask."""
         cid = container.spec.id
+        if cid in self._ending:
+            return
+        self._ending.add(cid)
         try:
+            if stop:
+                await container.stop()
             await container.wait()
             # what it wrote before it died is still in the pipes: let the pumps read
             # it all, but not for ever (a process of --pid host may keep them open)
@@ -269,6 +283,7 @@ class Daemon:
                     )
                 for send in self.attached.pop(cid, set()):
                     send.close()
+                self._ending.discard(cid)
                 self.last_activity = time.monotonic()
 
     def _deliver(self, cid: str, name: str, data: bytes) -> None:
@@ -342,7 +357,7 @@ class Daemon:
                         tg.cancel_scope.cancel()
                     listener.close()
                     for container in list(self.containers.values()):
-                        containers_tg.start_soon(container.stop)
+                        containers_tg.start_soon(self._end, container, True)
                 pumps_tg.cancel_scope.cancel()  # every container is gone, and its streams
         finally:
             self.pumps.close()
