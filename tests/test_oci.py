@@ -1102,13 +1102,16 @@ def test_containerd_runs_busybox_with_mydocker_runc(tmp_path: Path) -> None:
 
 
 def _demo_cgroups() -> set[str]:
+    """Every directory at and below ``mydocker-demo`` in each of our hierarchies: a
+    parent a killed run left must not hide a container's directory below it."""
     from supervisor import cgroups
 
-    return {
-        os.path.join(p, "mydocker-demo")
-        for p in cgroups.parents_of(cgroups.current_layout())
-        if os.path.exists(os.path.join(p, "mydocker-demo"))
-    }
+    found = set()
+    for parent in cgroups.parents_of(cgroups.current_layout()):
+        for top, dirs, _files in os.walk(os.path.join(parent, "mydocker-demo")):
+            found.add(top)
+            found.update(os.path.join(top, d) for d in dirs)
+    return found
 
 
 @pytest.mark.root
