@@ -310,6 +310,22 @@ def _set_limits(pid: int, process: Process) -> None:
             raise StartError("set oom_score_adj", e.errno or 0, str(e)) from None
 
 
+def _child_pipes(
+    ours: contextlib.ExitStack, child_side: contextlib.ExitStack, fds: dict[str, int]
+) -> tuple[int, int]:
+    """The child's error pipe and sync pipe: their child ends in ``fds`` (``errpipe``,
+    ``sync``), closed with ``child_side``; ours, (error read end, sync write end),
+    closed with ``ours``."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    ours.callback(os.close, err_r)
+    child_side.callback(os.close, err_w)
+    sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+    child_side.callback(os.close, sync_r)
+    ours.callback(os.close, sync_w)
+    fds.update(errpipe=err_w, sync=sync_r)
+    return err_r, sync_w
+
+
 def _open_namespaces(oci: OciSettings) -> tuple[list[tuple[int, int]], int]:
     """``linux.namespaces`` paths opened and checked: ((fd, type) to join in the
     child, the PID namespace's fd or -1)."""
@@ -454,13 +470,7 @@ def _create(
             if cg_fd >= 0:
                 child_side.callback(os.close, cg_fd)
                 fds["cgroup"] = cg_fd
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            ours.callback(os.close, err_r)
-            child_side.callback(os.close, err_w)
-            sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-            child_side.callback(os.close, sync_r)
-            ours.callback(os.close, sync_w)
-            fds.update(errpipe=err_w, sync=sync_r)
+            err_r, sync_w = _child_pipes(ours, child_side, fds)
             keep: list[int] = [fifo_fd, proc_fd, *(fd for fd, _t in joins)]
             pause = None
             hooks_w = -1
@@ -469,7 +479,7 @@ def _create(
                 child_side.callback(os.close, hooks_r)
                 ours.callback(os.close, hooks_w)
                 keep.append(hooks_r)
-                pause = (err_w, hooks_r)
+                pause = (fds["errpipe"], hooks_r)
             console = None
             if process.terminal:
                 import socket
@@ -1021,13 +1031,7 @@ def _spawn_in(
             if cg_fd >= 0:
                 child_side.callback(os.close, cg_fd)
                 fds["cgroup"] = cg_fd
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            ours.callback(os.close, err_r)
-            child_side.callback(os.close, err_w)
-            sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-            child_side.callback(os.close, sync_r)
-            ours.callback(os.close, sync_w)
-            fds.update(errpipe=err_w, sync=sync_r)
+            err_r, sync_w = _child_pipes(ours, child_side, fds)
             console = None
             if process.terminal:
                 import socket
