@@ -29,7 +29,7 @@ from .errors import (
     SpecError,
     StartError,
 )
-from .spec import DEFAULT_GRACE, DEVNULL, PIPE, STDOUT, ContainerSpec, Limits, Mount
+from .spec import DEFAULT_GRACE, DEVNULL, PIPE, STDOUT, ContainerSpec, Limits, Mount, stdin_for
 from .ulimits import Ulimit
 from .usage import Usage
 
@@ -240,57 +240,22 @@ async def run_container(
     seconds (at once if its PID 1 has no SIGTERM handler) and reaped, inside a
     shielded scope, before the cancellation propagates.
     """
-    import anyio
-
     if max_output is not None and (
         isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0
     ):
         raise SpecError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
-    if input is not None:
-        if stdin is not None:
-            raise SpecError("pass either input or stdin, not both")
-        stdin = PIPE
-    elif stdin is None:
-        stdin = DEVNULL
-    output: dict[str, bytes] = {}
-
-    async def drain(name: str, stream: Any) -> None:
-        chunks = []
-        if cap is not None:
-            stream = cap.wrap(stream)
-        async for chunk in stream:
-            chunks.append(chunk)
-        output[name] = b"".join(chunks)
-
-    async def feed(stream: Any) -> None:
-        try:
-            await stream.send(input)
-        except anyio.BrokenResourceError:
-            pass  # the container stopped reading: like subprocess, not an error
-        await stream.aclose()
-
+    stdin = stdin_for(input, stdin)
     async with await open_container(
         command, stdin=stdin, stdout=stdout, stderr=stderr, grace=grace, **options
     ) as container:
-        cap = None
+        from .launch import communicate  # only now: root was checked (see open_container)
+
+        wrap = None
         if max_output is not None:
             from .enforce import OutputCap
 
-            cap = OutputCap(container, max_output)
-        feeding = container.stdin is not None and input is not None
-        if container.stdout is None and container.stderr is None and not feeding:
-            # Nothing to collect or feed: no task group, whose setup and teardown
-            # cost ~10 us of CPU per container (measured with DEVNULL output).
-            await container.wait()
-        else:
-            async with anyio.create_task_group() as tg:
-                if container.stdout is not None:
-                    tg.start_soon(drain, "stdout", container.stdout)
-                if container.stderr is not None:
-                    tg.start_soon(drain, "stderr", container.stderr)
-                if feeding:
-                    tg.start_soon(feed, container.stdin)
-                await container.wait()
+            wrap = OutputCap(container, max_output).wrap
+        output = await communicate(container, input, wrap)
     assert container.returncode is not None
     verdict = container.verdict
     assert verdict is not None

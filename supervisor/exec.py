@@ -21,15 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from . import _linux, confine, spawn
 from ._streams import FdStream
 from .errors import ContainerFailedError, ContainerNotRunningError, SpecError
 from .init import exec_child_spec
-from .launch import Gate, error_pipe, finish_start, stdio_fds
+from .launch import Gate, communicate, error_pipe, finish_start, stdio_fds
 from .process import Process
-from .spec import DEFAULT_GRACE, DEVNULL, PIPE, ContainerSpec
+from .spec import DEFAULT_GRACE, PIPE, ContainerSpec, stdin_for
 
 if TYPE_CHECKING:
     from .cgroups import Cgroup
@@ -263,31 +261,9 @@ async def run_exec(
 
     Cancellation: the exec'd process is stopped and reaped (never the container).
     """
-    if input is not None:
-        if stdin is not None:
-            raise SpecError("pass either input or stdin, not both")
-        stdin = PIPE
-    elif stdin is None:
-        stdin = DEVNULL
-    output: dict[str, bytes] = {}
-
-    async def drain(name: str, stream: Any) -> None:
-        output[name] = b"".join([chunk async for chunk in stream])
-
-    async def feed(stream: Any) -> None:
-        with contextlib.suppress(anyio.BrokenResourceError):
-            await stream.send(input)
-        await stream.aclose()
-
+    stdin = stdin_for(input, stdin)
     async with await open_exec(target, command, stdin=stdin, stdout=stdout, stderr=stderr, **options) as proc:
-        async with anyio.create_task_group() as tg:
-            if proc.stdout is not None:
-                tg.start_soon(drain, "stdout", proc.stdout)
-            if proc.stderr is not None and proc.stderr is not proc.stdout:
-                tg.start_soon(drain, "stderr", proc.stderr)
-            if proc.stdin is not None and input is not None:
-                tg.start_soon(feed, proc.stdin)
-            await proc.wait()
+        output = await communicate(proc, input)
     assert proc.returncode is not None
     result = CompletedExec(
         proc.args,

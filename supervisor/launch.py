@@ -265,3 +265,40 @@ def stdio_fds(
                 child_side, stack, arg, index, readable=index == 0, devnull=null
             )
     return None
+
+
+async def communicate(
+    proc: Process, input: bytes | None, wrap: Callable[[Any], Any] | None = None
+) -> dict[str, bytes]:
+    """Wait for ``proc`` while reading its piped stdout and stderr to their ends (each
+    through ``wrap``, if given) and feeding ``input`` to its piped stdin, then EOF;
+    what was read, by stream name."""
+    output: dict[str, bytes] = {}
+    streams = [("stdout", proc.stdout)]
+    if proc.stderr is not proc.stdout:  # a tty's one stream is read once
+        streams.append(("stderr", proc.stderr))
+    readable = [(name, stream) for name, stream in streams if stream is not None]
+    feeding = proc.stdin is not None and input is not None
+
+    async def drain(name: str, stream: Any) -> None:
+        if wrap is not None:
+            stream = wrap(stream)
+        output[name] = b"".join([chunk async for chunk in stream])
+
+    async def feed(stream: Any) -> None:
+        with contextlib.suppress(anyio.BrokenResourceError):
+            await stream.send(input)  # a process that stopped reading: not an error
+        await stream.aclose()
+
+    if not readable and not feeding:
+        # Nothing to collect or feed: no task group, whose setup and teardown cost
+        # ~10 us of CPU per container (measured with DEVNULL output).
+        await proc.wait()
+        return output
+    async with anyio.create_task_group() as tg:
+        for name, stream in readable:
+            tg.start_soon(drain, name, stream)
+        if feeding:
+            tg.start_soon(feed, proc.stdin)
+        await proc.wait()
+    return output

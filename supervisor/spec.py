@@ -21,6 +21,8 @@ from .errors import SpecError
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .ulimits import Ulimit
 
 #: stdio arguments of the library (``subprocess``'s values): a pipe to the container,
@@ -700,3 +702,17 @@ class ContainerSpec:
     def evolve(self, **changes: object) -> ContainerSpec:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def stdin_for(input: bytes | None, stdin: Any) -> Any:
+    """The stdin of ``run_container`` / ``run_exec``: ``PIPE`` to feed ``input``,
+    else ``stdin``, else ``DEVNULL`` (it reads EOF, like ``docker run`` without ``-i``).
+
+    Raises:
+        SpecError: both ``input`` and ``stdin``.
+    """
+    if input is not None:
+        if stdin is not None:
+            raise SpecError("pass either input or stdin, not both")
+        return PIPE
+    return DEVNULL if stdin is None else stdin
