@@ -27,10 +27,15 @@ def _each(refs: tuple[str, ...], sdir: str, act: Callable[[Any], None]) -> None:
     succeeded, one line per failure; exit 1 if any failed."""
     from .. import records
 
+    _each_ref(refs, lambda ref: act(records.find(sdir, ref)))
+
+
+def _each_ref(refs: tuple[str, ...], act: Callable[[str], None]) -> None:
+    """``act(ref)`` for each container reference as given: as ``_each``."""
     failed = False
     for ref in refs:
         try:
-            act(records.find(sdir, ref))
+            act(ref)
         except MydockerError as e:
             click.echo(f"mydocker: {e}", err=True)
             failed = True
@@ -290,17 +295,7 @@ def rm(force: bool, volumes: bool, state_dir: str | None, containers: tuple[str,
     from .. import lifecycle
 
     sdir = resolve_state_dir(state_dir)
-    failed = False
-    for ref in containers:
-        try:
-            lifecycle.remove_ref(sdir, ref, force)
-        except MydockerError as e:
-            click.echo(f"mydocker: {e}", err=True)
-            failed = True
-            continue
-        click.echo(ref)
-    if failed:
-        sys.exit(1)
+    _each_ref(containers, lambda ref: lifecycle.remove_ref(sdir, ref, force))
 
 
 # -- inspect ---------------------------------------------------------------------------
