@@ -114,6 +114,21 @@ def child_processes() -> set[int]:
     return set(_child_stats())
 
 
+def processes_with_argv(argv: list[str]) -> list[int]:
+    """Live processes anywhere on the host (zombies too) whose command line is
+    exactly ``argv``."""
+    want = "\0".join(argv).encode() + b"\0"
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == want:
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def _reap_zombies() -> None:
     """Reap our zombie children, as init would have reaped these orphans."""
     for pid, fields in _child_stats().items():

@@ -42,6 +42,8 @@ from supervisor import (
     run_container,
 )
 
+from .conftest import child_processes
+
 pytestmark = [pytest.mark.anyio, pytest.mark.root]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,21 +61,6 @@ def _zombie_children() -> list[int]:
                 continue
             if fields[1] == me and fields[0] == "Z":
                 out.append(int(pid))
-    return out
-
-
-def _child_processes() -> set[int]:
-    """Every process whose parent is this one (zombies included)."""
-    me = str(os.getpid())
-    out = set()
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[1] == me:
-                        out.add(int(pid))
-            except OSError:
-                continue
     return out
 
 
@@ -442,7 +429,7 @@ async def test_asyncio_task_cancel_while_the_helper_clones(
     with pytest.raises(asyncio.CancelledError):
         await task
     # The child is ours (CLONE_PARENT) from the clone on, exec'd or not yet.
-    assert _child_processes() == set(_helper_pids())
+    assert child_processes() == set(_helper_pids())
 
 
 async def test_asyncio_task_cancelled_again_during_the_grace_period(
@@ -469,7 +456,7 @@ async def test_asyncio_task_cancelled_again_during_the_grace_period(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not _processes_running(argv)
-    assert _child_processes() == set(_helper_pids())
+    assert child_processes() == set(_helper_pids())
 
 
 async def test_cancel_lets_a_trapping_container_exit_within_grace() -> None:

@@ -31,7 +31,7 @@ from supervisor import (
     run_container,
 )
 
-from .conftest import mydocker_cmd, run_cli
+from .conftest import mydocker_cmd, processes_with_argv, run_cli
 
 pytestmark = pytest.mark.root
 
@@ -96,20 +96,6 @@ def cgroup_dir(pid: int, controller: str) -> str:
     d = h.dir_of(path)
     assert d is not None, (h, path)
     return d
-
-
-def processes_with_argv(argv: list[str]) -> list[int]:
-    """Live processes anywhere on the host whose command line is exactly ``argv``."""
-    want = "\0".join(argv).encode() + b"\0"
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read() == want:
-                    found.append(int(pid))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def gone_or_zombie(pid: int) -> bool:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import child_processes, describe_process, mydocker_cmd, run_cli
+from .conftest import child_processes, describe_process, mydocker_cmd, processes_with_argv, run_cli
 
 pytestmark = pytest.mark.root
 
@@ -235,20 +235,6 @@ def test_host_mounts_and_proc_untouched() -> None:
     assert os.path.exists(f"/proc/{os.getpid()}/status") and os.path.exists("/proc/1/status")
 
 
-def _processes_with_argv(argv: list[str]) -> list[int]:
-    """Live processes anywhere on the host whose command line is exactly ``argv``."""
-    want = "\0".join(argv).encode() + b"\0"
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read() == want:
-                    found.append(int(pid))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def test_no_zombie_or_helper_left_by_the_cli(child_subreaper: None) -> None:
     # A command line no other process has (other test runs share this host).
     tag = f"1000.{os.getpid()}{time.monotonic_ns() % 1_000_000:06d}"
@@ -262,7 +248,7 @@ def test_no_zombie_or_helper_left_by_the_cli(child_subreaper: None) -> None:
     # it exited, rather than to the host's init, where nothing here would see it.
     left = [describe_process(pid) for pid in sorted(child_processes())]
     # What the container started died with it, wherever it might have gone.
-    survivors = _processes_with_argv(["sleep", tag])
+    survivors = processes_with_argv(["sleep", tag])
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"the CLI left processes behind: {left}"
