@@ -140,22 +140,26 @@ def test_verdicts_are_isolates(
     assert v.message and "\n" not in v.message
 
 
+#: the report's fields, in the order it writes them
+REPORT_FIELDS = [
+    "status",
+    "exit_code",
+    "signal",
+    "cpu_time",
+    "cpu_user",
+    "cpu_system",
+    "wall_time",
+    "memory_peak",
+    "oom_killed",
+    "limit",
+    "message",
+]
+
+
 def test_the_report_has_every_field_in_order() -> None:
     v = usage.judge(137, 9, figures(cpu_time=1.01), cpu_time=1.0, struck="cpu_time")
     data = json.loads(json.dumps(usage.report(137, 9, figures(cpu_time=1.01), v)))
-    assert list(data) == [
-        "status",
-        "exit_code",
-        "signal",
-        "cpu_time",
-        "cpu_user",
-        "cpu_system",
-        "wall_time",
-        "memory_peak",
-        "oom_killed",
-        "limit",
-        "message",
-    ]
+    assert list(data) == REPORT_FIELDS
     assert data["status"] == "TO" and data["limit"] == "cpu_time" and data["cpu_time"] == 1.01
     assert usage.failure_report(127, "x: command not found")["status"] == "XX"
 
@@ -476,19 +480,7 @@ def test_the_report_says_how_it_ended(
     res, data = cli_report(tmp_path, *args)
     assert res.returncode == exit_code, res.stderr
     assert (data["status"], data["exit_code"], data["limit"]) == (status, exit_code, limit)
-    assert set(data) == {
-        "status",
-        "exit_code",
-        "signal",
-        "cpu_time",
-        "cpu_user",
-        "cpu_system",
-        "wall_time",
-        "memory_peak",
-        "oom_killed",
-        "limit",
-        "message",
-    }
+    assert set(data) == set(REPORT_FIELDS)
     assert data["oom_killed"] is (status == "ML")
     if status == "XX":
         assert data["message"] == "/nonexistent: command not found"
