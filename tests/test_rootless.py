@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pexpect
@@ -382,12 +382,18 @@ def test_cp_into_an_exited_rootless_container_gives_the_files_to_its_root(
         out(md("rm", "gone"))
         out(md("image", "rm", "snap", "bb"))
     finally:
-        pid_file = home / ".local" / "share" / "mydocker" / "daemon.pid"
-        pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
-        md("daemon", "--stop")
-        if pid is not None:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        _stop_daemon(home, md)
+
+
+def _stop_daemon(home: Path, md: Callable[..., object]) -> None:
+    """Stop the user's daemon (``md``: mydocker as the user) and reap it: it was
+    re-parented to pytest, a subreaper, when the CLI that started it exited."""
+    pid_file = home / ".local" / "share" / "mydocker" / "daemon.pid"
+    pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+    md("daemon", "--stop")
+    if pid is not None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 # ---------------------------------------------------------------- --userns auto (root)
@@ -439,12 +445,7 @@ def test_detached_containers_without_root(
         assert out(md("ps", "-a")).count("\n") == 1  # the header alone
         out(md("image", "rm", "snap", "bb"))
     finally:
-        pid_file = home / ".local" / "share" / "mydocker" / "daemon.pid"
-        pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
-        md("daemon", "--stop")
-        if pid is not None:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        _stop_daemon(home, md)
 
 
 def test_userns_auto_gives_each_container_a_range_of_its_own(tmp_path: Path, rootfs: Path) -> None:
