@@ -557,6 +557,35 @@ def test_cgroup_writes_v1_and_v2() -> None:
     ]
     with pytest.raises(SpecError, match="no cgroup v2 equivalent"):
         writes(config.Resources(memory_swappiness=10), 2)
+    every = config.Resources(
+        memory_limit=1,
+        memory_swap=2,
+        memory_reservation=3,
+        memory_swappiness=4,
+        disable_oom_killer=True,
+        cpu_shares=5,
+        cpu_period=6,
+        cpu_quota=7,
+        cpu_burst=8,
+        cpu_rt_period=9,
+        cpu_rt_runtime=10,
+        cpu_idle=11,
+    )
+    assert writes(every, 1) == [
+        ("memory", "memory.limit_in_bytes", "1"),
+        ("memory", "memory.memsw.limit_in_bytes", "2"),
+        ("memory", "memory.soft_limit_in_bytes", "3"),
+        ("memory", "memory.swappiness", "4"),
+        ("memory", "memory.oom_control", "1"),
+        ("cpu", "cpu.shares", "5"),
+        ("cpu", "cpu.cfs_period_us", "6"),
+        ("cpu", "cpu.cfs_quota_us", "7"),
+        ("cpu", "cpu.cfs_burst_us", "8"),
+        ("cpu", "cpu.rt_period_us", "9"),
+        ("cpu", "cpu.rt_runtime_us", "10"),
+        ("cpu", "cpu.idle", "11"),
+    ]
+    assert ("memory", "memory.oom_control", "1") not in writes(config.Resources(disable_oom_killer=False), 1)
 
 
 # ------------------------------------------------------------------ the wire

@@ -93,6 +93,24 @@ def _max(value: int) -> str:
     return "max" if value < 0 else str(value)
 
 
+#: what each resource is written to on cgroup v1, in the order of the writes:
+#: (Resources attribute, controller, file); the value as it is, a flag as "1"
+_V1_FILES = (
+    ("memory_limit", "memory", "memory.limit_in_bytes"),
+    ("memory_swap", "memory", "memory.memsw.limit_in_bytes"),
+    ("memory_reservation", "memory", "memory.soft_limit_in_bytes"),
+    ("memory_swappiness", "memory", "memory.swappiness"),
+    ("disable_oom_killer", "memory", "memory.oom_control"),
+    ("cpu_shares", "cpu", "cpu.shares"),
+    ("cpu_period", "cpu", "cpu.cfs_period_us"),
+    ("cpu_quota", "cpu", "cpu.cfs_quota_us"),
+    ("cpu_burst", "cpu", "cpu.cfs_burst_us"),
+    ("cpu_rt_period", "cpu", "cpu.rt_period_us"),
+    ("cpu_rt_runtime", "cpu", "cpu.rt_runtime_us"),
+    ("cpu_idle", "cpu", "cpu.idle"),
+)
+
+
 def writes(res: Resources, version: int) -> list[tuple[str, str, str]]:
     """``(controller, file, value)`` for ``res`` on a cgroup of ``version``, in the
     order they must be written.
@@ -104,30 +122,13 @@ def writes(res: Resources, version: int) -> list[tuple[str, str, str]]:
     w: list[tuple[str, str, str]] = []
     mem = "memory"
     if version == 1:
-        if res.memory_limit is not None:
-            w.append((mem, "memory.limit_in_bytes", str(res.memory_limit)))
-        if res.memory_swap is not None:
-            w.append((mem, "memory.memsw.limit_in_bytes", str(res.memory_swap)))
-        if res.memory_reservation is not None:
-            w.append((mem, "memory.soft_limit_in_bytes", str(res.memory_reservation)))
-        if res.memory_swappiness is not None:
-            w.append((mem, "memory.swappiness", str(res.memory_swappiness)))
-        if res.disable_oom_killer:
-            w.append((mem, "memory.oom_control", "1"))
-        if res.cpu_shares is not None:
-            w.append(("cpu", "cpu.shares", str(res.cpu_shares)))
-        if res.cpu_period is not None:
-            w.append(("cpu", "cpu.cfs_period_us", str(res.cpu_period)))
-        if res.cpu_quota is not None:
-            w.append(("cpu", "cpu.cfs_quota_us", str(res.cpu_quota)))
-        if res.cpu_burst is not None:
-            w.append(("cpu", "cpu.cfs_burst_us", str(res.cpu_burst)))
-        if res.cpu_rt_period is not None:
-            w.append(("cpu", "cpu.rt_period_us", str(res.cpu_rt_period)))
-        if res.cpu_rt_runtime is not None:
-            w.append(("cpu", "cpu.rt_runtime_us", str(res.cpu_rt_runtime)))
-        if res.cpu_idle is not None:
-            w.append(("cpu", "cpu.idle", str(res.cpu_idle)))
+        for attr, controller, name in _V1_FILES:
+            value = getattr(res, attr)
+            if attr == "disable_oom_killer":
+                if value:
+                    w.append((controller, name, "1"))
+            elif value is not None:
+                w.append((controller, name, str(value)))
     else:
         for attr, why in (
             ("memory_swappiness", "memory.swappiness"),
