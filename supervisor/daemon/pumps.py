@@ -35,31 +35,28 @@ class Pumps:
     def __init__(self, deliver: Callable[[str, str, bytes], None], exited: Callable[[str], None]) -> None:
         self._epoll = select.epoll()  # close-on-exec, as Python makes every fd
         self._by_fd: dict[int, tuple[str, str]] = {}
-        self._open: dict[str, int] = {}
+        #: each container's fds in the set (at most its stdout, stderr and pidfd)
+        self._fds_of: dict[str, list[int]] = {}
         self._deliver = deliver
         self._exited = exited
 
     def watch_exit(self, container_id: str, pidfd: int) -> None:
         """Call ``exited(container_id)`` once ``pidfd`` turns readable."""
-        self._epoll.register(pidfd, select.EPOLLIN)
-        self._by_fd[pidfd] = (container_id, _EXIT)
+        self._register(container_id, _EXIT, pidfd)
 
     def add(self, container_id: str, name: str, fd: int) -> None:
         """Read ``fd`` (non-blocking, a pipe's or a pty's read end) as stream
         ``name`` of container ``container_id``."""
-        self._epoll.register(fd, select.EPOLLIN)
-        self._by_fd[fd] = (container_id, name)
-        self._open[container_id] = self._open.get(container_id, 0) + 1
+        self._register(container_id, name, fd)
 
     def open_streams(self, container_id: str) -> int:
         """How many of the container's streams have not ended yet."""
-        return self._open.get(container_id, 0)
+        return sum(self._by_fd[fd][1] != _EXIT for fd in self._fds_of.get(container_id, ()))
 
     def forget(self, container_id: str) -> None:
         """Stop watching the container's streams and pidfd (before they are closed)."""
-        for fd in [fd for fd, (cid, _name) in self._by_fd.items() if cid == container_id]:
+        for fd in list(self._fds_of.get(container_id, ())):
             self._drop(fd)
-        self._open.pop(container_id, None)
 
     async def run(self) -> None:
         """Read whatever is ready, for ever (cancel to stop)."""
@@ -99,10 +96,12 @@ class Pumps:
             self._epoll.unregister(fd)
         except OSError:
             pass  # closed already: the kernel dropped it with its last reference
-        if owner[1] == _EXIT:
-            return
-        left = self._open.get(owner[0], 0) - 1
-        if left > 0:
-            self._open[owner[0]] = left
-        else:
-            self._open.pop(owner[0], None)
+        fds = self._fds_of[owner[0]]
+        fds.remove(fd)
+        if not fds:
+            del self._fds_of[owner[0]]
+
+    def _register(self, container_id: str, name: str, fd: int) -> None:
+        self._epoll.register(fd, select.EPOLLIN)
+        self._by_fd[fd] = (container_id, name)
+        self._fds_of.setdefault(container_id, []).append(fd)
