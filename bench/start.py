@@ -41,6 +41,7 @@ import ocibundle as oci
 from common import ApiRunner, Bench, CommandRunner, Results, Runner, ms, per_s, table, times
 
 from supervisor import spawn
+from supervisor._linux import ALL_CAPS
 
 ROOTFS_RUNNERS = ("crun", "runc")
 
@@ -183,18 +184,19 @@ class HelperPoolRunner(ApiRunner):
 
     def batch(self, n: int, concurrency: int) -> common.Samples:
         real = spawn.get_helper
-        pools: dict[bytes | None, Any] = {}
+        pools: dict[tuple[bytes | None, int], Any] = {}
         made: list[spawn.SpawnHelper] = []
 
-        def get_helper(base: bytes | None = None) -> spawn.SpawnHelper | None:
-            first = real(base)
+        def get_helper(base: bytes | None = None, bounding: int = ALL_CAPS) -> spawn.SpawnHelper | None:
+            first = real(base, bounding)
             if first is None:
                 return None
-            if base not in pools:
-                extra = [spawn.SpawnHelper(base) for _ in range(self.count - 1)]
+            if (base, bounding) not in pools:
+                dropped = None if base is None or bounding == ALL_CAPS else bounding
+                extra = [spawn.SpawnHelper(base, dropped) for _ in range(self.count - 1)]
                 made.extend(extra)
-                pools[base] = itertools.cycle([first, *extra])
-            return next(pools[base])
+                pools[base, bounding] = itertools.cycle([first, *extra])
+            return next(pools[base, bounding])
 
         spawn.get_helper = get_helper
         try:

@@ -548,20 +548,66 @@ def cap_last_cap() -> int:
         return int(f.read())
 
 
-def identity_calls_before_seccomp(bounding: int, last_cap: int) -> list[RawCall]:
+#: every capability (a bounding set mask): what a process has in a user namespace it
+#: creates or joins, whatever it had before
+ALL_CAPS = (1 << 64) - 1
+_bounding: int | None = None
+
+
+def bounding_set() -> int:
+    """This process's capability bounding set (a mask, bit N = capability N), read
+    once with PR_CAPBSET_READ: it only ever shrinks, through ``drop_bounding``."""
+    global _bounding
+    if _bounding is None:
+        held = 0
+        for cap in range(min(cap_last_cap(), 63) + 1):
+            if raw_prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1:
+                held |= 1 << cap
+        _bounding = held
+    return _bounding
+
+
+def drop_bounding(keep: int) -> None:
+    """Take every capability not in ``keep`` out of this process's bounding set (needs
+    CAP_SETPCAP). The bounding set limits what an execve or a capset may give, never
+    the effective set a process holds: a spawn helper that serves one confinement
+    drops its bounding set once, keeps working with every capability, and each of
+    its children inherits the set already dropped (``identity_calls_before_seccomp``
+    then has nothing left to drop: ~25 prctl calls, each a new set of credentials,
+    fewer per container).
+
+    Raises:
+        OSError: the kernel refused a drop.
+    """
+    global _bounding
+    held = bounding_set()
+    for cap in range(64):
+        if held >> cap & 1 and not keep >> cap & 1:
+            if raw_prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                err = errno_now()
+                raise OSError(err, f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(err)}")
+            held &= ~(1 << cap)
+            _bounding = held
+
+
+def identity_calls_before_seccomp(bounding: int, last_cap: int, held: int = ALL_CAPS) -> list[RawCall]:
     """The child's capability calls that come before a seccomp filter is loaded.
 
     Args:
         bounding: the container's bounding set (a mask, bit N = capability N).
         last_cap: the kernel's last capability (``cap_last_cap()``, which the
             supervisor reads once: ``capabilities.last_cap()``): every capability
-            up to it that is not in ``bounding`` is dropped.
+            up to it that is not in ``bounding`` is dropped...
+        held: ... unless the child's bounding set lacks it already when these calls
+            run (``bounding_set()`` of its cloner, or every capability if it
+            entered a user namespace first).
 
     A seccomp filter loaded next still has CAP_SYS_ADMIN, if the supervisor had it:
     the bounding set limits what an execve or a capset may give, not what the
     effective set holds now. See ``identity_calls_after_seccomp`` for the order.
     """
-    calls = [capbset_drop_call(cap) for cap in range(min(last_cap, 63) + 1) if not bounding >> cap & 1]
+    drop = held & ~bounding
+    calls = [capbset_drop_call(cap) for cap in range(min(last_cap, 63) + 1) if drop >> cap & 1]
     calls.append(keepcaps_call(True))
     return calls
 

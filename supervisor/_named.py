@@ -40,9 +40,18 @@ else:
                     raise TypeError(f"{name}() got unexpected arguments")
                 return tuple.__new__(cls, values)  # type: ignore[type-var]
 
+            index = {f: i for i, f in enumerate(fields)}
+
             def _replace(self: tuple[object, ...], **changes: object) -> tuple[object, ...]:
-                current = dict(zip(fields, self, strict=True))
-                return type(self)(**{**current, **changes})
+                # in place of the fields named: a list copy, not a dict and a call
+                # through __new__ (a spawn replaces two per container)
+                values = list(self)
+                for f, value in changes.items():
+                    i = index.get(f)
+                    if i is None:
+                        raise TypeError(f"{name}._replace() got an unexpected field {f!r}")
+                    values[i] = value
+                return tuple.__new__(type(self), values)  # type: ignore[type-var]
 
             def __repr__(self: tuple[object, ...]) -> str:
                 return f"{name}({', '.join(f'{f}={v!r}' for f, v in zip(fields, self, strict=True))})"

@@ -406,9 +406,10 @@ def _load_base_filter(fd: int) -> None:
         os._exit(71)  # the supervisor sees the helper gone and clones without one
 
 
-def helper_main(fd: int, base_filter: int = -1) -> None:
+def helper_main(fd: int, base_filter: int = -1, bounding: int = -1) -> None:
     """Entry point of the spawn helper process; serves until EOF on ``fd``. With a
-    ``base_filter`` memfd, a helper for one confinement (``spawn.get_helper``)."""
+    ``base_filter`` memfd and a ``bounding`` set (a mask), a helper for one
+    confinement (``spawn.get_helper``): its children start with both in place."""
     # Every signal at its default, so that the children have none to reset (execve
     # resets handled signals, but keeps ignored ones ignored): Python ignores SIGPIPE
     # (the replies go with MSG_NOSIGNAL instead) and SIGXFSZ, and handles SIGINT. The
@@ -418,6 +419,11 @@ def helper_main(fd: int, base_filter: int = -1) -> None:
     sock = _socket.socket(fileno=fd)
     if base_filter >= 0:
         _load_base_filter(base_filter)
+    if bounding >= 0:
+        try:
+            _linux.drop_bounding(bounding)
+        except OSError:
+            os._exit(71)  # as for the filter: the supervisor clones without us
     # To tell, at EOF, a supervisor that closed us from one that was killed.
     supervisor_fd = os.pidfd_open(os.getppid())
     # The helper's signal dispositions are fixed from here on: work out once which

@@ -619,7 +619,7 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     if late:
         steps.append(("enter a user namespace", _enter_userns, (plan.errpipe, plan.sync), None))
     if child.confine is not None:
-        steps += confine_steps(child.confine, rearm=not plan.detached)
+        steps += confine_steps(child.confine, rearm=not plan.detached, held=_bounding_at_confinement(plan))
     if child.cwd:
         # after the uid change: the directory is entered as the container's user
         cwd = os.fsencode(child.cwd)
@@ -636,6 +636,21 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
         init_argv = _linux.c_string_array((child.init, *child.init_args, b"--", *argv))
         init = (child.init, init_argv, envp_array)
     return Prepared(drop_fds, reset, masked, steps, how, init, plan.errpipe)
+
+
+def _bounding_at_confinement(plan: ChildPlan) -> int:
+    """The bounding set the child has when its confinement starts: its cloner's (a
+    spawn helper for one confinement dropped it already: ``_linux.drop_bounding``),
+    unless a user namespace comes first, created or joined, where it has every
+    capability again."""
+    child = plan.child
+    if (
+        child.userns
+        or child.join & _linux.CLONE_NEWUSER
+        or any(nstype == _linux.CLONE_NEWUSER for _fd, nstype in plan.join_fds)
+    ):
+        return _linux.ALL_CAPS
+    return _linux.bounding_set()
 
 
 #: the rlimit steps of each distinct set of rlimits, built once per process (their
@@ -657,7 +672,7 @@ def rlimit_steps(rlimits: tuple[tuple[str, int, int, int], ...]) -> list[Step]:
 #: the steps of each distinct confinement, built once per process: a few dozen raw
 #: calls whose arguments (error texts, ctypes buffers) would otherwise be made again
 #: for every container, between two clones of the spawn helper
-_confine_cache: dict[tuple[Confinement, bool], list[Step]] = {}
+_confine_cache: dict[tuple[Confinement, bool, int], list[Step]] = {}
 _KEYRING: Step = (
     "join a new session keyring",
     _linux.raw_syscall,
@@ -666,20 +681,23 @@ _KEYRING: Step = (
 )
 
 
-def confine_steps(conf: Confinement, rearm: bool = True) -> list[Step]:
+def confine_steps(conf: Confinement, rearm: bool = True, held: int = _linux.ALL_CAPS) -> list[Step]:
     """The child's confinement, in runc's order (``_linux.identity_calls_after_seccomp``
     says why this order): a session keyring of its own (the session keyring is not
     namespaced: the caller's keys would be reachable), the bounding set, then the
     seccomp filter while CAP_SYS_ADMIN is still effective (the kernel wants it, or
     no_new_privs), then groups, gid, uid and the capability sets. With
     ``no_new_privs`` the filter comes last instead, right before the exec. ``rearm``:
-    set the parent death signal again after the uid change (which clears it)."""
-    steps = _confine_cache.get((conf, rearm))
+    set the parent death signal again after the uid change (which clears it);
+    ``held``: the child's bounding set by then, of which only what the container
+    must not have is dropped."""
+    steps = _confine_cache.get((conf, rearm, held))
     if steps is not None:
         return steps
     steps = [_KEYRING]
     steps += [
-        ("drop capabilities", *c) for c in _linux.identity_calls_before_seccomp(conf.bounding, conf.last_cap)
+        ("drop capabilities", *c)
+        for c in _linux.identity_calls_before_seccomp(conf.bounding, conf.last_cap, held)
     ]
     load: list[Step] = []
     if conf.seccomp is not None:
@@ -702,7 +720,7 @@ def confine_steps(conf: Confinement, rearm: bool = True) -> list[Step]:
         steps += load
     if len(_confine_cache) >= 64:
         _confine_cache.clear()
-    _confine_cache[conf, rearm] = steps
+    _confine_cache[conf, rearm, held] = steps
     return steps
 
 

@@ -77,9 +77,10 @@ class SpawnHelper:
     and hands every reply to its owner.
     """
 
-    def __init__(self, base_filter: bytes | None = None) -> None:
+    def __init__(self, base_filter: bytes | None = None, bounding: int | None = None) -> None:
         """``base_filter``: a helper for one confinement, which loads this seccomp
-        program once for all its children (``seccomp.split_programs``)."""
+        program once for all its children (``seccomp.split_programs``); ``bounding``:
+        the confinement's bounding set, which it drops to once for all of them too."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         passed = [theirs.fileno()]
         base_fd = -1
@@ -96,7 +97,8 @@ class SpawnHelper:
         code = (
             f"import sys; pkg = type(sys)('supervisor'); pkg.__path__ = [{pkg_dir!r}]; "
             "sys.modules['supervisor'] = pkg; "
-            f"from supervisor.helper import helper_main; helper_main({theirs.fileno()}, {base_fd})"
+            f"from supervisor.helper import helper_main; "
+            f"helper_main({theirs.fileno()}, {base_fd}, {-1 if bounding is None else bounding})"
         )
         try:
             self._proc = subprocess.Popen(
@@ -377,13 +379,13 @@ async def spawn(
         if not (direct and _direct is not None):
             closing = child._replace(confine=conf._replace(seccomp=closing_program, split=None))
             for _attempt in range(2):
-                helper = get_helper(base)
+                helper = get_helper(base, conf.bounding)
                 if helper is None:
                     break
                 try:
                     return await helper.spawn(closing, flags, fds, cgroup_parents)
                 except HelperGone:
-                    _zygote_failed(base)
+                    _zygote_failed((base, conf.bounding))
         child = child._replace(confine=conf._replace(split=None))  # the filter whole
     if direct and _direct is not None:
         return await _direct.spawn(child, flags, fds, cgroup_parents)
@@ -399,43 +401,48 @@ def _plain_helper() -> SpawnHelper:
     return helper
 
 
+#: a helper for one confinement: its base seccomp program and its bounding set
+_Zygote = tuple[bytes, int]
 #: the spawn helpers of an event loop: the plain one (key None), and one per distinct
-#: base seccomp program (at most ``_MOST_BASES``; containers beyond load their filter
-#: whole), or False for a base whose helper could not load it
-_helpers_var: RunVar[dict[bytes | None, SpawnHelper | bool] | None] = RunVar(
+#: confinement (at most ``_MOST_BASES``; containers beyond load their filter whole
+#: and drop their bounding set themselves), or False for one whose helper could not
+#: load its filter or drop its bounding set
+_helpers_var: RunVar[dict[_Zygote | None, SpawnHelper | bool] | None] = RunVar(
     "mydocker_spawn_helpers", default=None
 )
 _MOST_BASES = 4
 
 
-def _zygote_failed(base: bytes) -> None:
-    """If the helper of ``base`` died because it could not load the filter (the
-    kernel refused), do not try it again on this event loop."""
+def _zygote_failed(key: _Zygote) -> None:
+    """If the helper of ``key`` died because it could not load the filter or drop
+    the bounding set (the kernel refused), do not try it again on this event loop."""
     helpers = _helpers_var.get() or {}
-    helper = helpers.get(base)
+    helper = helpers.get(key)
     if isinstance(helper, SpawnHelper) and helper.broken and helper.exit_code == 71:
-        helpers[base] = False
+        helpers[key] = False
         helper.close()
 
 
-def get_helper(base: bytes | None = None) -> SpawnHelper | None:
+def get_helper(base: bytes | None = None, bounding: int = _linux.ALL_CAPS) -> SpawnHelper | None:
     """The spawn helper of the running event loop (for the confinement whose base
-    seccomp program is ``base``), started on first use and again when the last one
-    died; None when no helper can serve ``base`` (then the filter is loaded whole)."""
+    seccomp program is ``base`` and whose bounding set is ``bounding``), started on
+    first use and again when the last one died; None when no helper can serve that
+    confinement (then the child loads the filter whole)."""
     helpers = _helpers_var.get()
     if helpers is None:
         helpers = {}
         _helpers_var.set(helpers)
-    helper = helpers.get(base)
+    key = None if base is None else (base, bounding)
+    helper = helpers.get(key)
     if helper is False:
         return None
-    if base is not None and helper is None and sum(k is not None for k in helpers) >= _MOST_BASES:
+    if key is not None and helper is None and sum(k is not None for k in helpers) >= _MOST_BASES:
         return None
     if not isinstance(helper, SpawnHelper) or helper.broken:
         if isinstance(helper, SpawnHelper):
             helper.close()
-        helper = SpawnHelper(base)
-        helpers[base] = helper
+        helper = SpawnHelper(base, None if base is None or bounding == _linux.ALL_CAPS else bounding)
+        helpers[key] = helper
         _close_with_event_loop(helper)
     return helper
 

@@ -20,10 +20,11 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import anyio
 import pexpect
 import pytest
 
-from supervisor import capabilities, run_container
+from supervisor import capabilities, run_container, spawn
 
 from . import busybox as bb
 from .conftest import mydocker_cmd, run_cli
@@ -431,6 +432,46 @@ async def test_library_containers_get_the_same_filter_in_two_parts(anyio_backend
     assert r.stdout.split() == [b"1", b"1", b"1", b"38", b"2"]
     whole = await run_container([HOST_PY, "-c", code], seccomp=_default_profile_copy())
     assert whole.stdout.split() == [b"1", b"1", b"1", b"38", b"1"]  # a custom profile: loaded whole
+
+
+@pytest.mark.anyio
+async def test_a_helper_for_one_confinement_drops_the_bounding_set_for_its_children(
+    anyio_backend: str, busybox: Path, state: Path
+) -> None:
+    # The helper of a confinement drops its bounding set once (it keeps every
+    # capability effective, to clone and set up); its children inherit the set dropped
+    # and drop nothing themselves. One helper per bounding set, containers at once.
+    script = "grep -E '^Cap(Bnd|Prm|Eff):' /proc/self/status"
+    default = capabilities.DEFAULT_CAPS & capabilities.caller_bounding_set()
+    cases: list[tuple[dict[str, object], frozenset[str]]] = [
+        ({}, default),
+        ({"cap_drop": ["CHOWN"]}, default - {"CAP_CHOWN"}),
+        ({"cap_add": ["SYS_ADMIN"]}, default | {"CAP_SYS_ADMIN"}),
+        ({}, default),
+    ]
+    seen: list[tuple[frozenset[str], dict[str, str]]] = []
+
+    async def one(opts: dict[str, object], caps: frozenset[str]) -> None:
+        r = await run_container(["sh", "-c", script], **opts)  # type: ignore[arg-type]
+        seen.append((caps, dict(line.split(":\t") for line in r.stdout.decode().splitlines())))
+
+    async with anyio.create_task_group() as tg:
+        for opts, caps in cases * 2:
+            tg.start_soon(one, opts, caps)
+    for caps, fields in seen:
+        assert fields["CapBnd"] == fields["CapPrm"] == fields["CapEff"] == f"{capabilities.mask(caps):016x}"
+    zygotes = {}
+    for h in spawn.helpers():
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{h.pid}/status").read_text().splitlines())
+        if status["Seccomp"].strip() == "2":
+            zygotes[int(status["CapBnd"], 16)] = int(status["CapEff"], 16)
+    full = capabilities.mask(capabilities.caller_bounding_set())
+    assert zygotes == {capabilities.mask(caps): full for _opts, caps in cases}
+    # In a user namespace of its own the child has every capability again, there:
+    # it drops them itself, from the same helper.
+    r = await run_container(["sh", "-c", script], rootfs=str(busybox), state_dir=str(state), userns="auto")
+    fields = dict(line.split(":\t") for line in r.stdout.decode().splitlines())
+    assert fields["CapBnd"] == fields["CapEff"] == f"{capabilities.mask(default):016x}"
 
 
 def _default_profile_copy() -> object:

@@ -240,13 +240,20 @@ def build(case: Case) -> Built:
 # ---------------------------------------------------------------- the model
 
 
-def dropped_caps(conf: init.Confinement) -> list[int]:
-    return [c for c in range(conf.last_cap + 1) if not conf.bounding >> c & 1]
+def held_caps(userns: bool) -> int:
+    """The bounding set a child has when its confinement starts: every capability in
+    a user namespace it made or joined, else its cloner's (this process's)."""
+    return _linux.ALL_CAPS if userns else _linux.bounding_set()
 
 
-def confine_names(conf: init.Confinement) -> list[str]:
+def dropped_caps(conf: init.Confinement, held: int = _linux.ALL_CAPS) -> list[int]:
+    """What the child drops: the capabilities it holds and must not."""
+    return [c for c in range(conf.last_cap + 1) if held >> c & 1 and not conf.bounding >> c & 1]
+
+
+def confine_names(conf: init.Confinement, held: int = _linux.ALL_CAPS) -> list[str]:
     names = ["join a new session keyring"]
-    names += ["drop capabilities"] * (len(dropped_caps(conf)) + 1)  # + PR_SET_KEEPCAPS 1
+    names += ["drop capabilities"] * (len(dropped_caps(conf, held)) + 1)  # + PR_SET_KEEPCAPS 1
     seccomp = ["load the seccomp filter"] if conf.seccomp is not None else []
     if not conf.no_new_privs:
         names += seccomp
@@ -292,7 +299,7 @@ def expected_names(case: Case, fs_names: list[str]) -> list[str]:
     if case.userns == 2:
         names.append("enter a user namespace")
     if case.conf is not None:
-        names += confine_names(case.conf)
+        names += confine_names(case.conf, held_caps(bool(case.userns)))
     if case.cwd:
         names.append(f"chdir {case.cwd}")
     return names
@@ -497,7 +504,8 @@ def check_confinement(case: Case, b: Built) -> None:
     first = b.index("join a new session keyring")
     texts = [raw for _n, _f, _a, raw in steps[first:]]
     drops = [t for n, t in zip(names[first:], texts, strict=True) if n == "drop capabilities"]
-    assert drops == [f"prctl(PR_CAPBSET_DROP, {c})" for c in dropped_caps(conf)] + [
+    held = held_caps(bool(case.userns))
+    assert drops == [f"prctl(PR_CAPBSET_DROP, {c})" for c in dropped_caps(conf, held)] + [
         "prctl(PR_SET_KEEPCAPS, 1)"
     ]
     assert f"setresuid({conf.uid}, {conf.uid}, {conf.uid})" in texts, case
@@ -562,7 +570,7 @@ def test_a_plain_container_in_every_namespace() -> None:
         "dup2 stdio 1",
         "dup2 stdio 2",
         "close_range",
-        *confine_names(CONFINEMENTS["root"]),  # type: ignore[arg-type]
+        *confine_names(CONFINEMENTS["root"], held_caps(False)),  # type: ignore[arg-type]
     ]
     assert b.step("sethostname")[2][0] == spec_host
 
@@ -654,7 +662,8 @@ def test_an_exec_joins_the_container_first_and_sets_up_no_namespace(join: int) -
             expected += ["setsid", *["set controlling terminal"] * tty]
             expected += ["dup2 stdio 0", "dup2 stdio 1", "dup2 stdio 2", "close_range"]
         conf_steps = CONFINEMENTS[conf]
-        expected += confine_names(conf_steps) if conf_steps is not None else []
+        held = held_caps(bool(join & _linux.CLONE_NEWUSER))
+        expected += confine_names(conf_steps, held) if conf_steps is not None else []
         expected.append("chdir /srv")
         assert names == expected, (tty, console, conf, placement, sup)
         # one setns through PID 1's pidfd for all but the PID namespace, which the
@@ -662,6 +671,39 @@ def test_an_exec_joins_the_container_first_and_sets_up_no_namespace(join: int) -
         joined = prepared.steps[names.index("join the container")]
         assert joined[2][1:] == (TARGET, join & ~_linux.CLONE_NEWPID)
         assert prepared.init is None and c_array(prepared.exec[1])[:-1] == [os.fsencode(a) for a in COMMAND]
+
+
+@pytest.mark.parametrize("userns", [0, 1, 2])
+def test_a_cloner_that_dropped_the_bounding_set_leaves_its_child_nothing_to_drop(
+    monkeypatch: pytest.MonkeyPatch, userns: int
+) -> None:
+    # A spawn helper for one confinement drops its bounding set once
+    # (``_linux.drop_bounding``); a child in a user namespace, made or joined, has
+    # every capability there again and drops them itself.
+    conf = CONFINEMENTS["root"]
+    assert conf is not None
+    monkeypatch.setattr(_linux, "_bounding", conf.bounding)
+    ns = frozenset(NAMESPACES)
+    case = Case(ns, False, False, None, False, "root", False, False, userns, False, False, True)
+    drops = [raw for name, _f, _a, raw in build(case).prepared.steps if name == "drop capabilities"]
+    every = [f"prctl(PR_CAPBSET_DROP, {c})" for c in range(conf.last_cap + 1) if not conf.bounding >> c & 1]
+    assert drops == (every if userns else []) + ["prctl(PR_SET_KEEPCAPS, 1)"]
+    # and a few more than the container keeps: only those
+    monkeypatch.setattr(_linux, "_bounding", conf.bounding | 1 << 21 | 1 << 38)  # SYS_ADMIN, PERFMON
+    drops = [raw for name, _f, _a, raw in build(case).prepared.steps if name == "drop capabilities"]
+    assert drops[:-1] == (every if userns else ["prctl(PR_CAPBSET_DROP, 21)", "prctl(PR_CAPBSET_DROP, 38)"])
+
+
+def test_a_named_tuple_replaces_only_the_fields_it_has() -> None:
+    # the helper's NamedTuple (no typing, no collections): _replace copies the tuple
+    # with the fields named changed, of the same class, and refuses other names
+    conf = CONFINEMENTS["root"]
+    assert conf is not None
+    changed = conf._replace(uid=7, split=None)
+    assert type(changed) is type(conf) and changed.uid == 7 and changed.gid == conf.gid
+    assert [f for f in conf._fields if getattr(changed, f) != getattr(conf, f)] == ["uid"]
+    with pytest.raises(TypeError, match="nothing"):
+        conf._replace(nothing=1)
 
 
 def test_confinement_steps_are_made_once_per_confinement() -> None:
