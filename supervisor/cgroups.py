@@ -88,13 +88,14 @@ class CgroupFS:
     _owner_pid = -1
     _programs: devices.ProgramCache | None = None
 
-    def confine_devices(self, path: str, rules: tuple[devices.DeviceRule, ...]) -> None:
-        """Attach the device program of ``rules`` to cgroup v2 directory ``path``.
+    def confine_devices(self, path: str, rules: tuple[devices.DeviceRule, ...], dir_fd: int = -1) -> None:
+        """Attach the device program of ``rules`` to cgroup v2 directory ``path``
+        (through ``dir_fd``, an fd of it, if given: one open and path walk less).
 
         Raises:
             StartError: the kernel refused (no CAP_SYS_ADMIN, an ancestor's program).
         """
-        devices.apply_v2(path, rules, self.device_programs())
+        devices.apply_v2(path, rules, self.device_programs(), dir_fd)
 
     def device_programs(self) -> devices.ProgramCache:
         """The device programs loaded by this process, one per distinct rule set
@@ -694,7 +695,7 @@ class ContainerCgroup:
                 pass
             elif self.v2_dir is not None:
                 # Before any process is in it: the child is born confined.
-                fs.confine_devices(self.v2_dir, rules)
+                fs.confine_devices(self.v2_dir, rules, self._cgroup_fd)
             elif not spec.privileged:
                 # No cgroup v2 to attach a device program to: the v1 devices controller.
                 h = layout.v1_for("devices")

@@ -389,6 +389,7 @@ class ProgramCache:
     def __init__(self) -> None:
         self._by_rules: dict[tuple[DeviceRule, ...], int | None] = {}
         self._by_code: dict[bytes, int] = {}  # equal programs from different rule lists
+        self._by_identity: dict[int, tuple[tuple[DeviceRule, ...], int | None]] = {}
 
     def program_fd(self, rules: Iterable[DeviceRule]) -> int | None:
         """The fd of the loaded program for ``rules`` (it stays the cache's), or None
@@ -397,14 +398,23 @@ class ProgramCache:
         Raises:
             SpecError, OSError: as ``load_program``.
         """
+        if isinstance(rules, tuple):
+            # the same tuple each time for most containers (``container_rules``): found
+            # without hashing its rules again (11 dataclass hashes, ~10 us)
+            seen = self._by_identity.get(id(rules))
+            if seen is not None and seen[0] is rules:
+                return seen[1]
         rules = tuple(rules)
-        if rules in self._by_rules:  # hashing the rules: ~1 us, generating: ~37
-            return self._by_rules[rules]
-        code = bpf_program(rules)
-        fd = self._by_code.get(code)
-        if fd is None and code != _ALLOW_EVERYTHING:
-            fd = self._by_code[code] = _load(code)
-        self._by_rules[rules] = fd
+        fd = self._by_rules.get(rules, -1)  # hashing the rules: ~10 us, generating: ~37
+        if fd == -1:
+            code = bpf_program(rules)
+            fd = self._by_code.get(code)
+            if fd is None and code != _ALLOW_EVERYTHING:
+                fd = self._by_code[code] = _load(code)
+            self._by_rules[rules] = fd
+        if len(self._by_identity) >= 64:  # fresh tuples each time: no use keeping them
+            self._by_identity.clear()
+        self._by_identity[id(rules)] = (rules, fd)  # the tuple kept: its id stays its own
         return fd
 
     def fds(self) -> tuple[int, ...]:
@@ -418,7 +428,7 @@ class ProgramCache:
     def close(self) -> None:
         """Close every program fd (a later ``program_fd`` loads anew)."""
         fds = list(self._by_code.values())
-        self._by_code, self._by_rules = {}, {}
+        self._by_code, self._by_rules, self._by_identity = {}, {}, {}
         for fd in fds:
             os.close(fd)
 
@@ -436,9 +446,12 @@ def _start_error(what: str, e: OSError, hint: str = "") -> StartError:
     return StartError("device cgroup", e.errno or 0, detail)
 
 
-def apply_v2(cgroup_dir: str, rules: Iterable[DeviceRule], cache: ProgramCache | None = None) -> None:
+def apply_v2(
+    cgroup_dir: str, rules: Iterable[DeviceRule], cache: ProgramCache | None = None, dir_fd: int = -1
+) -> None:
     """Confine a cgroup v2 directory to ``rules``: load (or take from ``cache``) the
-    program and attach it. Do it before any process enters the directory.
+    program and attach it. Do it before any process enters the directory. ``dir_fd``:
+    an fd of the directory (O_PATH will do), else it is opened here.
 
     Nothing is attached when the rules allow everything (``--privileged``). Without
     a cache the program is loaded for this directory alone and its fd closed at
@@ -459,17 +472,20 @@ def apply_v2(cgroup_dir: str, rules: Iterable[DeviceRule], cache: ProgramCache |
     if prog_fd is None:
         return
     try:
+        fd = dir_fd
+        if fd < 0:
+            try:
+                fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as e:
+                raise _start_error(f"open {cgroup_dir}", e) from None
         try:
-            dir_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise _start_error(f"open {cgroup_dir}", e) from None
-        try:
-            attach_program(dir_fd, prog_fd)
+            attach_program(fd, prog_fd)
         except OSError as e:
             hint = "a device program on an ancestor cgroup, attached without BPF_F_ALLOW_MULTI, forbids ours"
             raise _start_error(f"confine {cgroup_dir}", e, hint) from None
         finally:
-            os.close(dir_fd)
+            if fd != dir_fd:
+                os.close(fd)
     finally:
         if cache is None:
             os.close(prog_fd)

@@ -222,7 +222,7 @@ class FakeCgroupFS(cgroups.CgroupFS):
         for name, text in files.items():
             (d / name).write_text(text)
 
-    def confine_devices(self, path: str, rules: tuple[devices.DeviceRule, ...]) -> None:
+    def confine_devices(self, path: str, rules: tuple[devices.DeviceRule, ...], dir_fd: int = -1) -> None:
         self.device_rules[path] = rules
 
     def mkdir(self, path: str) -> None:
