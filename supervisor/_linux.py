@@ -695,8 +695,11 @@ class OpenHow(ctypes.Structure):
     ]
 
 
-def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
-    """openat2(2) (Linux 5.6, no glibc wrapper): a new fd, or OSError naming the call.
+def openat2(
+    dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0, missing_ok: bool = False
+) -> int:
+    """openat2(2) (Linux 5.6, no glibc wrapper): a new fd, or OSError naming the call
+    (``missing_ok``: -1 for ENOENT, with no exception made and raised).
 
     With ``RESOLVE_IN_ROOT``, ``path`` is resolved as if ``dirfd`` were ``/``: an
     absolute symlink or a ``..`` lands inside it, never above it. Unlike open(2),
@@ -718,7 +721,10 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) 
         )
         if fd >= 0:
             return int(fd)
-        if ctypes.get_errno() != errno.EAGAIN or not resolve & RESOLVE_IN_ROOT:
+        err = ctypes.get_errno()
+        if err == errno.ENOENT and missing_ok:
+            return -1
+        if err != errno.EAGAIN or not resolve & RESOLVE_IN_ROOT:
             break
     _raise(f"openat2({dirfd}, {path!r}, {flags:#o}, {mode:#o}, resolve={resolve:#x})")
     raise AssertionError("unreachable")

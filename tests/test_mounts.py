@@ -218,6 +218,12 @@ class RecordingKernel(mounts.Kernel):
     def open_in(self, root_fd: int, path: str, flags: int) -> int:
         return self._fd(*self.resolve(self._get(root_fd), path, flags, in_root=True))
 
+    def open_existing_in(self, root_fd: int, path: str, flags: int) -> int:
+        try:
+            return self.open_in(root_fd, path, flags)
+        except FileNotFoundError:
+            return -1
+
     def _new(self, dir_fd: int, name: str, node: Node, what: str) -> None:
         parent, where = self._get(dir_fd)
         assert "/" not in name and name not in ("", ".", ".."), name
