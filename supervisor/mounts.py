@@ -368,17 +368,14 @@ def _make_read_only(root: str, path: str, recursive: bool = False) -> None:
 
 
 # Masked and read-only paths: a dozen and a half per container with a root
-# filesystem, which --privileged has none of. Each takes one lookup from the root
-# (never a walk: nothing is made), and one this kernel lacks costs no exception.
+# filesystem, which --privileged has none of. A container of mydocker's has them all
+# done by one step from one root fd (``_hide_and_protect``); an OCI bundle's, one
+# step each. Each path is one lookup from the root (never a walk: nothing is made),
+# and one this kernel lacks costs no exception.
 
 
-def _mask(root: str, path: str) -> None:
-    k = KERNEL
-    root_fd = k.open(root, os.O_PATH | os.O_DIRECTORY)
-    try:
-        fd = k.open_existing_in(root_fd, "/".join(_parts(path)) or ".", os.O_PATH)
-    finally:
-        k.close(root_fd)
+def _mask_at(k: Kernel, root_fd: int, path: str) -> None:
+    fd = k.open_existing_in(root_fd, path, os.O_PATH)
     if fd < 0:
         return  # not on this kernel: nothing to hide
     try:
@@ -391,29 +388,47 @@ def _mask(root: str, path: str) -> None:
         k.close(fd)
 
 
-def _read_only_path(root: str, path: str) -> None:
+def _read_only_at(k: Kernel, root_fd: int, path: str) -> None:
+    fd = k.open_existing_in(root_fd, path, os.O_PATH)
+    if fd < 0:
+        return
+    try:
+        k.mount(fd_path(fd), fd_path(fd), None, _linux.MS_BIND | _linux.MS_REC, None)
+    finally:
+        k.close(fd)
+    # Looked up again: the new mount, not what is under it.
+    fd = k.open_in(root_fd, path, os.O_PATH)
+    try:
+        keep = k.mount_flags(fd) & _KEEP_FLAGS
+        k.mount(None, fd_path(fd), None, _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | keep, None)
+    finally:
+        k.close(fd)
+
+
+def _in_root(path: str) -> str:
+    return "/".join(_parts(path)) or "."
+
+
+def _hide_and_protect(root: str, masked: tuple[str, ...], read_only: tuple[str, ...]) -> None:
+    """Hide ``masked`` (a file behind /dev/null, a directory behind an empty
+    read-only tmpfs), then bind each of ``read_only`` onto itself read-only."""
     k = KERNEL
     root_fd = k.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
-        where = "/".join(_parts(path)) or "."
-        fd = k.open_existing_in(root_fd, where, os.O_PATH)
-        if fd < 0:
-            return
-        try:
-            k.mount(fd_path(fd), fd_path(fd), None, _linux.MS_BIND | _linux.MS_REC, None)
-        finally:
-            k.close(fd)
-        # Looked up again: the new mount, not what is under it.
-        fd = k.open_in(root_fd, where, os.O_PATH)
-        try:
-            keep = k.mount_flags(fd) & _KEEP_FLAGS
-            k.mount(
-                None, fd_path(fd), None, _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | keep, None
-            )
-        finally:
-            k.close(fd)
+        for path in masked:
+            _mask_at(k, root_fd, path)
+        for path in read_only:
+            _read_only_at(k, root_fd, path)
     finally:
         k.close(root_fd)
+
+
+def _mask(root: str, path: str) -> None:
+    _hide_and_protect(root, (_in_root(path),), ())
+
+
+def _read_only_path(root: str, path: str) -> None:
+    _hide_and_protect(root, (), (_in_root(path),))
 
 
 def _symlink_in(root: str, link_target: str, path: str, exist_ok: bool = False) -> None:
@@ -603,6 +618,7 @@ CHILD_FUNCTIONS: dict[str, Callable[..., None]] = {
         _make_read_only,
         _mask,
         _read_only_path,
+        _hide_and_protect,
         _symlink_in,
         _pivot_root,
         _bind_root,
@@ -709,8 +725,15 @@ def child_ops(
                 Op(f"mount volume {m.source}:{m.target}", _bind_in, (root, m.source, m.target, m.read_only))
             )
     if not privileged:
-        ops += [Op(f"mask {p}", _mask, (root, p)) for p in MASKED_PATHS]
-        ops += [Op(f"make {p} read-only", _read_only_path, (root, p)) for p in READONLY_PATHS]
+        masked = tuple(_in_root(p) for p in MASKED_PATHS)
+        read_only = tuple(_in_root(p) for p in READONLY_PATHS)
+        ops.append(
+            Op(
+                "mask and make read-only paths of /proc and /sys",
+                _hide_and_protect,
+                (root, masked, read_only),
+            )
+        )
     if spec.read_only:
         ops.append(Op("make the root filesystem read-only", _make_read_only, (root, "/")))
     ops.append(Op("pivot_root", _pivot_root, (root,)))
