@@ -364,7 +364,10 @@ def interleave(
     runners: Sequence[Runner], rounds: int, sizes: dict[int, int], results: Results | None = None
 ) -> Results:
     """Run every available runner at every concurrency in ``sizes`` ({concurrency:
-    batch size}) once per round, rotating who goes first."""
+    batch size}) once per round, rotating who goes first, and every other round in
+    the reverse order: each runner then follows each of its neighbours as often. (In
+    one fixed cycle a runner would always follow the same one, and pay, every round,
+    for whatever that one leaves behind: deferred frees, a disk's discards.)"""
     results = Results() if results is None else results
     for rnd in range(rounds):
         t0 = time.monotonic()
@@ -373,7 +376,10 @@ def interleave(
             if not live:
                 break
             k = (rnd + ci) % len(live)
-            for r in live[k:] + live[:k]:
+            order = live[k:] + live[:k]
+            if rnd % 2:
+                order.reverse()
+            for r in order:
                 try:
                     samples = r.batch(max(c, round(n * r.weight)), c)
                 except Exception as e:
