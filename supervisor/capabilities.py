@@ -202,7 +202,7 @@ def parse_caps(
     """
     if available is None:
         available = caller_bounding_set()
-    return _parse_caps(tuple(add), tuple(drop), privileged, available & kernel_caps())
+    return _parse_caps(tuple(add), tuple(drop), privileged, frozenset(available) & kernel_caps())
 
 
 @functools.lru_cache(maxsize=64)

@@ -248,7 +248,9 @@ def _serve_batch(
             clone_args, pidfd = _linux.clone3_args(flags, 0, byrole.get("cgroup", -1))
             pidns = plan.target if child.join & _linux.CLONE_NEWPID else -1
             jobs.append(
-                _Job(rid, flags, clone_args, pidfd, prepare(plan, drop), byrole.get("netns", -1), pidns)
+                _Job(
+                    rid, flags, clone_args, pidfd, prepare(plan, drop, flags), byrole.get("netns", -1), pidns
+                )
             )
         except Exception as e:  # noqa: BLE001 - one bad request must not end the helper
             refused.append(_Refused(rid, errno.EINVAL, f"the spawn helper cannot prepare the container: {e}"))

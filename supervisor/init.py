@@ -540,7 +540,7 @@ class Prepared(NamedTuple):
     errpipe: int
 
 
-def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
+def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = (), clone_flags: int = 0) -> Prepared:
     """Work out, in the parent and before the clone, every step of the child.
 
     Why: the child is a copy-on-write copy of the parent, so every page it writes,
@@ -550,7 +550,9 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     flat lists of ready calls with encoded arguments and only has to make them.
     ``drop_fds`` are closed first thing in the child: fds it must not keep (the
     helper's own, other requests', or the whole CLI's), as one that waits before
-    its exec (the user namespace sync) may wait long.
+    its exec (the user namespace sync) may wait long. ``clone_flags``: those it will
+    be cloned with (a user namespace made by the clone gives it every capability
+    there, whatever ``child.userns`` says).
     """
     child = plan.child
     reset = signals_to_reset() if plan.reset_signals is None else plan.reset_signals
@@ -619,7 +621,9 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     if late:
         steps.append(("enter a user namespace", _enter_userns, (plan.errpipe, plan.sync), None))
     if child.confine is not None:
-        steps += confine_steps(child.confine, rearm=not plan.detached, held=_bounding_at_confinement(plan))
+        steps += confine_steps(
+            child.confine, rearm=not plan.detached, held=_bounding_at_confinement(plan, clone_flags)
+        )
     if child.cwd:
         # after the uid change: the directory is entered as the container's user
         cwd = os.fsencode(child.cwd)
@@ -638,7 +642,7 @@ def prepare(plan: ChildPlan, drop_fds: tuple[int, ...] = ()) -> Prepared:
     return Prepared(drop_fds, reset, masked, steps, how, init, plan.errpipe)
 
 
-def _bounding_at_confinement(plan: ChildPlan) -> int:
+def _bounding_at_confinement(plan: ChildPlan, clone_flags: int) -> int:
     """The bounding set the child has when its confinement starts: its cloner's (a
     spawn helper for one confinement dropped it already: ``_linux.drop_bounding``),
     unless a user namespace comes first, created or joined, where it has every
@@ -646,7 +650,7 @@ def _bounding_at_confinement(plan: ChildPlan) -> int:
     child = plan.child
     if (
         child.userns
-        or child.join & _linux.CLONE_NEWUSER
+        or (clone_flags | child.join) & _linux.CLONE_NEWUSER
         or any(nstype == _linux.CLONE_NEWUSER for _fd, nstype in plan.join_fds)
     ):
         return _linux.ALL_CAPS

@@ -325,7 +325,7 @@ class DirectSpawner:
             keep = {0, 1, 2, me, *fds.values()}
             drop = tuple(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd not in keep)
             # Worked out before the clone, as the helper does: fewer copy-on-write faults.
-            prepared = prepare(child_plan(child, {**fds, "supervisor": me}, None), drop)
+            prepared = prepare(child_plan(child, {**fds, "supervisor": me}, None), drop, flags)
             flags &= ~_linux.CLONE_PARENT
             clone_args, pidfd = _linux.clone3_args(flags, 0, fds.get("cgroup", -1))
             if child.join & _linux.CLONE_NEWPID:  # an exec: into the container's PID namespace

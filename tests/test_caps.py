@@ -122,6 +122,12 @@ def test_all_means_what_is_available() -> None:
     assert parse_caps(("ALL",), ("CHOWN",), available=available) == available - {"CAP_CHOWN"}
 
 
+def test_any_set_of_available_capabilities_will_do() -> None:
+    # the answers are cached: a caller's plain set (unhashable) is taken all the same
+    assert parse_caps(["NET_ADMIN"], available={"CAP_NET_ADMIN"}) == {"CAP_NET_ADMIN"}
+    assert parse_caps(["NET_ADMIN"], available=["CAP_NET_ADMIN"]) == {"CAP_NET_ADMIN"}  # type: ignore[arg-type]
+
+
 def test_only_caps_the_kernel_knows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(caps, "_last_cap", 37)  # Linux 5.4: no PERFMON, BPF, CHECKPOINT_RESTORE
     assert "CAP_BPF" not in parse_caps(("ALL",), available=EVERY_CAP)

@@ -688,6 +688,9 @@ def test_a_cloner_that_dropped_the_bounding_set_leaves_its_child_nothing_to_drop
     drops = [raw for name, _f, _a, raw in build(case).prepared.steps if name == "drop capabilities"]
     every = [f"prctl(PR_CAPBSET_DROP, {c})" for c in range(conf.last_cap + 1) if not conf.bounding >> c & 1]
     assert drops == (every if userns else []) + ["prctl(PR_SET_KEEPCAPS, 1)"]
+    # a user namespace made by the clone itself, whatever the child spec says
+    cloned = init.prepare(build(case).plan, (), _linux.CLONE_NEWUSER).steps
+    assert [raw for name, _f, _a, raw in cloned if name == "drop capabilities"][:-1] == every
     # and a few more than the container keeps: only those
     monkeypatch.setattr(_linux, "_bounding", conf.bounding | 1 << 21 | 1 << 38)  # SYS_ADMIN, PERFMON
     drops = [raw for name, _f, _a, raw in build(case).prepared.steps if name == "drop capabilities"]

@@ -237,7 +237,7 @@ def _clone(
         raise StartError("clone3", 0, "mydocker-runc must be single-threaded to clone")
     wanted = {0, 1, 2, *fds.values(), *keep}
     drop = tuple(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd not in wanted)
-    prepared = init.prepare(init.child_plan(child, fds, None)._replace(**plan), drop)
+    prepared = init.prepare(init.child_plan(child, fds, None)._replace(**plan), drop, flags)
     clone_args, pidfd = _linux.clone3_args(flags & ~_linux.CLONE_PARENT, 0, fds.get("cgroup", -1))
     with _inside(inherit):
         if pidns >= 0:
