@@ -733,6 +733,43 @@ def openat2(
 #: how often ``openat2`` tries again after EAGAIN
 _OPENAT2_TRIES = 32
 
+# The same lookups for a child's masked and read-only paths, as raw calls (see "raw
+# calls" above): the structs are made once, here, and a failure is -errno, not an
+# exception. Measured in a forked child, docker's 17 paths took ~780 us through
+# ``mounts.Kernel`` and ~450 us this way (of which ~235 us are the mounts).
+_IN_ROOT = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+_HOW_PATH = OpenHow(flags=os.O_PATH | os.O_CLOEXEC, resolve=_IN_ROOT)
+_HOW_DIR = OpenHow(flags=os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, resolve=_IN_ROOT)
+_HOW_PATH_REF = ctypes.byref(_HOW_PATH)
+_HOW_DIR_REF = ctypes.byref(_HOW_DIR)
+_HOW_SIZE = ctypes.sizeof(OpenHow)
+_RDONLY = MountAttr(attr_set=MOUNT_ATTR_RDONLY)
+_RDONLY_REF = ctypes.byref(_RDONLY)
+_RDONLY_SIZE = ctypes.sizeof(MountAttr)
+
+
+def raw_open_in_root(dirfd: int, path: bytes, directory: bool) -> int:
+    """``openat2(dirfd, path, O_PATH [| O_DIRECTORY], RESOLVE_IN_ROOT |
+    RESOLVE_NO_MAGICLINKS)`` as ``openat2`` does it (EAGAIN tried again): the fd,
+    or -errno."""
+    how = _HOW_DIR_REF if directory else _HOW_PATH_REF
+    for _attempt in range(_OPENAT2_TRIES):
+        fd: int = raw_syscall(NR_OPENAT2, dirfd, path, how, _HOW_SIZE)
+        if fd >= 0:
+            return fd
+        err = errno_now()
+        if err != errno.EAGAIN:
+            return -err
+    return -errno.EAGAIN
+
+
+def raw_make_read_only(fd: int) -> int:
+    """mount_setattr(fd, "", AT_EMPTY_PATH, MOUNT_ATTR_RDONLY) of the mount ``fd``
+    is the root of, that mount alone: 0, or -errno."""
+    if raw_syscall(NR["mount_setattr"], fd, b"", AT_EMPTY_PATH, _RDONLY_REF, _RDONLY_SIZE) == 0:
+        return 0
+    return -errno_now()
+
 
 # ---------------------------------------------------------------- bpf(2)
 #

@@ -388,14 +388,16 @@ def _mask_at(k: Kernel, root_fd: int, path: str) -> None:
         k.close(fd)
 
 
-def _read_only_at(k: Kernel, root_fd: int, path: str) -> None:
-    fd = k.open_existing_in(root_fd, path, os.O_PATH)
-    if fd < 0:
-        return
-    try:
-        k.mount(fd_path(fd), fd_path(fd), None, _linux.MS_BIND | _linux.MS_REC, None)
-    finally:
-        k.close(fd)
+def _read_only_at(k: Kernel, root_fd: int, path: str, bound: bool = False) -> None:
+    # bound: the bind is made already, only the remount is left
+    if not bound:
+        fd = k.open_existing_in(root_fd, path, os.O_PATH)
+        if fd < 0:
+            return
+        try:
+            k.mount(fd_path(fd), fd_path(fd), None, _linux.MS_BIND | _linux.MS_REC, None)
+        finally:
+            k.close(fd)
     # Looked up again: the new mount, not what is under it.
     fd = k.open_in(root_fd, path, os.O_PATH)
     try:
@@ -412,6 +414,9 @@ def _in_root(path: str) -> str:
 def _hide_and_protect(root: str, masked: tuple[str, ...], read_only: tuple[str, ...]) -> None:
     """Hide ``masked`` (a file behind /dev/null, a directory behind an empty
     read-only tmpfs), then bind each of ``read_only`` onto itself read-only."""
+    if type(KERNEL) is Kernel:
+        _hide_and_protect_raw(root, masked, read_only)
+        return
     k = KERNEL
     root_fd = k.open(root, os.O_PATH | os.O_DIRECTORY)
     try:
@@ -421,6 +426,68 @@ def _hide_and_protect(root: str, masked: tuple[str, ...], read_only: tuple[str, 
             _read_only_at(k, root_fd, path)
     finally:
         k.close(root_fd)
+
+
+_DEV_NULL = b"/dev/null"
+_MASK_FLAGS = _linux.MS_RDONLY | _NOSUID_NODEV_NOEXEC
+
+
+def _fail(call: str, err: int) -> OSError:
+    return OSError(err, f"{call} failed: {os.strerror(err)}")
+
+
+def _hide_and_protect_raw(root: str, masked: tuple[str, ...], read_only: tuple[str, ...]) -> None:
+    # What the steps above do through ``Kernel``, in raw calls: a container's child
+    # runs this for every container with a root filesystem, and every Python object it
+    # touches costs a copy-on-write fault (_linux's "raw calls"). The same mounts,
+    # the same lookups (tests/test_mounts.py compares the two in a mount namespace);
+    # a directory is told from a file by opening it as one, not by a stat.
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for path in masked:
+            name = path.encode()
+            fd = _linux.raw_open_in_root(root_fd, name, True)
+            is_dir = fd >= 0
+            if fd == -errno.ENOTDIR:
+                fd = _linux.raw_open_in_root(root_fd, name, False)
+            if fd == -errno.ENOENT:
+                continue  # not on this kernel: nothing to hide
+            if fd < 0:
+                raise _fail(f"openat2({path!r} in {root!r})", -fd)
+            target = b"/proc/self/fd/%d" % fd
+            if is_dir:
+                rc = _linux.raw_mount(b"tmpfs", target, b"tmpfs", _MASK_FLAGS, b"size=0,mode=755")
+            else:
+                rc = _linux.raw_mount(_DEV_NULL, target, None, _linux.MS_BIND, None)
+            err = _linux.errno_now() if rc != 0 else 0
+            _linux.raw_close(fd)
+            if err:
+                raise _fail(f"mask {path!r}: mount", err)
+        for path in read_only:
+            name = path.encode()
+            fd = _linux.raw_open_in_root(root_fd, name, False)
+            if fd == -errno.ENOENT:
+                continue
+            if fd < 0:
+                raise _fail(f"openat2({path!r} in {root!r})", -fd)
+            target = b"/proc/self/fd/%d" % fd
+            rc = _linux.raw_mount(target, target, None, _linux.MS_BIND | _linux.MS_REC, None)
+            err = _linux.errno_now() if rc != 0 else 0
+            _linux.raw_close(fd)
+            if err:
+                raise _fail(f"bind {path!r} onto itself", err)
+            # Looked up again: the new mount, not what is under it.
+            fd = _linux.raw_open_in_root(root_fd, name, False)
+            if fd < 0:
+                raise _fail(f"openat2({path!r} in {root!r})", -fd)
+            err = -_linux.raw_make_read_only(fd)
+            _linux.raw_close(fd)
+            if err in (errno.ENOSYS, errno.EINVAL):  # before Linux 5.12: a remount
+                _read_only_at(KERNEL, root_fd, path, bound=True)
+            elif err:
+                raise _fail(f"make {path!r} read-only", err)
+    finally:
+        os.close(root_fd)
 
 
 def _mask(root: str, path: str) -> None:

@@ -760,3 +760,65 @@ def test_lookups_with_dot_dot_survive_renames_elsewhere_on_the_host(tmp_path: Pa
     finally:
         stop.set()
         storm.join()
+
+
+# ---------------------------------------------------------------- the raw path, for real
+
+
+def _masks_made_by(tmp: Path, kernel: mounts.Kernel) -> list[tuple[str, str, str]]:
+    """In a child with a mount namespace of its own: a root with a fresh proc and
+    sysfs, docker's masked and read-only paths done through ``kernel``; the mounts
+    below the root as (path, fs type, per-mount options)."""
+    import ctypes
+    import json
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    root = tmp / "root"
+    for d in ("proc", "sys"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.close(r)
+            assert libc.unshare(_linux.CLONE_NEWNS) == 0
+            assert libc.mount(None, b"/", None, _linux.MS_REC | _linux.MS_PRIVATE, None) == 0
+            assert libc.mount(b"proc", str(root / "proc").encode(), b"proc", 0, None) == 0
+            assert libc.mount(b"sysfs", str(root / "sys").encode(), b"sysfs", 0, None) == 0
+            mounts.KERNEL = kernel
+            masked = tuple(mounts._in_root(p) for p in mounts.MASKED_PATHS)
+            read_only = tuple(mounts._in_root(p) for p in mounts.READONLY_PATHS)
+            mounts._hide_and_protect(str(root), masked, read_only)
+            made = []
+            for line in Path("/proc/self/mountinfo").read_text().splitlines():
+                fields = line.split()
+                at, options = fields[4], fields[5]
+                fstype = fields[fields.index("-") + 1]
+                if at.startswith(str(root) + "/"):
+                    made.append((at[len(str(root)) :], fstype, options))
+            os.write(w, json.dumps(made).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    return [tuple(m) for m in json.loads(out)]  # type: ignore[misc]
+
+
+@pytest.mark.root
+def test_the_raw_masks_are_the_same_mounts_as_the_kernel_steps(tmp_path: Path) -> None:
+    # A container's child masks through raw calls (_hide_and_protect_raw); any other
+    # Kernel, a subclass that changes nothing included, goes through its methods.
+    class Plain(mounts.Kernel):
+        pass
+
+    raw = _masks_made_by(tmp_path, mounts.Kernel())
+    through_methods = _masks_made_by(tmp_path, Plain())
+    assert raw == through_methods
+    made = {at: (fstype, options) for at, fstype, options in raw}
+    assert all(made[p][1].startswith("ro,") for p in mounts.READONLY_PATHS if p in made)
+    assert "/proc/sys" in made and "/proc/keys" in made  # on every kernel of these years
