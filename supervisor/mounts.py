@@ -432,6 +432,11 @@ _DEV_NULL = b"/dev/null"
 _MASK_FLAGS = _linux.MS_RDONLY | _NOSUID_NODEV_NOEXEC
 
 
+def _same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def _fail(call: str, err: int) -> OSError:
     return OSError(err, f"{call} failed: {os.strerror(err)}")
 
@@ -445,7 +450,7 @@ def _hide_and_protect_raw(root: str, masked: tuple[str, ...], read_only: tuple[s
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for path in masked:
-            name = path.encode()
+            name = os.fsencode(path)
             fd = _linux.raw_open_in_root(root_fd, name, True)
             is_dir = fd >= 0
             if fd == -errno.ENOTDIR:
@@ -464,12 +469,20 @@ def _hide_and_protect_raw(root: str, masked: tuple[str, ...], read_only: tuple[s
             if err:
                 raise _fail(f"mask {path!r}: mount", err)
         for path in read_only:
-            name = path.encode()
+            name = os.fsencode(path)
             fd = _linux.raw_open_in_root(root_fd, name, False)
             if fd == -errno.ENOENT:
                 continue
             if fd < 0:
                 raise _fail(f"openat2({path!r} in {root!r})", -fd)
+            if _same_file(fd, root_fd):
+                # The root itself ("/", or a symlink to it): a lookup from root_fd
+                # never lands on a mount stacked on the root, so a bind there would be
+                # made and the mount under it made read-only. The root's own mount
+                # is made read-only instead, as root.readonly does.
+                _linux.raw_close(fd)
+                _make_read_only(root, "/")
+                continue
             target = b"/proc/self/fd/%d" % fd
             rc = _linux.raw_mount(target, target, None, _linux.MS_BIND | _linux.MS_REC, None)
             err = _linux.errno_now() if rc != 0 else 0
@@ -482,10 +495,8 @@ def _hide_and_protect_raw(root: str, masked: tuple[str, ...], read_only: tuple[s
                 raise _fail(f"openat2({path!r} in {root!r})", -fd)
             err = -_linux.raw_make_read_only(fd)
             _linux.raw_close(fd)
-            if err in (errno.ENOSYS, errno.EINVAL):  # before Linux 5.12: a remount
+            if err:  # before Linux 5.12, or refused (a seccomp filter): a remount
                 _read_only_at(KERNEL, root_fd, path, bound=True)
-            elif err:
-                raise _fail(f"make {path!r} read-only", err)
     finally:
         os.close(root_fd)
 

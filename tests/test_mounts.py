@@ -19,7 +19,7 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -822,3 +822,88 @@ def test_the_raw_masks_are_the_same_mounts_as_the_kernel_steps(tmp_path: Path) -
     made = {at: (fstype, options) for at, fstype, options in raw}
     assert all(made[p][1].startswith("ro,") for p in mounts.READONLY_PATHS if p in made)
     assert "/proc/sys" in made and "/proc/keys" in made  # on every kernel of these years
+
+
+def _in_mount_namespace(fn: Callable[[], object]) -> object:
+    """``fn()`` in a forked child with a mount namespace of its own (private): its
+    result (JSON), or the exception's text."""
+    import ctypes
+    import json
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.close(r)
+            assert libc.unshare(_linux.CLONE_NEWNS) == 0
+            assert libc.mount(None, b"/", None, _linux.MS_REC | _linux.MS_PRIVATE, None) == 0
+            try:
+                out: object = {"result": fn()}
+            except Exception as e:  # noqa: BLE001 - reported to the test
+                out = {"error": f"{type(e).__name__}: {e}"}
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("path", [".", "up", "a/.."])
+def test_a_read_only_path_that_is_the_root_makes_the_root_read_only(tmp_path: Path, path: str) -> None:
+    # (an OCI bundle's readonlyPaths may name "/" or a symlink to it): a bind onto
+    # the root then a lookup from it would make the mount under the bind read-only
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "up").symlink_to("/")
+
+    def run() -> object:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.mount(str(root).encode(), str(root).encode(), None, _linux.MS_BIND, None) == 0
+        mounts._hide_and_protect(str(root), (), (path,))
+        try:
+            (root / "written").write_text("x")
+        except OSError as e:
+            return e.errno
+        return 0
+
+    assert _in_mount_namespace(run) == {"result": errno.EROFS}
+    assert not (root / "written").exists()
+
+
+@pytest.mark.root
+def test_a_path_that_is_not_utf8_is_looked_up_as_bytes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    missing = "proc/\udcff"  # os.fsencode's surrogate escape of byte 0xff
+    got = _in_mount_namespace(lambda: mounts._hide_and_protect(str(root), (missing,), (missing,)))
+    assert got == {"result": None}  # not on this "kernel": skipped, no error
+
+
+@pytest.mark.root
+def test_a_refused_mount_setattr_falls_back_to_a_remount(tmp_path: Path) -> None:
+    # e.g. a seccomp filter that refuses mount_setattr (EPERM) but not mount(2)
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+
+    def run() -> object:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.mount(b"proc", str(root / "proc").encode(), b"proc", 0, None) == 0
+        _linux.raw_make_read_only = lambda fd: -errno.EPERM  # only in this child
+        mounts._hide_and_protect(str(root), (), ("proc/sys",))
+        line = next(
+            m
+            for m in Path("/proc/self/mountinfo").read_text().splitlines()
+            if m.split()[4].endswith("/proc/sys")
+        )
+        return line.split()[5].split(",")[0]
+
+    assert _in_mount_namespace(run) == {"result": "ro"}
