@@ -194,8 +194,7 @@ class HelperPoolRunner(ApiRunner):
             if first is None:
                 return None
             if (base, bounding) not in pools:
-                dropped = None if base is None or bounding == ALL_CAPS else bounding
-                extra = [spawn.SpawnHelper(base, dropped) for _ in range(self.count - 1)]
+                extra = [spawn.SpawnHelper(base, bounding) for _ in range(self.count - 1)]
                 made.extend(extra)
                 pools[base, bounding] = itertools.cycle([first, *extra])
             return next(pools[base, bounding])

@@ -77,10 +77,12 @@ class SpawnHelper:
     and hands every reply to its owner.
     """
 
-    def __init__(self, base_filter: bytes | None = None, bounding: int | None = None) -> None:
+    def __init__(self, base_filter: bytes | None = None, bounding: int = _linux.ALL_CAPS) -> None:
         """``base_filter``: a helper for one confinement, which loads this seccomp
         program once for all its children (``seccomp.split_programs``); ``bounding``:
-        the confinement's bounding set, which it drops to once for all of them too."""
+        the confinement's bounding set, which it drops to once for all of them too
+        (the plain helper, without a base, drops nothing)."""
+        drop_to = -1 if base_filter is None or bounding == _linux.ALL_CAPS else bounding
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         passed = [theirs.fileno()]
         base_fd = -1
@@ -98,7 +100,7 @@ class SpawnHelper:
             f"import sys; pkg = type(sys)('supervisor'); pkg.__path__ = [{pkg_dir!r}]; "
             "sys.modules['supervisor'] = pkg; "
             f"from supervisor.helper import helper_main; "
-            f"helper_main({theirs.fileno()}, {base_fd}, {-1 if bounding is None else bounding})"
+            f"helper_main({theirs.fileno()}, {base_fd}, {drop_to})"
         )
         try:
             self._proc = subprocess.Popen(
@@ -441,7 +443,7 @@ def get_helper(base: bytes | None = None, bounding: int = _linux.ALL_CAPS) -> Sp
     if not isinstance(helper, SpawnHelper) or helper.broken:
         if isinstance(helper, SpawnHelper):
             helper.close()
-        helper = SpawnHelper(base, None if base is None or bounding == _linux.ALL_CAPS else bounding)
+        helper = SpawnHelper(base, bounding)
         helpers[key] = helper
         _close_with_event_loop(helper)
     return helper
