@@ -139,9 +139,13 @@ _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
 _prctl.restype = ctypes.c_int
 
 
+def os_error(call: str, err: int) -> OSError:
+    """The OSError of a failed call, naming it: ``"{call} failed: {strerror}"``."""
+    return OSError(err, f"{call} failed: {os.strerror(err)}")
+
+
 def _raise(call: str) -> None:
-    err = ctypes.get_errno()
-    raise OSError(err, f"{call} failed: {os.strerror(err)}")
+    raise os_error(call, ctypes.get_errno())
 
 
 def _b(s: str | bytes | None) -> bytes | None:
@@ -584,8 +588,7 @@ def drop_bounding(keep: int) -> None:
     for cap in range(64):
         if held >> cap & 1 and not keep >> cap & 1:
             if raw_prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-                err = errno_now()
-                raise OSError(err, f"prctl(PR_CAPBSET_DROP, {cap}): {os.strerror(err)}")
+                raise os_error(f"prctl(PR_CAPBSET_DROP, {cap})", errno_now())
             held &= ~(1 << cap)
             _bounding = held
 

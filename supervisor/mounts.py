@@ -226,6 +226,11 @@ def _parts(path: str) -> list[str]:
     return [p for p in path.split("/") if p not in ("", ".")]
 
 
+def _in_root(path: str) -> str:
+    """``path`` relative to the root it is looked up in ("." for the root itself)."""
+    return "/".join(_parts(path)) or "."
+
+
 def open_target(root: str, path: str, *, directory: bool = True, create: bool = True) -> int:
     """An ``O_PATH`` fd of ``path`` inside ``root``, resolved as if ``root`` were
     ``/`` (openat2 ``RESOLVE_IN_ROOT``), creating what is missing when ``create``
@@ -248,9 +253,7 @@ def open_target(root: str, path: str, *, directory: bool = True, create: bool = 
         # walk below ends with. The walk, a lookup per component, only when that
         # fails: to make what is missing, or to say which component is not a directory.
         try:
-            return k.open_in(
-                root_fd, "/".join(parts) or ".", os.O_PATH | (os.O_DIRECTORY if directory else 0)
-            )
+            return k.open_in(root_fd, _in_root(path), os.O_PATH | (os.O_DIRECTORY if directory else 0))
         except FileNotFoundError:
             if not create:
                 raise
@@ -407,10 +410,6 @@ def _read_only_at(k: Kernel, root_fd: int, path: str, bound: bool = False) -> No
         k.close(fd)
 
 
-def _in_root(path: str) -> str:
-    return "/".join(_parts(path)) or "."
-
-
 def _hide_and_protect(root: str, masked: tuple[str, ...], read_only: tuple[str, ...]) -> None:
     """Hide ``masked`` (a file behind /dev/null, a directory behind an empty
     read-only tmpfs), then bind each of ``read_only`` onto itself read-only."""
@@ -437,10 +436,6 @@ def _same_file(a: int, b: int) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _fail(call: str, err: int) -> OSError:
-    return OSError(err, f"{call} failed: {os.strerror(err)}")
-
-
 def _hide_and_protect_raw(root: str, masked: tuple[str, ...], read_only: tuple[str, ...]) -> None:
     # What the steps above do through ``Kernel``, in raw calls: a container's child
     # runs this for every container with a root filesystem, and every Python object it
@@ -458,7 +453,7 @@ def _hide_and_protect_raw(root: str, masked: tuple[str, ...], read_only: tuple[s
             if fd == -errno.ENOENT:
                 continue  # not on this kernel: nothing to hide
             if fd < 0:
-                raise _fail(f"openat2({path!r} in {root!r})", -fd)
+                raise _linux.os_error(f"openat2({path!r} in {root!r})", -fd)
             target = b"/proc/self/fd/%d" % fd
             if is_dir:
                 rc = _linux.raw_mount(b"tmpfs", target, b"tmpfs", _MASK_FLAGS, b"size=0,mode=755")
@@ -467,14 +462,14 @@ def _hide_and_protect_raw(root: str, masked: tuple[str, ...], read_only: tuple[s
             err = _linux.errno_now() if rc != 0 else 0
             _linux.raw_close(fd)
             if err:
-                raise _fail(f"mask {path!r}: mount", err)
+                raise _linux.os_error(f"mask {path!r}: mount", err)
         for path in read_only:
             name = os.fsencode(path)
             fd = _linux.raw_open_in_root(root_fd, name, False)
             if fd == -errno.ENOENT:
                 continue
             if fd < 0:
-                raise _fail(f"openat2({path!r} in {root!r})", -fd)
+                raise _linux.os_error(f"openat2({path!r} in {root!r})", -fd)
             if _same_file(fd, root_fd):
                 # The root itself ("/", or a symlink to it): a lookup from root_fd
                 # never lands on a mount stacked on the root, so a bind there would be
@@ -488,11 +483,11 @@ def _hide_and_protect_raw(root: str, masked: tuple[str, ...], read_only: tuple[s
             err = _linux.errno_now() if rc != 0 else 0
             _linux.raw_close(fd)
             if err:
-                raise _fail(f"bind {path!r} onto itself", err)
+                raise _linux.os_error(f"bind {path!r} onto itself", err)
             # Looked up again: the new mount, not what is under it.
             fd = _linux.raw_open_in_root(root_fd, name, False)
             if fd < 0:
-                raise _fail(f"openat2({path!r} in {root!r})", -fd)
+                raise _linux.os_error(f"openat2({path!r} in {root!r})", -fd)
             err = -_linux.raw_make_read_only(fd)
             _linux.raw_close(fd)
             if err:  # before Linux 5.12, or refused (a seccomp filter): a remount
