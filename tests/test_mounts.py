@@ -770,43 +770,31 @@ def _masks_made_by(tmp: Path, kernel: mounts.Kernel) -> list[tuple[str, str, str
     sysfs, docker's masked and read-only paths done through ``kernel``; the mounts
     below the root as (path, fs type, per-mount options)."""
     import ctypes
-    import json
 
-    libc = ctypes.CDLL(None, use_errno=True)
     root = tmp / "root"
     for d in ("proc", "sys"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        code = 1
-        try:
-            os.close(r)
-            assert libc.unshare(_linux.CLONE_NEWNS) == 0
-            assert libc.mount(None, b"/", None, _linux.MS_REC | _linux.MS_PRIVATE, None) == 0
-            assert libc.mount(b"proc", str(root / "proc").encode(), b"proc", 0, None) == 0
-            assert libc.mount(b"sysfs", str(root / "sys").encode(), b"sysfs", 0, None) == 0
-            mounts.KERNEL = kernel
-            masked = tuple(mounts._in_root(p) for p in mounts.MASKED_PATHS)
-            read_only = tuple(mounts._in_root(p) for p in mounts.READONLY_PATHS)
-            mounts._hide_and_protect(str(root), masked, read_only)
-            made = []
-            for line in Path("/proc/self/mountinfo").read_text().splitlines():
-                fields = line.split()
-                at, options = fields[4], fields[5]
-                fstype = fields[fields.index("-") + 1]
-                if at.startswith(str(root) + "/"):
-                    made.append((at[len(str(root)) :], fstype, options))
-            os.write(w, json.dumps(made).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert status == 0
-    return [tuple(m) for m in json.loads(out)]  # type: ignore[misc]
+
+    def run() -> object:
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.mount(b"proc", str(root / "proc").encode(), b"proc", 0, None) == 0
+        assert libc.mount(b"sysfs", str(root / "sys").encode(), b"sysfs", 0, None) == 0
+        mounts.KERNEL = kernel
+        masked = tuple(mounts._in_root(p) for p in mounts.MASKED_PATHS)
+        read_only = tuple(mounts._in_root(p) for p in mounts.READONLY_PATHS)
+        mounts._hide_and_protect(str(root), masked, read_only)
+        made = []
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            at, options = fields[4], fields[5]
+            fstype = fields[fields.index("-") + 1]
+            if at.startswith(str(root) + "/"):
+                made.append((at[len(str(root)) :], fstype, options))
+        return made
+
+    out = _in_mount_namespace(run)
+    assert isinstance(out, dict) and "result" in out, out
+    return [tuple(m) for m in out["result"]]  # type: ignore[misc]
 
 
 @pytest.mark.root
