@@ -34,6 +34,7 @@ import gc
 import itertools
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import common
@@ -62,7 +63,7 @@ def start_runners(bench: Bench, rootfs: str, hidden: oci.HiddenCgroup2) -> tuple
     for runtime in ROOTFS_RUNNERS:
         for confinement in oci.CONFINEMENTS:
             weight = 0.5 if runtime == "crun" else 0.25
-            on_rootfs.append(oci.oci_runner(runtime, confinement, bench.tmp, rootfs, hidden, weight))
+            on_rootfs.append(oci.oci_runner(runtime, confinement, bench.tmp, Path(rootfs), hidden, weight))
     return host, on_rootfs
 
 
